@@ -1,0 +1,243 @@
+"""Streaming statistics of the inputs that chosen modules see, and orthonormal bases from them.
+
+For each module the recorder keeps a token count, the sum of inputs and the uncentred second
+moment ``X^T X`` in float64 (whatever the model dtype): memory is ``O(d_in^2)`` per module and does
+not grow with the number of batches. Padding tokens are excluded through the attention mask.
+Under ``torch.distributed`` the sums are added across ranks, so N processes that each see 1/N of
+the data produce the statistics of one process that saw all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import distributed
+
+
+@dataclass
+class InputStatistics:
+    """Running first and second moments of one module's inputs.
+
+    Attributes:
+        count: number of tokens seen (float64 scalar, so it can be all-reduced with the sums).
+        total: sum of input vectors, shape ``[d_in]``, float64.
+        gram: ``sum_t x_t x_t^T``, shape ``[d_in, d_in]``, float64. Read it through :meth:`flush_`
+            (or the methods below, which flush first) after :meth:`update`.
+
+    Each batch's product is added to a buffer in ``compute_dtype`` (float32 by default, the
+    speed of the forward pass) holding at most ``flush_tokens`` tokens, which is then added to the
+    float64 sums. Only the lower block triangle of the symmetric product is formed per batch, which
+    saves about a third of the work for wide layers.
+    """
+
+    count: torch.Tensor
+    total: torch.Tensor
+    gram: torch.Tensor
+    compute_dtype: torch.dtype = torch.float32
+    flush_tokens: int = 1 << 16
+    _buffer: torch.Tensor | None = field(default=None, repr=False)
+    _buffered_tokens: int = field(default=0, repr=False)
+
+    @classmethod
+    def zeros(
+        cls, dim: int, device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32
+    ) -> InputStatistics:
+        kw: dict[str, Any] = {"dtype": torch.float64, "device": device}
+        return cls(torch.zeros((), **kw), torch.zeros(dim, **kw), torch.zeros(dim, dim, **kw), compute_dtype)
+
+    @property
+    def dim(self) -> int:
+        return self.total.shape[0]
+
+    def _blocks(self) -> list[slice]:
+        step = -(-self.dim // max(1, min(8, self.dim // 256)))
+        return [slice(i, min(i + step, self.dim)) for i in range(0, self.dim, step)]
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add tokens ``x`` of shape ``[n, d_in]``."""
+        if x.ndim != 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"expected inputs of shape [tokens, {self.dim}], got {tuple(x.shape)}")
+        xc = x.to(self.compute_dtype)
+        if self._buffer is None:
+            self._buffer = torch.zeros(self.dim, self.dim, dtype=self.compute_dtype, device=self.gram.device)
+        xt = xc.T.contiguous()
+        for rows in self._blocks():
+            self._buffer[rows, : rows.stop].addmm_(xt[rows], xc[:, : rows.stop])
+        self.count += x.shape[0]
+        self.total += xc.sum(0, dtype=torch.float64)
+        self._buffered_tokens += x.shape[0]
+        if self._buffered_tokens >= self.flush_tokens:
+            self.flush_()
+
+    def flush_(self) -> InputStatistics:
+        """Add the buffered lower block triangle, mirrored, to the float64 ``gram``."""
+        if self._buffer is not None and self._buffered_tokens:
+            lower = self._buffer.to(torch.float64)
+            full = lower + lower.T
+            for block in self._blocks():
+                full[block, block] /= 2  # diagonal blocks were added twice; this also makes them exactly symmetric
+            self.gram += full
+            self._buffer.zero_()
+            self._buffered_tokens = 0
+        return self
+
+    def all_reduce_(self) -> InputStatistics:
+        """Sum the statistics across ranks in place (call on every rank)."""
+        self.flush_()
+        distributed.all_reduce_sum_([self.count, self.total, self.gram])
+        return self
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / self._checked_count()
+
+    def second_moment(self, centered: bool = False) -> torch.Tensor:
+        """``E[x x^T]``, or the covariance ``E[(x - mu)(x - mu)^T]`` with ``centered=True`` (float64)."""
+        moment = self.flush_().gram / self._checked_count()
+        if centered:
+            mean = self.mean
+            moment = moment - torch.outer(mean, mean)
+        return (moment + moment.T) / 2
+
+    def _checked_count(self) -> torch.Tensor:
+        if self.count.item() == 0:
+            raise ValueError("no tokens were recorded: the data was empty or every token was masked as padding")
+        return self.count
+
+    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        self.flush_()
+        return {f"{prefix}count": self.count, f"{prefix}total": self.total, f"{prefix}gram": self.gram}
+
+
+def eigenbasis(moment: torch.Tensor, *, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal eigenbasis of a symmetric matrix, sorted by decreasing eigenvalue.
+
+    The decomposition runs in float64 (on ``device`` if given). Each eigenvector's sign is fixed so
+    that its largest-magnitude entry is positive, which makes the basis reproducible across runs,
+    ranks and devices.
+
+    Returns:
+        ``(U, eigenvalues)``: ``U[:, i]`` is the i-th direction, float64, on the matrix's device.
+    """
+    matrix = moment.to(device=device or moment.device, dtype=torch.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"expected a square matrix, got shape {tuple(matrix.shape)}")
+    if not torch.isfinite(matrix).all():
+        raise ValueError("the second-moment matrix has non-finite entries: the model produced inf/nan activations")
+    eigenvalues, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    order = torch.argsort(eigenvalues, descending=True)
+    eigenvalues, vectors = eigenvalues[order], vectors[:, order]
+    pivot = vectors.abs().argmax(dim=0)
+    signs = torch.sign(vectors[pivot, torch.arange(vectors.shape[1], device=vectors.device)])
+    vectors = vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
+    return vectors.to(moment.device), eigenvalues.to(moment.device)
+
+
+class InputRecorder:
+    """Forward pre-hooks that stream the inputs of chosen modules into :class:`InputStatistics`.
+
+    Use as a context manager; call :meth:`set_token_mask` with each batch's attention mask before
+    the forward pass so that padding tokens are left out::
+
+        with InputRecorder(select_linear(model, "mlp.down_proj")) as recorder:
+            for batch in loader:
+                recorder.set_token_mask(batch["attention_mask"])
+                model(**batch)
+        stats = recorder.statistics  # {module name: InputStatistics}
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Module], compute_dtype: torch.dtype = torch.float32):
+        if not modules:
+            raise ValueError("InputRecorder needs at least one module")
+        self.modules = dict(modules)
+        self.compute_dtype = compute_dtype
+        # Created up front where the width is known, so every rank all-reduces the same tensors
+        # even if one of them never ran a module.
+        self.statistics: dict[str, InputStatistics] = {
+            name: InputStatistics.zeros(m.in_features, m.weight.device, compute_dtype)
+            for name, m in self.modules.items()
+            if isinstance(getattr(m, "in_features", None), int) and getattr(m, "weight", None) is not None
+        }
+        self._mask: torch.Tensor | None = None
+        self._handles: list[Any] = []
+
+    def set_token_mask(self, mask: torch.Tensor | None) -> None:
+        """Mask ``[batch, seq]`` (nonzero = real token) applied to the next forward passes; ``None`` keeps all."""
+        self._mask = None if mask is None else mask.bool()
+
+    def _hook(self, name: str):
+        def record(module: nn.Module, args: tuple) -> None:
+            x = args[0].detach()
+            if self._mask is not None:
+                if x.shape[:-1] != self._mask.shape:
+                    raise ValueError(
+                        f"{name} received input of shape {tuple(x.shape)} but the token mask has shape "
+                        f"{tuple(self._mask.shape)}; expected inputs [batch, seq, features] matching the mask"
+                    )
+                x = x[self._mask.to(x.device)]
+            x = x.reshape(-1, x.shape[-1])
+            if name not in self.statistics:
+                self.statistics[name] = InputStatistics.zeros(x.shape[-1], x.device, self.compute_dtype)
+            self.statistics[name].update(x)
+
+        return record
+
+    def __enter__(self) -> InputRecorder:
+        self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.modules.items()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._mask = None
+
+
+@torch.no_grad()
+def collect_input_statistics(
+    model: nn.Module,
+    modules: Mapping[str, nn.Module],
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    compute_dtype: torch.dtype = torch.float32,
+    mask_key: str = "attention_mask",
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> dict[str, InputStatistics]:
+    """Run ``model`` over ``batches`` (dicts of model inputs) and return each module's input statistics.
+
+    Labels are dropped so that no loss is computed; the model's device is used for the inputs.
+    Statistics are summed across ranks when a process group exists (every rank must call this).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with InputRecorder(modules, compute_dtype) as recorder:
+            for index, batch in enumerate(tqdm(batches, desc="input statistics", disable=not progress)):
+                if max_batches is not None and index >= max_batches:
+                    break
+                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
+                recorder.set_token_mask(inputs.get(mask_key))
+                model(**inputs)
+    finally:
+        model.train(was_training)
+    missing = [name for name in modules if name not in recorder.statistics]
+    if missing:
+        raise ValueError(f"modules {missing} never ran during the forward passes (empty data, or not on the forward path)")
+    for name in modules:
+        recorder.statistics[name].all_reduce_()
+    empty = [name for name, stats in recorder.statistics.items() if stats.count.item() == 0]
+    if empty:
+        raise ValueError(
+            f"no tokens reached {empty[:3]}{' ...' if len(empty) > 3 else ''}: the data was empty, every token "
+            "was masked as padding, or the modules are not on the forward path"
+        )
+    return recorder.statistics

@@ -1,0 +1,77 @@
+"""``hf-ext``: command-line tools around the library (inspection, data export, analysis)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _targets(args: argparse.Namespace) -> None:
+    from .config import ModelArguments
+    from .models import load_model, load_tokenizer
+    from .targets import find_attention, select_linear
+
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(ModelArguments(model_name_or_path=args.model, task_type=args.task_type), tokenizer, ["a", "b"])
+    if args.patterns:
+        selected = select_linear(model, args.patterns, layers=args.layers)
+        print(f"{len(selected)} linear module(s) selected:")
+        for name, module in selected.items():
+            print(f"  {name}  in={module.in_features} out={module.out_features}")
+    print("attention (layer, output projection, heads, kv heads, head dim):")
+    for attention in find_attention(model):
+        print(f"  {attention.layer:3d}  {attention.o}  {attention.num_heads} {attention.num_kv_heads} {attention.head_dim}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .tasks import load_builtin_task
+
+    splits = load_builtin_task(args.task, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, dataset in splits.items():
+        path = out / f"{split}.jsonl"
+        dataset.to_json(str(path), lines=True)
+        print(f"{path}: {len(dataset)} examples")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-ext", description=__doc__)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"hf_ext {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    targets = commands.add_parser(
+        "targets", help="list the linear modules a pattern selects and the attention layout of a model"
+    )
+    targets.add_argument("model", help="model name: embedded:minilm, tiny:llama, a hub id or a directory")
+    targets.add_argument("patterns", nargs="*", help="target patterns, e.g. 'mlp.down_proj' 'layers.[0-1].mlp.*'")
+    targets.add_argument("--layers", default=None, help="keep only these blocks, e.g. '28-31'")
+    targets.add_argument("--task-type", default="seq_cls", choices=["seq_cls", "causal_lm"])
+    targets.set_defaults(run=_targets)
+
+    data = commands.add_parser("data", help="built-in text tasks").add_subparsers(dest="action", required=True)
+    export = data.add_parser("export", help="write a built-in task as train/validation/test .jsonl files")
+    export.add_argument("task", help="built-in task name (safety, sentiment, topic)")
+    export.add_argument("--out", required=True, help="output directory")
+    export.add_argument("--seed", type=int, default=0, help="generation seed")
+    export.set_defaults(run=_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"hf-ext {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

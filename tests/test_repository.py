@@ -1,0 +1,57 @@
+"""Checks on the repository itself: configs parse, no pickle, every recipe config is valid."""
+
+import re
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+from transformers import TrainingArguments
+
+from hf_ext.config import DataArguments, ModelArguments, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "name, distributed_type",
+    [("cpu", "NO"), ("single_gpu", "NO"), ("multi_gpu", "MULTI_GPU"), ("fsdp2", "FSDP"), ("deepspeed_zero2", "DEEPSPEED")],
+)
+def test_accelerate_configs_load(name, distributed_type):
+    config = load_config_from_file(str(ROOT / "accelerate_configs" / f"{name}.yaml"))
+    assert config.distributed_type == distributed_type
+    if name == "fsdp2":
+        assert config.fsdp_config["fsdp_version"] == 2
+    if name == "deepspeed_zero2":
+        assert config.deepspeed_config["zero_stage"] == 2
+
+
+def test_no_pickle_and_safe_torch_load():
+    offenders = []
+    for path in [*ROOT.glob("hf_ext/**/*.py"), *ROOT.glob("recipes/**/*.py"), *ROOT.glob("benchmarks/**/*.py")]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"^\s*(import pickle|from pickle|import dill)", line) or (
+                "torch.load(" in line and "weights_only=True" not in line
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("finetune_*.json")), ids=lambda p: p.name)
+def test_finetune_configs_parse(config):
+    model_args, _, training_args = parse_config((ModelArguments, DataArguments, TrainingArguments), [str(config)])
+    assert training_args.report_to == ["tensorboard"]
+    assert model_args.model_name_or_path
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    setup = text.split("## Set up on a fresh machine", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", setup)
+
+
+def test_readme_starts_with_two_commands_and_ci_runs_the_second():
+    commands = _readme_commands()
+    assert len(commands) == 2
+    demo, tests = commands
+    assert "recipes/" in demo and "pytest" in tests
+    assert tests in (ROOT / ".ci" / "run").read_text().splitlines()

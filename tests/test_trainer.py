@@ -1,0 +1,85 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tb_events import read_events  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
+
+from hf_ext.config import DataArguments, ModelArguments  # noqa: E402
+from hf_ext.data import prepare_data  # noqa: E402
+from hf_ext.models import load_model, load_tokenizer  # noqa: E402
+from hf_ext.run_logger import LoggingCallback, RunLogger  # noqa: E402
+from hf_ext.trainer import HfExtTrainer  # noqa: E402
+
+
+class StepProbe(LoggingCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+        logger = self._require_bound()
+        logger.scalars({"probe/step": state.global_step})
+        if state.global_step == 2:
+            logger.histogram("probe/weights", torch.arange(10.0))
+            figure = plt.figure()
+            plt.plot([0, 1], [1, 0])
+            logger.figure("probe/figure", figure)
+
+
+def _setup(tmp_path, **overrides):
+    tokenizer = load_tokenizer("tiny:bert")
+    data = prepare_data(DataArguments(max_train_samples=64, max_eval_samples=16), tokenizer, "seq_cls")
+    model = load_model(ModelArguments(model_name_or_path="tiny:bert"), tokenizer, data.labels)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, logging_steps=2,
+                             report_to=["tensorboard"], save_strategy="no", use_cpu=True, **overrides)
+    return dict(model=model, args=args, train_dataset=data.train, data_collator=data.collator)
+
+
+def test_recorded_metrics_are_averaged_into_the_training_log(tmp_path):
+    probe = StepProbe()
+    trainer = HfExtTrainer(callbacks=[probe], **_setup(tmp_path))
+    assert probe.trainer is trainer
+    trainer.train()
+    logged = {entry["step"]: entry["probe/step"] for entry in trainer.state.log_history if "probe/step" in entry}
+    assert logged == {2: 1.5, 4: 3.5}
+    events = read_events(RunLogger(trainer).logging_dir)
+    assert [e.value for e in events.Scalars("train/probe/step")] == [1.5, 3.5]
+    assert [e.step for e in events.Histograms("probe/weights")] == [2]
+    assert [e.step for e in events.Images("probe/figure")] == [2]
+    assert "train/loss" in events.Tags()["scalars"]
+
+
+def test_callbacks_added_later_are_bound_and_can_log_after_training(tmp_path):
+    trainer = HfExtTrainer(**_setup(tmp_path))
+    probe = StepProbe()
+    trainer.add_callback(probe)
+    assert probe.run_logger is not None
+    trainer.train()
+    logger = RunLogger(trainer)
+    logger.histogram("after/train", torch.ones(5), step=99)
+    logger.close()
+    assert [e.step for e in read_events(logger.logging_dir).Histograms("after/train")] == [99]
+
+
+def test_plain_trainer_needs_explicit_bind_and_logs_at_once(tmp_path):
+    probe = StepProbe()
+    trainer = Trainer(callbacks=[probe], **_setup(tmp_path))
+    with pytest.raises(RuntimeError, match="not bound to a Trainer"):
+        trainer.train()
+    probe = StepProbe()
+    trainer = Trainer(callbacks=[probe], **_setup(tmp_path))
+    probe.bind(trainer)
+    trainer.train()
+    assert [e["probe/step"] for e in trainer.state.log_history if "probe/step" in e] == [1, 2, 3, 4]
+
+
+def test_without_tensorboard_figures_are_skipped_with_a_warning(tmp_path, caplog):
+    setup = _setup(tmp_path)
+    setup["args"].report_to = []
+    trainer = HfExtTrainer(**setup)
+    with caplog.at_level("WARNING"):
+        RunLogger(trainer).histogram("x", torch.ones(2))
+    assert "add 'tensorboard' to report_to" in caplog.text
