@@ -13,6 +13,10 @@ class HfExtTrainer(Trainer):
 
     - Callbacks with a ``bind(trainer)`` method (every :class:`~hf_ext.run_logger.LoggingCallback`)
       are bound when the trainer is built or when they are added later.
+    - Callbacks with an ``on_gradients_ready(args, state, control, model=..., grad_scale=...)``
+      method are called once per optimizer step when the gradients are complete (accumulated and,
+      under DDP, averaged) but not yet clipped; ``grad_scale`` is the fp16 loss scale still in
+      them (1.0 otherwise). The Trainer's own ``on_pre_optimizer_step`` sees clipped gradients.
     - :meth:`record_metrics` collects scalars between logging steps; they are averaged and merged
       into the next training log, so they reach TensorBoard at the same step as the loss.
     - The loss of a model whose loss ignores ``num_items_in_batch`` (sequence classification) is
@@ -38,6 +42,21 @@ class HfExtTrainer(Trainer):
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         super().add_callback(callback)
         self._bind(self.callback_handler.callbacks[-1])
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:
+            scale = self.gradient_scale()
+            for callback in self.callback_handler.callbacks:
+                hook = getattr(callback, "on_gradients_ready", None)
+                if hook is not None:
+                    hook(self.args, self.state, self.control, model=model, grad_scale=scale)
+        return loss
+
+    def gradient_scale(self) -> float:
+        """The loss scale the gradients carry before clipping unscales them (fp16 on CUDA), else 1.0."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
 
     def record_metrics(self, metrics: dict[str, float]) -> None:
         """Queue scalars for the next training log (averaged if recorded several times)."""

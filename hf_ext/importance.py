@@ -1,0 +1,187 @@
+"""Gradient importance: a running accumulator over optimizer steps and exact top-k mask builders.
+
+Importance of a coefficient is the mean over optimizer steps of ``|dL/dC|`` (``kind="abs"``) or
+``(dL/dC)^2`` (``kind="fisher"``). With ``granularity="input"`` each step's gradient is summed over
+the output dimension first, giving one score per input direction (column); as the mean is linear
+this equals summing the element-wise importance afterwards, but needs only ``d_in`` floats.
+
+Masks mark the most important ``keep_ratio`` share as ``True`` (frozen). The k-th largest score is
+found by bisection on the bit patterns of the float32 scores, so masks are exact for any tensor
+size (``torch.quantile`` refuses more than ~16M elements) and need no concatenated copy for a
+global threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+KINDS = ("abs", "fisher")
+GRANULARITIES = ("element", "input")
+THRESHOLDS = ("per_layer", "global")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+class ImportanceAccumulator:
+    """Running sum of per-step gradient magnitudes of named parameters; memory is fixed.
+
+    Call :meth:`update` once per optimizer step, after the gradients are complete (accumulated
+    and, under DDP, averaged) and before clipping. ``grad_scale`` is the loss scale of fp16 mixed
+    precision, divided out so importance does not depend on it.
+    """
+
+    def __init__(self, params: Mapping[str, torch.Tensor], *, kind: str = "abs", granularity: str = "element"):
+        _check_choice("kind", kind, KINDS)
+        _check_choice("granularity", granularity, GRANULARITIES)
+        if not params:
+            raise ValueError("no parameters to accumulate importance for")
+        self.params = dict(params)
+        self.kind, self.granularity = kind, granularity
+        self.sums = {name: torch.zeros(self._score_shape(p), dtype=torch.float32, device=p.device) for name, p in self.params.items()}
+        self.steps = 0
+        self.skipped_steps = 0
+
+    def _score_shape(self, param: torch.Tensor) -> tuple[int, ...]:
+        if self.granularity == "input":
+            if param.ndim != 2:
+                raise ValueError(f"granularity 'input' needs 2-D parameters, got shape {tuple(param.shape)}")
+            return (param.shape[1],)
+        return tuple(param.shape)
+
+    @torch.no_grad()
+    def update(self, grad_scale: float = 1.0) -> bool:
+        """Add this step's gradients; returns False (and adds nothing) if any gradient is non-finite."""
+        grads = {}
+        for name, param in self.params.items():
+            if param.grad is None:
+                raise RuntimeError(f"parameter {name!r} has no gradient: is it trainable and on the loss path?")
+            grads[name] = param.grad
+        finite = torch.stack([torch.isfinite(g).all() for g in grads.values()]).all().item()
+        if not finite:
+            self.skipped_steps += 1
+            warnings.warn(f"non-finite gradient at importance step {self.steps + self.skipped_steps}: step skipped", stacklevel=2)
+            return False
+        for name, grad in grads.items():
+            g = grad.float()
+            if grad_scale != 1.0:
+                g = g / grad_scale
+            score = g.abs() if self.kind == "abs" else g.square()
+            self.sums[name] += score.sum(dim=0) if self.granularity == "input" else score
+        self.steps += 1
+        return True
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        """The importance: mean over accumulated steps (float32)."""
+        if self.steps == 0:
+            raise RuntimeError(
+                f"no importance accumulated: {self.skipped_steps} step(s) had non-finite gradients and none was finite"
+                if self.skipped_steps else "no importance accumulated: no optimizer step ran"
+            )
+        return {name: total / self.steps for name, total in self.sums.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"{name}.sum": total for name, total in self.sums.items()}
+        state["steps"] = torch.tensor(self.steps)
+        state["skipped_steps"] = torch.tensor(self.skipped_steps)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        for name, total in self.sums.items():
+            saved = state[f"{name}.sum"]
+            if saved.shape != total.shape:
+                raise ValueError(f"saved importance for {name!r} has shape {tuple(saved.shape)}, expected {tuple(total.shape)}")
+            total.copy_(saved)
+        self.steps, self.skipped_steps = int(state["steps"]), int(state["skipped_steps"])
+
+
+@dataclass
+class MaskInfo:
+    """What :func:`build_masks` realised: frozen share per layer and the thresholds used."""
+
+    keep_ratio: float
+    threshold: str
+    frozen: dict[str, int]
+    total: dict[str, int]
+    thresholds: dict[str, float]
+
+    @property
+    def realised(self) -> dict[str, float]:
+        return {name: self.frozen[name] / self.total[name] for name in self.total}
+
+    def to_json(self) -> dict:
+        return {"keep_ratio": self.keep_ratio, "threshold": self.threshold, "frozen": self.frozen,
+                "total": self.total, "realised_ratio": self.realised, "thresholds": self.thresholds}
+
+
+def _sortable_bits(scores: torch.Tensor) -> torch.Tensor:
+    """int32 keys that order like the float32 scores (scores must be >= 0 and not NaN)."""
+    return scores.detach().float().contiguous().view(torch.int32)
+
+
+def top_k_masks(scores: Mapping[str, torch.Tensor], k: int) -> tuple[dict[str, torch.Tensor], float]:
+    """Masks selecting exactly the ``k`` largest scores over all tensors together.
+
+    Ties at the threshold are broken by order (tensor order, then flat index), so exactly ``k``
+    entries are ``True``. Returns the masks and the threshold (the k-th largest score).
+    """
+    keys = {name: _sortable_bits(s) for name, s in scores.items()}
+    n = sum(key.numel() for key in keys.values())
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in 0..{n}, got {k}")
+    if k == 0:
+        return {name: torch.zeros_like(key, dtype=torch.bool) for name, key in keys.items()}, math.inf
+
+    def at_least(t: int) -> int:
+        return sum(int((key >= t).sum()) for key in keys.values())
+
+    lo, hi = 0, 0x7F800000  # bits of 0.0 and +inf; count(>= lo) = n >= k
+    while lo < hi:  # largest t with count(>= t) >= k
+        mid = (lo + hi + 1) // 2
+        if at_least(mid) >= k:
+            lo = mid
+        else:
+            hi = mid - 1
+    masks, ties_left = {}, k - sum(int((key > lo).sum()) for key in keys.values())
+    for name, key in keys.items():
+        tie = key == lo
+        take = tie.flatten().cumsum(0) <= ties_left
+        mask = (key > lo) | (tie & take.view_as(tie))
+        ties_left -= int((tie & take.view_as(tie)).sum())
+        masks[name] = mask
+    threshold = torch.tensor(lo, dtype=torch.int32).view(torch.float32).item()
+    return masks, threshold
+
+
+def build_masks(scores: Mapping[str, torch.Tensor], keep_ratio: float, threshold: str = "per_layer") -> tuple[dict[str, torch.Tensor], MaskInfo]:
+    """Freeze the most important ``keep_ratio`` share of entries: ``True`` = frozen.
+
+    ``threshold="per_layer"`` freezes ``round(keep_ratio * n)`` entries of every tensor;
+    ``"global"`` freezes ``round(keep_ratio * N)`` over all tensors together, so layers with larger
+    scores get more frozen entries.
+    """
+    if not 0 < keep_ratio < 1:
+        raise ValueError(f"keep_ratio must be in (0, 1) (the share of coefficients to freeze), got {keep_ratio}")
+    _check_choice("threshold", threshold, THRESHOLDS)
+    for name, s in scores.items():
+        if not torch.isfinite(s).all() or (s < 0).any():
+            raise ValueError(f"importance of {name!r} has negative or non-finite entries")
+    if threshold == "per_layer":
+        masks, thresholds = {}, {}
+        for name, s in scores.items():
+            layer_mask, thresholds[name] = top_k_masks({name: s}, round(keep_ratio * s.numel()))
+            masks[name] = layer_mask[name]
+    else:
+        total = sum(s.numel() for s in scores.values())
+        masks, value = top_k_masks(scores, round(keep_ratio * total))
+        thresholds = {"global": value}
+    info = MaskInfo(keep_ratio, threshold, {n: int(m.sum()) for n, m in masks.items()},
+                    {n: m.numel() for n, m in masks.items()}, thresholds)
+    return masks, info

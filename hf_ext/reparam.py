@@ -1,0 +1,168 @@
+"""Basis reparameterization of linear weights (WaRP): ``W = C @ U.T`` with ``U`` frozen, ``C`` trained.
+
+``U`` (d_in x r) is an orthonormal basis of the layer's input space, typically the eigenbasis of
+the input second moment (:func:`compute_bases`). The weight becomes a
+``torch.nn.utils.parametrize`` parametrization of its coefficients ``C = W @ U``, so gradients flow
+to ``C`` through autograd (a forward hook that assigns ``weight.data`` would cut them). With
+``r < d_in`` the part of ``W`` outside the basis stays as a frozen residual. :func:`merge` turns the
+module back into a plain ``nn.Linear`` whose ``weight`` is ``C @ U.T`` (+ residual), so a saved
+model loads with plain transformers.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .activations import collect_input_statistics, eigenbasis
+
+
+class BasisParametrization(nn.Module):
+    """``weight = coefficients @ basis.T (+ residual)``; ``right_inverse`` gives ``C = W @ U``.
+
+    Both buffers are non-persistent: a checkpoint of a reparameterized model holds only ``C``
+    (``...parametrizations.weight.original``); the basis comes from ``basis.safetensors``.
+    """
+
+    def __init__(self, basis: torch.Tensor, residual: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("basis", basis, persistent=False)
+        self.register_buffer("residual", residual, persistent=False)
+
+    def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
+        weight = coefficients @ self.basis.T
+        return weight if self.residual is None else weight + self.residual
+
+    @torch.no_grad()
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return (weight.double() @ self.basis.double()).to(weight.dtype)
+
+
+def _orthonormality_error(basis: torch.Tensor) -> float:
+    b = basis.double()
+    return (b.T @ b - torch.eye(b.shape[1], dtype=torch.float64, device=b.device)).abs().max().item()
+
+
+def reparameterize(
+    model: nn.Module, bases: Mapping[str, torch.Tensor], *, rank: int | None = None, atol: float = 1e-4
+) -> dict[str, nn.Linear]:
+    """Rewrite the weight of each module named in ``bases`` as ``C @ U.T`` with ``U = bases[name][:, :rank]``.
+
+    Args:
+        model: the model holding the modules.
+        bases: ``{module name: U}`` with ``U`` of shape ``(in_features, >= rank)``, orthonormal
+            columns sorted by importance (as :func:`compute_bases` returns them). ``U`` is stored
+            in the weight's dtype for the forward; ``C`` is computed from it in float64.
+        rank: keep the first ``rank`` directions; the rest of ``W`` becomes a frozen residual.
+            ``None`` keeps all of them and needs no residual.
+        atol: largest allowed ``|U.T U - I|`` entry.
+
+    Returns:
+        ``{name: module}`` of the reparameterized modules.
+
+    Raises ``ValueError`` before touching any module if a name is not a linear module of the
+    model, its weight is tied to another module's, a basis has the wrong shape or is not
+    orthonormal, or a module is already reparameterized.
+    """
+    module_names = dict(model.named_modules())
+    owners: dict[int, list[str]] = {}
+    for param_name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(param_name)
+    plans = {}
+    for name, basis in bases.items():
+        module = module_names.get(name)
+        if not isinstance(module, nn.Linear):
+            close = difflib.get_close_matches(name, [n for n, m in module_names.items() if isinstance(m, nn.Linear)], n=3)
+            found = "is not an nn.Linear" if module is not None else "does not exist in the model"
+            raise ValueError(f"basis given for module {name!r}, which {found}" + (f"; did you mean {close}?" if close else ""))
+        if is_reparameterized(module):
+            raise ValueError(f"module {name!r} is already reparameterized; merge() it first")
+        shared = owners.get(id(module.weight), [])
+        if len(shared) > 1:
+            raise ValueError(f"the weight of {name!r} is tied ({', '.join(shared)}); a tied weight cannot be reparameterized")
+        d_in = module.in_features
+        r = basis.shape[-1] if rank is None else rank
+        if basis.ndim != 2 or basis.shape[0] != d_in or not 0 < r <= basis.shape[1]:
+            raise ValueError(
+                f"basis for {name!r} has shape {tuple(basis.shape)}; expected ({d_in}, r) with rank r in 1..{d_in}"
+                + (f" (rank={rank} asked)" if rank is not None else "")
+            )
+        basis = basis[:, :r]
+        error = _orthonormality_error(basis)
+        if error > atol:
+            raise ValueError(f"basis for {name!r} is not orthonormal: max |U^T U - I| = {error:.2e} > {atol:g}")
+        plans[name] = (module, basis)
+    for module, basis in plans.values():
+        weight = module.weight.detach()
+        basis = basis.to(weight.device, weight.dtype)  # the forward's basis; C is fitted to it in float64
+        residual = None
+        if basis.shape[1] < module.in_features:
+            u, w = basis.double(), weight.double()
+            residual = (w - (w @ u) @ u.T).to(weight.dtype)
+        parametrize.register_parametrization(module, "weight", BasisParametrization(basis, residual))
+    return {name: module for name, (module, _) in plans.items()}
+
+
+def is_reparameterized(module: nn.Module) -> bool:
+    return parametrize.is_parametrized(module, "weight") and any(
+        isinstance(p, BasisParametrization) for p in module.parametrizations.weight
+    )
+
+
+def coefficients(module: nn.Module) -> nn.Parameter:
+    """The trainable coefficient matrix ``C`` (d_out x r) of a reparameterized module."""
+    if not is_reparameterized(module):
+        raise ValueError(f"{type(module).__name__} is not reparameterized; call reparameterize() first")
+    return module.parametrizations.weight.original
+
+
+def coefficient_parameters(modules: Mapping[str, nn.Module]) -> dict[str, nn.Parameter]:
+    """``{name: C}`` for reparameterized modules."""
+    return {name: coefficients(module) for name, module in modules.items()}
+
+
+def merge(modules: Mapping[str, nn.Module] | Iterable[nn.Module]) -> None:
+    """Turn reparameterized modules back into plain linear layers with ``weight = C @ U.T (+ residual)``.
+
+    The merged weight keeps the coefficients' ``requires_grad``.
+    """
+    for module in modules.values() if isinstance(modules, Mapping) else modules:
+        if is_reparameterized(module):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def merge_model(model: nn.Module) -> None:
+    """:func:`merge` every reparameterized module of ``model``."""
+    merge([m for m in model.modules() if is_reparameterized(m)])
+
+
+@torch.no_grad()
+def compute_bases(
+    model: nn.Module,
+    modules: Mapping[str, nn.Linear],
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    centered: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
+    """Phase 1 of WaRP: eigenbases of each module's input second moment over ``batches``.
+
+    Padding tokens are excluded through the batches' attention masks and statistics are summed
+    across ranks (every rank must call this).
+
+    Returns:
+        ``(bases, eigenvalues, token_counts)``; ``bases[name]`` is float32 of shape (d_in, d_in),
+        columns sorted by decreasing eigenvalue.
+    """
+    statistics = collect_input_statistics(model, modules, batches, compute_dtype=compute_dtype, progress=progress)
+    bases, eigenvalues, counts = {}, {}, {}
+    for name, stats in statistics.items():
+        u, values = eigenbasis(stats.second_moment(centered=centered))
+        bases[name], eigenvalues[name], counts[name] = u.float(), values.float(), int(stats.count.item())
+    return bases, eigenvalues, counts

@@ -1,0 +1,123 @@
+import pytest
+import torch
+from torch import nn
+
+from hf_ext.importance import ImportanceAccumulator, build_masks, top_k_masks
+
+
+def _grads_of_two_steps():
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3)
+    batches = [torch.randn(4, 5) for _ in range(2)]
+    return layer, batches
+
+
+@pytest.mark.parametrize("kind", ["abs", "fisher"])
+def test_accumulator_is_mean_over_steps_of_gradient_magnitude(kind):
+    layer, batches = _grads_of_two_steps()
+    element = ImportanceAccumulator({"w": layer.weight}, kind=kind)
+    per_input = ImportanceAccumulator({"w": layer.weight}, kind=kind, granularity="input")
+    expected = torch.zeros(3, 5)
+    for x in batches:
+        layer.zero_grad()
+        layer(x).pow(3).sum().backward()
+        (g,) = torch.autograd.grad(layer(x).pow(3).sum(), layer.weight)
+        expected += g.abs() if kind == "abs" else g.square()
+        assert element.update() and per_input.update()
+        with torch.no_grad():
+            layer.weight -= 0.1 * layer.weight.grad
+    torch.testing.assert_close(element.mean()["w"], expected / 2)
+    torch.testing.assert_close(per_input.mean()["w"], expected.sum(0) / 2)
+    assert element.steps == 2 and element.sums["w"].shape == (3, 5) and per_input.sums["w"].shape == (5,)
+
+
+def test_loss_scale_is_divided_out():
+    layer, (x, _) = _grads_of_two_steps()
+    layer(x).sum().backward()
+    plain = ImportanceAccumulator({"w": layer.weight})
+    plain.update()
+    layer.weight.grad *= 1024
+    scaled = ImportanceAccumulator({"w": layer.weight})
+    scaled.update(grad_scale=1024.0)
+    torch.testing.assert_close(scaled.mean()["w"], plain.mean()["w"])
+
+
+def test_non_finite_step_is_skipped_warned_and_counted():
+    layer, (x, _) = _grads_of_two_steps()
+    layer(x).sum().backward()
+    accumulator = ImportanceAccumulator({"w": layer.weight, "b": layer.bias})
+    accumulator.update()
+    good = accumulator.mean()["w"].clone()
+    layer.bias.grad[0] = float("nan")
+    with pytest.warns(UserWarning, match="non-finite"):
+        assert accumulator.update() is False
+    assert (accumulator.steps, accumulator.skipped_steps) == (1, 1)
+    torch.testing.assert_close(accumulator.mean()["w"], good)
+
+
+def test_no_finite_step_is_an_error():
+    layer, _ = _grads_of_two_steps()
+    layer.weight.grad = torch.full_like(layer.weight, float("inf"))
+    accumulator = ImportanceAccumulator({"w": layer.weight})
+    with pytest.warns(UserWarning):
+        accumulator.update()
+    with pytest.raises(RuntimeError, match="1 step"):
+        accumulator.mean()
+
+
+def test_state_round_trip():
+    layer, (x, _) = _grads_of_two_steps()
+    layer(x).sum().backward()
+    accumulator = ImportanceAccumulator({"w": layer.weight})
+    accumulator.update()
+    other = ImportanceAccumulator({"w": layer.weight})
+    other.load_state_dict(accumulator.state_dict())
+    assert other.steps == 1
+    torch.testing.assert_close(other.mean()["w"], accumulator.mean()["w"])
+
+
+@pytest.mark.parametrize("shape", [(37,), (13, 29), (64, 50)])
+@pytest.mark.parametrize("keep_ratio", [0.01, 0.1, 0.5, 0.93])
+def test_per_layer_masks_realise_keep_ratio_within_one_element(shape, keep_ratio):
+    scores = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    masks, info = build_masks({"a": scores}, keep_ratio)
+    n = scores.numel()
+    assert abs(int(masks["a"].sum()) - keep_ratio * n) <= 1
+    assert info.frozen["a"] == int(masks["a"].sum()) and info.total["a"] == n
+    if masks["a"].any() and not masks["a"].all():
+        assert scores[masks["a"]].min() >= scores[~masks["a"]].max()  # the frozen ones are the most important
+
+
+def test_ties_are_broken_to_exactly_k():
+    scores = {"a": torch.tensor([1.0, 2.0, 2.0, 2.0, 0.0]), "b": torch.tensor([2.0, 3.0])}
+    masks, threshold = top_k_masks(scores, 3)
+    assert threshold == 2.0
+    assert masks["a"].tolist() == [False, True, True, False, False] and masks["b"].tolist() == [False, True]
+
+
+def test_global_threshold_is_one_quantile_over_all_layers():
+    gen = torch.Generator().manual_seed(0)
+    scores = {"low": torch.rand(100, generator=gen), "high": torch.rand(300, generator=gen) + 0.5}
+    masks, info = build_masks(scores, 0.25, "global")
+    everything = torch.cat([scores["low"], scores["high"]])
+    assert sum(int(m.sum()) for m in masks.values()) == 100
+    assert info.thresholds["global"] == pytest.approx(torch.topk(everything, 100).values.min().item())
+    assert info.frozen["high"] > info.frozen["low"]
+
+
+def test_zero_importance_layer_with_global_threshold():
+    masks, info = build_masks({"dead": torch.zeros(10), "live": torch.rand(10) + 1}, 0.5, "global")
+    assert info.frozen == {"dead": 0, "live": 10}
+
+
+@pytest.mark.parametrize("keep_ratio", [0.0, 1.0, -0.1, 1.5])
+def test_keep_ratio_outside_open_interval_is_an_error(keep_ratio):
+    with pytest.raises(ValueError, match=r"keep_ratio must be in \(0, 1\)"):
+        build_masks({"a": torch.rand(4)}, keep_ratio)
+
+
+def test_bad_choices_are_errors():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        ImportanceAccumulator({"w": torch.zeros(2, 2)}, kind="l2")
+    with pytest.raises(ValueError, match="threshold must be one of"):
+        build_masks({"a": torch.rand(4)}, 0.5, "layerwise")

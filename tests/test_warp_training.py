@@ -1,0 +1,131 @@
+"""WaRP pieces inside HfExtTrainer: importance read before clipping, exact freezing through AdamW,
+gradient accumulation and a resumed checkpoint."""
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from hf_ext.callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
+from hf_ext.config import DataArguments
+from hf_ext.data import prepare_data
+from hf_ext.importance import ImportanceAccumulator
+from hf_ext.masking import MaskedUpdate
+from hf_ext.models import tiny_model
+from hf_ext.reparam import coefficient_parameters, reparameterize
+from hf_ext.trainer import HfExtTrainer
+
+TARGETS = ["bert.encoder.layer.1.intermediate.dense", "bert.encoder.layer.1.output.dense"]
+
+
+def _reparameterized_model(seed=0):
+    model, tokenizer = tiny_model("bert", "seq_cls", seed=seed, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    bases = {}
+    for i, name in enumerate(TARGETS):
+        d_in = model.get_submodule(name).in_features
+        bases[name] = torch.linalg.qr(torch.randn(d_in, d_in, generator=torch.Generator().manual_seed(i)))[0]
+    modules = reparameterize(model, bases)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = coefficient_parameters(modules)
+    for p in [*params.values(), *model.classifier.parameters()]:
+        p.requires_grad_(True)
+    return model, tokenizer, params
+
+
+def _data(tokenizer, n):
+    return prepare_data(DataArguments(dataset_name="builtin:sentiment", max_train_samples=n, max_eval_samples=8), tokenizer, "seq_cls")
+
+
+def _args(tmp_path, **overrides):
+    fields = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2, use_cpu=True,
+                  report_to=[], logging_steps=1, seed=3, save_strategy="no", dataloader_drop_last=True)
+    return TrainingArguments(**(fields | overrides))
+
+
+def test_importance_is_read_before_clipping_and_equals_hand_computation(tmp_path):
+    """lr 0 keeps the model fixed; 8 examples = one optimizer step per epoch of 2 accumulated batches,
+    so every step's gradient is that of the mean loss over all 8 examples, whatever the order."""
+    model, tokenizer, params = _reparameterized_model()
+    data = _data(tokenizer, 8)
+    batch = data.collator([data.train[i] for i in range(8)])
+    model.zero_grad()
+    model(**batch).loss.backward()
+    expected = {name: p.grad.abs().clone() for name, p in params.items()}
+    model.zero_grad()
+
+    accumulator = ImportanceAccumulator(params)
+    args = _args(tmp_path, max_steps=3, learning_rate=0.0, max_grad_norm=1e-4, optim="sgd")
+    HfExtTrainer(model=model, args=args, train_dataset=data.train, data_collator=data.collator,
+                 callbacks=[ImportanceCallback(accumulator)]).train()
+    assert accumulator.steps == 3
+    for name, importance in accumulator.mean().items():
+        torch.testing.assert_close(importance, expected[name], atol=1e-6, rtol=1e-4)
+        assert importance.sum() > 1e-3  # far above what clipping to 1e-4 would leave
+
+
+def _masked_run(tmp_path, masks, *, max_steps=6, resume=None, save_steps=None):
+    model, tokenizer, params = _reparameterized_model()
+    initial = {name: p.detach().clone() for name, p in params.items()}
+    masked = MaskedUpdate(params, masks)
+    args = _args(tmp_path, max_steps=max_steps, learning_rate=5e-2, weight_decay=0.1, optim="adamw_torch",
+                 save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+                 report_to=["tensorboard"])
+    data = _data(tokenizer, 48)
+    trainer = HfExtTrainer(model=model, args=args, train_dataset=data.train, data_collator=data.collator,
+                           callbacks=[MaskedUpdateCallback(masked), CoefficientDriftCallback(params, masks)])
+    trainer.train(resume_from_checkpoint=resume)
+    return params, initial, masked, trainer
+
+
+def _masks():
+    generator = torch.Generator().manual_seed(5)
+    return {TARGETS[0]: torch.rand(64, generator=generator) < 0.25,  # per input direction
+            TARGETS[1]: torch.rand(64, 128, generator=generator) < 0.25}  # per element
+
+
+def _frozen(mask, shape):
+    return mask.expand(shape)
+
+
+def test_frozen_coefficients_bit_identical_with_adamw_accumulation_and_resume(tmp_path):
+    masks = _masks()
+    params, initial, masked, trainer = _masked_run(tmp_path / "full", masks, save_steps=3)
+    for name, p in params.items():
+        frozen = _frozen(masks[name], p.shape)
+        assert torch.equal(p.detach()[frozen], initial[name][frozen]), name
+        assert (p.detach()[~frozen] != initial[name][~frozen]).float().mean() > 0.9, name
+    drift = [entry for entry in trainer.state.log_history if f"drift/{TARGETS[1]}/frozen" in entry]
+    assert len(drift) == 6 and all(e[f"drift/{TARGETS[1]}/frozen"] == 0.0 for e in drift)
+    assert drift[-1][f"drift/{TARGETS[1]}/trainable"] > 0
+
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    resumed, resumed_initial, _, _ = _masked_run(tmp_path / "full", masks, resume=str(checkpoint))
+    for name, p in resumed.items():
+        frozen = _frozen(masks[name], p.shape)
+        assert torch.equal(p.detach()[frozen], resumed_initial[name][frozen]), name
+        torch.testing.assert_close(p.detach(), params[name].detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_resume_from_a_checkpoint_of_other_weights_is_refused(tmp_path):
+    masks = _masks()
+    _masked_run(tmp_path, masks, max_steps=3, save_steps=3)
+    model, tokenizer, params = _reparameterized_model(seed=1)  # masks snapshot weights the checkpoint does not hold
+    masked = MaskedUpdate(params, masks)
+    data = _data(tokenizer, 48)
+    trainer = HfExtTrainer(model=model, args=_args(tmp_path, max_steps=6, save_strategy="no"), train_dataset=data.train,
+                           data_collator=data.collator, callbacks=[MaskedUpdateCallback(masked)])
+    with pytest.raises(RuntimeError, match="frozen entries differ from their snapshot"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+
+
+def test_callbacks_refuse_a_plain_trainer(tmp_path):
+    from transformers import Trainer
+
+    model, tokenizer, params = _reparameterized_model()
+    data = _data(tokenizer, 8)
+    callback = ImportanceCallback(ImportanceAccumulator(params))
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=data.train, data_collator=data.collator,
+                      callbacks=[callback])
+    callback.bind(trainer)
+    with pytest.raises(RuntimeError, match="needs hf_ext.HfExtTrainer"):
+        trainer.train()
