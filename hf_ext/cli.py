@@ -38,6 +38,23 @@ def _export(args: argparse.Namespace) -> None:
         print(f"{path}: {len(dataset)} examples")
 
 
+def _warp_verify(args: argparse.Namespace) -> int:
+    from .warp_verify import format_checks, verify_run
+
+    checks = verify_run(args.run)
+    print(format_checks(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _warp_eval(args: argparse.Namespace) -> int:
+    from .warp import WarpRun, evaluate_run, format_table
+
+    rows = evaluate_run(WarpRun.from_dir(args.run))
+    print(format_table(rows))
+    print(f"written: {args.run}/eval.json, {args.run}/eval.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-ext", description=__doc__)
     from . import __version__
@@ -52,25 +69,34 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("patterns", nargs="*", help="target patterns, e.g. 'mlp.down_proj' 'layers.[0-1].mlp.*'")
     targets.add_argument("--layers", default=None, help="keep only these blocks, e.g. '28-31'")
     targets.add_argument("--task-type", default="seq_cls", choices=["seq_cls", "causal_lm"])
-    targets.set_defaults(run=_targets)
+    targets.set_defaults(run_command=_targets)
 
     data = commands.add_parser("data", help="built-in text tasks").add_subparsers(dest="action", required=True)
     export = data.add_parser("export", help="write a built-in task as train/validation/test .jsonl files")
     export.add_argument("task", help="built-in task name (safety, sentiment, topic)")
     export.add_argument("--out", required=True, help="output directory")
     export.add_argument("--seed", type=int, default=0, help="generation seed")
-    export.set_defaults(run=_export)
+    export.set_defaults(run_command=_export)
+
+    warp = commands.add_parser("warp", help="check and score a WaRP run (recipes/warp.py)").add_subparsers(
+        dest="action", required=True
+    )
+    verify = warp.add_parser("verify", help="check basis, reconstruction, mask ratio and frozen coefficients")
+    verify.add_argument("--run", required=True, help="the run's output_dir")
+    verify.set_defaults(run_command=_warp_verify)
+    evaluate = warp.add_parser("eval", help="held-out safety retention and utility of the phase-2, phase-3 and plain models")
+    evaluate.add_argument("--run", required=True, help="the run's output_dir")
+    evaluate.set_defaults(run_command=_warp_eval)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run_command(args) or 0
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"hf-ext {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

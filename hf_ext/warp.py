@@ -1,0 +1,431 @@
+"""The three-phase WaRP study: learn safety in a rotated basis, then fine-tune for utility without
+moving the coefficients that mattered for safety.
+
+1. basis: eigenbasis of each target layer's inputs over the basis data (the safety data by default);
+2. safety fine-tune of the coefficients ``C = W @ U`` while accumulating their gradient importance,
+   then masks freezing the ``keep_ratio`` most important share, and the model merged back;
+3. utility fine-tune from the phase-2 model with the masks (``phase: 3``), or without masks and
+   without reparameterization as the baseline (``phase: "plain"``, same data, steps and lr);
+then held-out scores of the three models (``phase: "eval"``). ``phase: "all"`` runs everything.
+
+Run directory (``output_dir``)::
+
+    config.json                      model/data/warp arguments, for `hf-ext warp verify|eval`
+    phase1/basis.safetensors         <module>.U (d_in x d_in), <module>.eigenvalues; + metadata.json
+    phase2/model/                    safety-tuned model, plain weights (from_pretrained loads it)
+    phase2/importance.safetensors    per module, float32 (d_in,) or (d_out, d_in) by granularity
+    phase2/masks.safetensors         per module, bool, True = frozen; + metadata.json
+    phase3/model/, coefficients.safetensors, metadata.json
+    plain/model/, metadata.json
+    eval.json, eval.md               the retention/utility table
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, TrainingArguments
+
+from . import __version__, distributed
+from .callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
+from .config import ConfigError, DataArguments, ModelArguments
+from .data import PreparedData, prepare_data, uses_chat_template
+from .evaluation import classification_accuracy, first_word_accuracy, generate_responses, refusal_accuracy
+from .importance import ImportanceAccumulator, build_masks
+from .io import load_tensors, read_json, save_tensors, write_json
+from .masking import MaskedUpdate
+from .models import load_model, load_tokenizer
+from .reparam import coefficient_parameters, compute_bases, merge_model, reparameterize
+from .run_logger import RunLogger, print_run_locations
+from .targets import match_modules, select_linear
+from .tasks import is_refusal
+from .trainer import HfExtTrainer
+
+MODELS = {"phase2": "phase 2: safety", "phase3": "phase 3: WaRP masks", "plain": "phase 3: plain"}
+
+
+@dataclass
+class WarpArguments:
+    """What the WaRP study adds to the model, data and training arguments."""
+
+    phase: Literal[1, 2, 3, "plain", "eval", "all"] = field(
+        default="all",
+        metadata={"help": "1 basis, 2 safety fine-tune + importance + masks, 3 masked utility fine-tune, 'plain' "
+                          "the unmasked baseline, 'eval' the held-out table; 'all' runs 1, 2, 3, plain and eval."},
+    )
+    targets: list[str] = field(
+        default_factory=lambda: ["mlp.down_proj"],
+        metadata={"help": "Linear modules to reparameterize, as patterns ('mlp.down_proj', 'layers.[28-31].mlp.*')."},
+    )
+    layers: str | None = field(default=None, metadata={"help": "Keep only targets in these blocks, e.g. '28-31'."})
+    basis_rank: int | None = field(
+        default=None, metadata={"help": "Keep the top-r basis directions; the rest of W is a frozen residual. None: all."}
+    )
+    centered: bool = field(default=False, metadata={"help": "Basis from the centred covariance instead of E[x x^T]."})
+    basis_data: Literal["safety", "utility"] = field(default="safety", metadata={"help": "Data of the phase-1 basis."})
+    safety_dataset_name: str | None = field(
+        default="builtin:safety", metadata={"help": "Safety data: 'builtin:safety', a hub name, or null with safety_*_file."}
+    )
+    safety_train_file: str | None = field(default=None, metadata={"help": "Local safety training data (.json/.jsonl/.csv)."})
+    safety_validation_file: str | None = field(default=None, metadata={"help": "Local safety validation data."})
+    safety_test_file: str | None = field(default=None, metadata={"help": "Local safety test data."})
+    safety_lr: float = field(default=1e-4, metadata={"help": "Phase-2 learning rate."})
+    safety_weight_decay: float = field(default=0.0, metadata={"help": "Phase-2 AdamW weight decay."})
+    safety_epochs: float = field(default=1.0, metadata={"help": "Phase-2 epochs (num_train_epochs applies to phase 3)."})
+    keep_ratio: float = field(default=0.1, metadata={"help": "Share of coefficients frozen in phase 3 (the most important), in (0, 1)."})
+    granularity: Literal["input", "element"] = field(
+        default="input", metadata={"help": "'input': one flag per basis direction; 'element': one per coefficient."}
+    )
+    threshold: Literal["per_layer", "global"] = field(
+        default="per_layer", metadata={"help": "Freeze keep_ratio of every layer, or one quantile over all target layers."}
+    )
+    importance: Literal["abs", "fisher"] = field(default="abs", metadata={"help": "Mean |dL/dC| or mean (dL/dC)^2."})
+    extra_trainable: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Modules trained fully in phases 2, 3 and plain, e.g. ['classifier'] for a new seq_cls head."},
+    )
+    max_new_tokens: int = field(default=16, metadata={"help": "causal_lm evaluation: greedy tokens per response."})
+
+    def __post_init__(self):
+        if not 0 < self.keep_ratio < 1:
+            raise ConfigError(f"keep_ratio must be in (0, 1) (the share of coefficients to freeze), got {self.keep_ratio}")
+        if self.basis_rank is not None and self.basis_rank < 1:
+            raise ConfigError(f"basis_rank must be >= 1 or null, got {self.basis_rank}")
+        if not self.targets:
+            raise ConfigError("targets is empty: name the linear modules to reparameterize, e.g. ['mlp.down_proj']")
+
+
+@dataclass
+class WarpRun:
+    """Everything the phases share: arguments, tokenizer, the safety and utility data."""
+
+    model_args: ModelArguments
+    data_args: DataArguments
+    warp_args: WarpArguments
+    training_args: TrainingArguments
+    tokenizer: Any
+    safety: PreparedData
+    utility: PreparedData
+    labels: list[str] | None  # seq_cls: safety classes then utility classes, one head for both
+    safety_classes: list[int] | None
+    utility_classes: list[int] | None
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.training_args.output_dir)
+
+    @classmethod
+    def build(cls, model_args, data_args, warp_args, training_args) -> WarpRun:
+        tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+        safety_args = dataclasses.replace(
+            data_args, dataset_name=warp_args.safety_dataset_name, dataset_config_name=None,
+            train_file=warp_args.safety_train_file, validation_file=warp_args.safety_validation_file,
+            test_file=warp_args.safety_test_file,
+        )
+        seed = training_args.seed
+        safety = prepare_data(safety_args, tokenizer, model_args.task_type, seed=seed)
+        utility = prepare_data(data_args, tokenizer, model_args.task_type, seed=seed)
+        labels = safety_classes = utility_classes = None
+        if model_args.task_type == "seq_cls":
+            offset = len(safety.labels)
+            labels = [f"safety:{name}" for name in safety.labels] + [f"utility:{name}" for name in utility.labels]
+            safety_classes, utility_classes = list(range(offset)), list(range(offset, len(labels)))
+            utility = _shift_labels(utility, offset)
+            safety = _restrict_eval(safety, safety_classes)
+            utility = _restrict_eval(utility, utility_classes)
+        return cls(model_args, data_args, warp_args, training_args, tokenizer, safety, utility, labels,
+                   safety_classes, utility_classes)
+
+    @classmethod
+    def from_dir(cls, run_dir: str | Path, **training_overrides) -> WarpRun:
+        """Rebuild a run from its ``config.json`` (for verification and evaluation after the fact)."""
+        path = Path(run_dir) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {run_dir} the output_dir of a WaRP run?")
+        saved = read_json(path)
+        training_args = TrainingArguments(output_dir=str(run_dir), report_to=[], seed=saved["seed"],
+                                          per_device_eval_batch_size=saved["eval_batch_size"], **training_overrides)
+        return cls.build(ModelArguments(**saved["model"]), DataArguments(**saved["data"]), WarpArguments(**saved["warp"]),
+                         training_args)
+
+    def save_config(self) -> None:
+        if distributed.is_main_process():
+            write_json(self.dir / "config.json", {
+                "model": dataclasses.asdict(self.model_args), "data": dataclasses.asdict(self.data_args),
+                "warp": dataclasses.asdict(self.warp_args), "seed": self.training_args.seed,
+                "eval_batch_size": self.training_args.per_device_eval_batch_size, "hf_ext_version": __version__,
+            })
+
+    def load_model(self, phase: str | None = None) -> PreTrainedModel:
+        """The base model (``phase=None``) or a phase's saved model, on the training device."""
+        args = self.model_args
+        if phase is not None:
+            path = self.dir / phase / "model"
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path} not found: run phase {phase.removeprefix('phase')} first")
+            args = dataclasses.replace(args, model_name_or_path=str(path))
+        model = load_model(args, self.tokenizer, self.labels, seed=self.training_args.seed)
+        return model.to(self.training_args.device)
+
+    def targets(self, model) -> dict[str, torch.nn.Linear]:
+        return select_linear(model, self.warp_args.targets, layers=self.warp_args.layers)
+
+
+def _shift_labels(data: PreparedData, offset: int) -> PreparedData:
+    shift = lambda batch: {"labels": [label + offset for label in batch["labels"]]}  # noqa: E731
+    splits = {name: getattr(data, name) for name in ("train", "validation", "test")}
+    shifted = {name: split.map(shift, batched=True) if split is not None else None for name, split in splits.items()}
+    return dataclasses.replace(data, **shifted)
+
+
+def _restrict_eval(data: PreparedData, class_ids: list[int]) -> PreparedData:
+    """Trainer evaluation on one task scores the argmax over that task's classes only."""
+    ids = torch.tensor(class_ids)
+
+    def argmax_over_task(logits, labels):
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return ids.to(logits.device)[logits[:, ids.to(logits.device)].argmax(-1)]
+
+    return dataclasses.replace(data, preprocess_logits_for_metrics=argmax_over_task)
+
+
+_CLASSIFIER_HEADS = ("classifier", "score")
+
+
+def restrict_classes(model: torch.nn.Module, class_ids: list[int]) -> torch.utils.hooks.RemovableHandle:
+    """Make a classifier train and predict among ``class_ids`` only: the other logits are pushed to
+    the dtype's minimum by a forward hook on the head, so the model's own cross-entropy ignores them.
+
+    One head holds both tasks' classes side by side; each phase trains on its task's classes and
+    leaves the other task's rows of the head without gradient.
+    """
+    head = next((getattr(model, name) for name in _CLASSIFIER_HEADS if isinstance(getattr(model, name, None), torch.nn.Linear)), None)
+    if head is None:
+        raise ValueError(f"no classifier head found on {type(model).__name__} (looked for {', '.join(_CLASSIFIER_HEADS)})")
+    others = torch.ones(head.out_features, dtype=torch.bool)
+    others[class_ids] = False
+
+    def mask_other_classes(module, inputs, logits):
+        return logits.masked_fill(others.to(logits.device), torch.finfo(logits.dtype).min)
+
+    return head.register_forward_hook(mask_other_classes)
+
+
+def _set_trainable(model: torch.nn.Module, params, extra_patterns: list[str]) -> int:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    extra = match_modules(model, extra_patterns) if extra_patterns else {}
+    if extra_patterns and not extra:
+        raise ValueError(f"extra_trainable {extra_patterns} matches no module")
+    trainable = [*params, *(p for m in extra.values() for p in m.parameters())]
+    for p in trainable:
+        p.requires_grad_(True)
+    return sum(p.numel() for p in {id(p): p for p in trainable}.values())
+
+
+def _trainer(run: WarpRun, model, phase: str, data: PreparedData, callbacks, **overrides) -> HfExtTrainer:
+    if run.labels is not None:
+        restrict_classes(model, run.safety_classes if data is run.safety else run.utility_classes)
+    args = dataclasses.replace(run.training_args, output_dir=str(run.dir / phase), **overrides)
+    return HfExtTrainer(
+        model=model, args=args, train_dataset=data.train, eval_dataset=data.validation, data_collator=data.collator,
+        processing_class=run.tokenizer, compute_metrics=data.compute_metrics,
+        preprocess_logits_for_metrics=data.preprocess_logits_for_metrics, callbacks=callbacks,
+    )
+
+
+def _resume(run: WarpRun, phase) -> str | bool | None:
+    """``resume_from_checkpoint`` applies to the single phase being run, not to 'all'."""
+    return run.training_args.resume_from_checkpoint if run.warp_args.phase == phase else None
+
+
+def load_basis(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """``(U per module, eigenvalues per module, metadata)`` from ``phase1/basis.safetensors``."""
+    path = Path(run_dir) / "phase1" / "basis.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run phase 1 first")
+    tensors, metadata = load_tensors(path)
+    bases = {key[: -len(".U")]: t for key, t in tensors.items() if key.endswith(".U")}
+    eigenvalues = {key[: -len(".eigenvalues")]: t for key, t in tensors.items() if key.endswith(".eigenvalues")}
+    return bases, eigenvalues, metadata
+
+
+def _reparameterize_targets(run: WarpRun, model) -> dict[str, torch.nn.Parameter]:
+    """Reparameterize the configured targets with the phase-1 basis; ``{module name: C}``."""
+    bases, _, _ = load_basis(run.dir)
+    modules = run.targets(model)
+    if set(modules) != set(bases):
+        raise ValueError(
+            f"the basis covers {sorted(set(bases) - set(modules)) or 'no extra'} module(s) beyond the targets and lacks "
+            f"{sorted(set(modules) - set(bases)) or 'none'}: targets changed since phase 1; rerun phase 1"
+        )
+    reparameterize(model, bases, rank=run.warp_args.basis_rank)
+    return coefficient_parameters(modules)
+
+
+def run_phase1(run: WarpRun) -> dict[str, torch.Tensor]:
+    """Eigenbases of the targets' inputs over the basis data; writes ``phase1/``."""
+    model = run.load_model()
+    modules = run.targets(model)
+    data = run.safety if run.warp_args.basis_data == "safety" else run.utility
+    loader = DataLoader(data.train, batch_size=run.training_args.per_device_eval_batch_size, collate_fn=data.collator)
+    batches = islice(loader, distributed.rank(), None, distributed.world_size())
+    start = time.perf_counter()
+    bases, eigenvalues, counts = compute_bases(model, modules, batches, centered=run.warp_args.centered,
+                                               progress=distributed.is_main_process())
+    seconds = time.perf_counter() - start
+    if distributed.is_main_process():
+        tensors = {}
+        for name in bases:
+            tensors |= {f"{name}.U": bases[name], f"{name}.eigenvalues": eigenvalues[name]}
+        description = {"modules": list(bases), "tokens": counts, "examples": len(data.train),
+                       "basis_data": run.warp_args.basis_data, "centered": run.warp_args.centered,
+                       "model": run.model_args.model_name_or_path, "seconds": seconds}
+        save_tensors(run.dir / "phase1" / "basis.safetensors", tensors, description)
+        write_json(run.dir / "phase1" / "metadata.json", description)
+    distributed.barrier()
+    return bases
+
+
+def run_phase2(run: WarpRun) -> dict:
+    """Safety fine-tune of the coefficients with importance accumulation; masks and merged model in ``phase2/``."""
+    warp = run.warp_args
+    model = run.load_model()
+    params = _reparameterize_targets(run, model)
+    trainable = _set_trainable(model, params.values(), warp.extra_trainable)
+    accumulator = ImportanceAccumulator(params, kind=warp.importance, granularity=warp.granularity)
+    trainer = _trainer(
+        run, model, "phase2", run.safety,
+        [ImportanceCallback(accumulator), CoefficientDriftCallback(params)],
+        learning_rate=warp.safety_lr, weight_decay=warp.safety_weight_decay, num_train_epochs=warp.safety_epochs,
+        max_steps=-1,
+    )
+    result = trainer.train(resume_from_checkpoint=_resume(run, 2))
+    importance = accumulator.mean()
+    masks, info = build_masks(importance, warp.keep_ratio, warp.threshold)
+    metadata = {
+        **info.to_json(), "granularity": warp.granularity, "importance": warp.importance,
+        "steps": accumulator.steps, "skipped_nonfinite_steps": accumulator.skipped_steps,
+        "samples": len(run.safety.train), "trainable_parameters": trainable, "train_loss": result.training_loss,
+        "basis_rank": warp.basis_rank,
+    }
+    RunLogger(trainer).scalars({f"masks/realised_ratio/{n}": r for n, r in info.realised.items()}, now=True)
+    merge_model(model)
+    trainer.save_model(str(run.dir / "phase2" / "model"))
+    if distributed.is_main_process():
+        save_tensors(run.dir / "phase2" / "importance.safetensors", importance, {"kind": warp.importance, "granularity": warp.granularity, "steps": accumulator.steps})
+        save_tensors(run.dir / "phase2" / "masks.safetensors", masks, {"keep_ratio": warp.keep_ratio, "granularity": warp.granularity})
+        write_json(run.dir / "phase2" / "metadata.json", metadata)
+    distributed.barrier()
+    print_run_locations(trainer)
+    return metadata
+
+
+def load_masks(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(run_dir) / "phase2" / "masks.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run phase 2 first")
+    return load_tensors(path)[0]
+
+
+def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
+    """Utility fine-tune from the phase-2 model: with the masks in the basis (``phase3/``), or plain (``plain/``)."""
+    phase = "phase3" if masked else "plain"
+    model = run.load_model("phase2")
+    if masked:
+        masks = load_masks(run.dir)
+        params = _reparameterize_targets(run, model)
+        masked_update = MaskedUpdate(params, masks)  # checks the masks against the model before anything is written
+        callbacks = [MaskedUpdateCallback(masked_update), CoefficientDriftCallback(params, masks)]
+    else:
+        params = {name: module.weight for name, module in run.targets(model).items()}
+        callbacks = [CoefficientDriftCallback(params, prefix="weight_drift")]
+    trainable = _set_trainable(model, params.values(), run.warp_args.extra_trainable)
+    trainer = _trainer(run, model, phase, run.utility, callbacks)
+    result = trainer.train(resume_from_checkpoint=_resume(run, 3 if masked else "plain"))
+    metadata = {"steps": trainer.state.global_step, "samples": len(run.utility.train), "trainable_parameters": trainable,
+                "train_loss": result.training_loss}
+    if masked:
+        metadata |= {"frozen_unchanged": masked_update.unchanged(), "frozen_max_deviation": masked_update.max_deviation(),
+                     "frozen_entries": masked_update.frozen_counts}
+        if distributed.is_main_process():
+            save_tensors(run.dir / phase / "coefficients.safetensors", {n: p.detach() for n, p in params.items()})
+        merge_model(model)
+    trainer.save_model(str(run.dir / phase / "model"))
+    if distributed.is_main_process():
+        write_json(run.dir / phase / "metadata.json", metadata)
+    distributed.barrier()
+    print_run_locations(trainer)
+    return metadata
+
+
+def score_model(run: WarpRun, model: PreTrainedModel) -> dict[str, float]:
+    """Held-out safety and utility scores (test split, else validation) of one model."""
+    safety = run.safety.test if run.safety.test is not None else run.safety.validation
+    utility = run.utility.test if run.utility.test is not None else run.utility.validation
+    batch_size = run.training_args.per_device_eval_batch_size
+    if run.model_args.task_type == "seq_cls":
+        return {
+            "safety_accuracy": classification_accuracy(model, safety, run.safety.collator, run.safety_classes, batch_size=batch_size),
+            "utility_accuracy": classification_accuracy(model, utility, run.utility.collator, run.utility_classes, batch_size=batch_size),
+        }
+    scores = {}
+    for task, data in (("safety", run.safety), ("utility", run.utility)):
+        raw = data.raw["test"] if "test" in data.raw else data.raw["validation"]
+        args = run.data_args
+        prompts, references = raw[args.prompt_column], raw[args.response_column]
+        responses = generate_responses(model, run.tokenizer, prompts, use_chat_template=uses_chat_template(run.tokenizer, args),
+                                       max_new_tokens=run.warp_args.max_new_tokens, batch_size=batch_size)
+        if task == "safety":
+            scores["safety_accuracy"] = refusal_accuracy(responses, [is_refusal(r) for r in references])
+        else:
+            scores["utility_accuracy"] = first_word_accuracy(responses, references)
+    return scores
+
+
+def evaluate_run(run: WarpRun) -> dict[str, dict[str, float]]:
+    """Score every saved model of the run; writes ``eval.json`` and ``eval.md`` and returns the rows."""
+    rows = {}
+    for phase in MODELS:
+        if (run.dir / phase / "model").is_dir():
+            rows[phase] = score_model(run, run.load_model(phase))
+    if "phase2" not in rows:
+        raise FileNotFoundError(f"{run.dir / 'phase2' / 'model'} not found: nothing to evaluate before phase 2")
+    reference = rows["phase2"]["safety_accuracy"]
+    for row in rows.values():
+        row["safety_retention"] = row["safety_accuracy"] / reference if reference else float("nan")
+    write_json(run.dir / "eval.json", rows)
+    (run.dir / "eval.md").write_text(format_table(rows) + "\n", encoding="utf-8")
+    return rows
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    lines = ["| model | safety accuracy | safety retention | utility accuracy |", "| --- | --- | --- | --- |"]
+    for phase, row in rows.items():
+        lines.append(f"| {MODELS[phase]} | {row['safety_accuracy']:.3f} | {row['safety_retention']:.3f} | {row['utility_accuracy']:.3f} |")
+    return "\n".join(lines)
+
+
+def run_study(run: WarpRun) -> dict | None:
+    """Run the configured phase(s); 'all' runs 1, 2, 3, plain and eval and prints the table."""
+    phase = run.warp_args.phase
+    run.save_config()
+    steps = {1: [run_phase1], 2: [run_phase2], 3: [run_phase3], "plain": [lambda r: run_phase3(r, masked=False)],
+             "eval": [], "all": [run_phase1, run_phase2, run_phase3, lambda r: run_phase3(r, masked=False)]}[phase]
+    for step in steps:
+        step(run)
+    if phase not in ("eval", "all"):
+        return None
+    rows = evaluate_run(run) if distributed.is_main_process() else None
+    distributed.barrier()
+    if rows is not None:
+        print(f"\nWaRP on {run.model_args.model_name_or_path}: held-out scores\n\n{format_table(rows)}\n"
+              f"\nrun directory: {run.dir.resolve()}  (hf-ext warp verify --run {run.dir})", flush=True)
+    return rows

@@ -1,0 +1,92 @@
+"""``hf-ext warp verify``: re-check a finished WaRP run from its files.
+
+- the basis is orthonormal;
+- reparameterizing reproduces the weights at the start of phases 2 and 3;
+- the masks freeze ``keep_ratio`` of the coefficients (within one entry per layer, or in total
+  for a global threshold);
+- the frozen coefficients after phase 3 equal, bit for bit, those at its start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .io import load_tensors, read_json
+from .reparam import coefficient_parameters, reparameterize
+from .warp import WarpRun, load_basis, load_masks
+
+ORTHONORMALITY_TOL = 1e-4
+RECONSTRUCTION_TOL = 1e-4  # relative to max |W|
+
+
+@dataclass
+class Check:
+    what: str
+    module: str
+    value: str
+    ok: bool
+
+
+def _frozen(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    return mask.expand(shape)
+
+
+@torch.no_grad()
+def verify_run(run_dir: str | Path) -> list[Check]:
+    run = WarpRun.from_dir(run_dir, use_cpu=True)
+    bases, _, _ = load_basis(run.dir)
+    rank = run.warp_args.basis_rank
+    checks = []
+    for name, u in bases.items():
+        u = u.double()[:, :rank] if rank else u.double()
+        error = (u.T @ u - torch.eye(u.shape[1], dtype=torch.float64)).abs().max().item()
+        checks.append(Check("U orthonormal: max |U^T U - I|", name, f"{error:.2e}", error < ORTHONORMALITY_TOL))
+
+    starts = {}
+    for label, phase in (("phase 2", None), ("phase 3", "phase2")):
+        if phase and not (run.dir / phase / "model").is_dir():
+            continue
+        model = run.load_model(phase)
+        originals = {name: model.get_submodule(name).weight.detach().clone() for name in bases}
+        modules = reparameterize(model, bases, rank=rank)
+        for name, module in modules.items():
+            error = ((module.weight - originals[name]).abs().max() / originals[name].abs().max()).item()
+            checks.append(Check(f"{label} start: max |C U^T - W| / max |W|", name, f"{error:.2e}", error < RECONSTRUCTION_TOL))
+        starts[label] = {name: c.detach().clone() for name, c in coefficient_parameters(modules).items()}
+
+    if (run.dir / "phase2" / "masks.safetensors").is_file():
+        masks = load_masks(run.dir)
+        info = read_json(run.dir / "phase2" / "metadata.json")
+        keep = info["keep_ratio"]
+        if info["threshold"] == "per_layer":
+            for name, mask in masks.items():
+                frozen, n = int(mask.sum()), mask.numel()
+                checks.append(Check(f"mask ratio (keep_ratio {keep})", name, f"{frozen / n:.4f} ({frozen}/{n})",
+                                    abs(frozen - keep * n) <= 1))
+        else:
+            frozen, n = sum(int(m.sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
+            checks.append(Check(f"mask ratio, global (keep_ratio {keep})", "all", f"{frozen / n:.4f} ({frozen}/{n})",
+                                abs(frozen - keep * n) <= 1))
+
+        final_path = run.dir / "phase3" / "coefficients.safetensors"
+        if final_path.is_file() and "phase 3" in starts:
+            final, _ = load_tensors(final_path)
+            for name, start in starts["phase 3"].items():
+                frozen = _frozen(masks[name], start.shape)
+                deviation = (final[name][frozen] - start[frozen]).abs().max().item() if frozen.any() else 0.0
+                moved = (final[name][~frozen] - start[~frozen]).norm().item()
+                checks.append(Check("phase 3: frozen coefficients bit-identical", name,
+                                    f"max dev {deviation:.1e}, trainable moved {moved:.3g}",
+                                    torch.equal(final[name][frozen], start[frozen])))
+    return checks
+
+
+def format_checks(checks: list[Check]) -> str:
+    width = max(len(c.what) for c in checks)
+    lines = [f"{'PASS' if c.ok else 'FAIL'}  {c.what:<{width}}  {c.value:<34}  {c.module}" for c in checks]
+    failed = sum(not c.ok for c in checks)
+    lines.append(f"{len(checks) - failed}/{len(checks)} checks passed")
+    return "\n".join(lines)
