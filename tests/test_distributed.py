@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +11,14 @@ import torch
 from hf_ext.io import load_tensors
 
 SCRIPTS = Path(__file__).parent / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def torchrun(script: str, *args: str, nproc: int = 2) -> None:
     """Run a test script under torchrun on the CPU with gloo, as the README describes."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--standalone", str(SCRIPTS / script), *args]
+               "--standalone", str(SCRIPTS / script), *args]  # an absolute script path is used as is
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -37,7 +40,11 @@ def test_two_process_statistics_equal_one_process(tmp_path):
 
 
 def _run(script: str, *args: str) -> None:
-    result = subprocess.run([sys.executable, str(SCRIPTS / script), *args], capture_output=True, text=True, timeout=600)
+    _run_path(SCRIPTS / script, *args)
+
+
+def _run_path(script, *args: str) -> None:
+    result = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -60,3 +67,27 @@ def test_ddp_and_gradient_accumulation_match_one_big_batch(tmp_path, task_type):
     ddp = tmp_path / "ddp.safetensors"
     torchrun("train_steps.py", str(ddp), task_type, "8", "1")
     _assert_same_training(one, ddp)
+
+
+@pytest.mark.multiprocess
+def test_two_process_warp_phase2_matches_one_process(tmp_path):
+    """Same phase-1 basis, same global batch of 8: 2 ranks x 4 give the importance and masks of 1 x 8."""
+    recipe, config = ROOT / "recipes" / "warp.py", ROOT / "recipes" / "configs" / "warp_tiny_llama.json"
+    common = ["max_train_samples=64", "max_eval_samples=16", "safety_epochs=1", "report_to=[]", "dataloader_drop_last=true"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run_path(recipe, config, f"output_dir={one}", "phase=1", *common)
+    shutil.copytree(one, two)
+    _run_path(recipe, config, f"output_dir={one}", "phase=2", "per_device_train_batch_size=8", *common)
+    torchrun(str(recipe), str(config), f"output_dir={two}", "phase=2", "per_device_train_batch_size=4", *common)
+    for name in ("importance", "masks"):
+        single, _ = load_tensors(one / "phase2" / f"{name}.safetensors")
+        double, _ = load_tensors(two / "phase2" / f"{name}.safetensors")
+        assert set(single) == set(double) and len(single) == 14  # 2 layers x (4 attention + 3 mlp) linears
+        for key in single:
+            if name == "masks":
+                assert torch.equal(single[key], double[key]), key
+            else:
+                torch.testing.assert_close(double[key], single[key], rtol=1e-4, atol=1e-7)
+    meta_one = json.loads((one / "phase2" / "metadata.json").read_text())
+    meta_two = json.loads((two / "phase2" / "metadata.json").read_text())
+    assert meta_one["steps"] == meta_two["steps"] == 8

@@ -3,7 +3,7 @@ gradient accumulation and a resumed checkpoint."""
 
 import pytest
 import torch
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from hf_ext.callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
 from hf_ext.config import DataArguments
@@ -63,13 +63,13 @@ def test_importance_is_read_before_clipping_and_equals_hand_computation(tmp_path
         assert importance.sum() > 1e-3  # far above what clipping to 1e-4 would leave
 
 
-def _masked_run(tmp_path, masks, *, max_steps=6, resume=None, save_steps=None):
+def _masked_run(tmp_path, masks, *, max_steps=6, resume=None, save_steps=None, bf16=False):
     model, tokenizer, params = _reparameterized_model()
     initial = {name: p.detach().clone() for name, p in params.items()}
     masked = MaskedUpdate(params, masks)
     args = _args(tmp_path, max_steps=max_steps, learning_rate=5e-2, weight_decay=0.1, optim="adamw_torch",
                  save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
-                 report_to=["tensorboard"])
+                 report_to=["tensorboard"], bf16=bf16)
     data = _data(tokenizer, 48)
     trainer = HfExtTrainer(model=model, args=args, train_dataset=data.train, data_collator=data.collator,
                            callbacks=[MaskedUpdateCallback(masked), CoefficientDriftCallback(params, masks)])
@@ -129,3 +129,39 @@ def test_callbacks_refuse_a_plain_trainer(tmp_path):
     callback.bind(trainer)
     with pytest.raises(RuntimeError, match="needs hf_ext.HfExtTrainer"):
         trainer.train()
+
+
+class _PoisonGradients(TrainerCallback):
+    """Sets one gradient entry to inf at the given optimizer steps, before the importance callback reads it."""
+
+    def __init__(self, param, steps):
+        self.param, self.steps, self.seen = param, set(steps), 0
+
+    def on_gradients_ready(self, args, state, control, **kwargs):
+        self.seen += 1
+        if self.seen in self.steps:
+            self.param.grad.view(-1)[0] = float("inf")
+
+
+def test_non_finite_gradient_steps_are_skipped_and_counted(tmp_path):
+    model, tokenizer, params = _reparameterized_model()
+    data = _data(tokenizer, 8)
+    accumulator = ImportanceAccumulator(params)
+    poison = _PoisonGradients(next(iter(params.values())), steps=[3])  # last: SGD would turn inf into nan weights
+    args = _args(tmp_path, max_steps=3, learning_rate=0.0, optim="sgd", max_grad_norm=0.0)
+    trainer = HfExtTrainer(model=model, args=args, train_dataset=data.train, data_collator=data.collator)
+    trainer.add_callback(poison)
+    trainer.add_callback(ImportanceCallback(accumulator))
+    with pytest.warns(UserWarning, match="non-finite gradient"):
+        trainer.train()
+    assert (accumulator.steps, accumulator.skipped_steps) == (2, 1)
+    assert all(torch.isfinite(v).all() for v in accumulator.mean().values())
+
+
+def test_frozen_coefficients_bit_identical_under_bf16_autocast(tmp_path):
+    masks = _masks()
+    params, initial, masked, _ = _masked_run(tmp_path, masks, max_steps=3, bf16=True)
+    assert masked.unchanged()
+    for name, p in params.items():
+        frozen = _frozen(masks[name], p.shape)
+        assert p.dtype == torch.float32 and torch.equal(p.detach()[frozen], initial[name][frozen])
