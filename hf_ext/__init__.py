@@ -13,14 +13,19 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "activations": ["InputRecorder", "InputStatistics", "collect_input_statistics", "eigenbasis"],
+    "callbacks": ["CoefficientDriftCallback", "ImportanceCallback", "MaskedUpdateCallback"],
     "config": ["ConfigError", "DataArguments", "ModelArguments", "parse_config"],
     "data": ["PreparedData", "prepare_data"],
+    "importance": ["ImportanceAccumulator", "build_masks", "top_k_masks"],
     "io": ["FileFormatError", "load_tensors", "read_json", "save_tensors", "write_json"],
+    "masking": ["MaskedUpdate"],
     "models": ["load_model", "load_tokenizer", "tiny_model"],
+    "reparam": ["coefficient_parameters", "compute_bases", "merge", "merge_model", "reparameterize"],
     "run_logger": ["LoggingCallback", "RunLogger"],
     "targets": ["AttentionModules", "find_attention", "find_blocks", "select_linear"],
     "tasks": ["load_builtin_task"],
     "trainer": ["HfExtTrainer"],
+    "warp": ["WarpArguments", "WarpRun", "run_study"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

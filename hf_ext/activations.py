@@ -10,7 +10,6 @@ the data produce the statistics of one process that saw all of it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -1,9 +1,11 @@
 """Checks on the repository itself: configs parse, no pickle, every recipe config is valid."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from transformers import TrainingArguments
 
@@ -36,9 +38,20 @@ def test_no_pickle_and_safe_torch_load():
     assert offenders == []
 
 
-@pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("finetune_*.json")), ids=lambda p: p.name)
-def test_finetune_configs_parse(config):
-    model_args, _, training_args = parse_config((ModelArguments, DataArguments, TrainingArguments), [str(config)])
+def _recipe_arguments(config: Path) -> tuple[type, ...]:
+    from hf_ext.warp import WarpArguments
+
+    extra = {"finetune": (), "warp": (WarpArguments,)}[config.name.split("_", 1)[0]]
+    return (ModelArguments, DataArguments, *extra, TrainingArguments)
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_recipe_configs_parse(config):
+    """Every config parses with its recipe's dataclasses (the prefix names the recipe)."""
+    assert (ROOT / "recipes" / f"{config.name.split('_', 1)[0]}.py").is_file()
+    gpu_only = json.loads(config.read_text()).get("bf16") and not torch.cuda.is_available()
+    overrides = ["bf16=false"] if gpu_only else []  # TrainingArguments refuses bf16 on a CPU-only machine
+    model_args, *_, training_args = parse_config(_recipe_arguments(config), [str(config), *overrides])
     assert training_args.report_to == ["tensorboard"]
     assert model_args.model_name_or_path
 
