@@ -426,6 +426,7 @@ def run_study(run: WarpRun) -> dict | None:
     rows = evaluate_run(run) if distributed.is_main_process() else None
     distributed.barrier()
     if rows is not None:
-        print(f"\nWaRP on {run.model_args.model_name_or_path}: held-out scores\n\n{format_table(rows)}\n"
-              f"\nrun directory: {run.dir.resolve()}  (hf-ext warp verify --run {run.dir})", flush=True)
+        print(f"\nWaRP on {run.model_args.model_name_or_path}: held-out scores\n\n{format_table(rows)}\n\n"
+              f"run directory: {run.dir.resolve()}  (check it: hf-ext warp verify --run {run.dir})\n"
+              f"tensorboard:   tensorboard --logdir {run.dir.resolve()}  (one run per phase)", flush=True)
     return rows

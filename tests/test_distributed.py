@@ -50,9 +50,11 @@ def _run_path(script, *args: str) -> None:
 
 def _assert_same_training(reference, other):
     (ref, ref_meta), (got, got_meta) = load_tensors(reference), load_tensors(other)
-    assert got_meta["losses"] == pytest.approx(ref_meta["losses"], rel=1e-4)
+    # Summation order differs between the three ways, and SGD at lr 0.5 amplifies it; the bug this
+    # guards against is a factor of 2, far outside these tolerances.
+    assert got_meta["losses"] == pytest.approx(ref_meta["losses"], rel=1e-3)
     for name in ref:
-        torch.testing.assert_close(got[name], ref[name], atol=2e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(got[name], ref[name], atol=1e-4, rtol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.multiprocess
