@@ -16,6 +16,7 @@ _EXPORTS = {
     "callbacks": ["CoefficientDriftCallback", "ImportanceCallback", "MaskedUpdateCallback"],
     "config": ["ConfigError", "DataArguments", "ModelArguments", "parse_config"],
     "data": ["PreparedData", "prepare_data"],
+    "heads": ["HeadGates", "head_update_sizes"],
     "importance": ["ImportanceAccumulator", "build_masks", "top_k_masks"],
     "io": ["FileFormatError", "load_tensors", "read_json", "save_tensors", "write_json"],
     "masking": ["MaskedUpdate"],
