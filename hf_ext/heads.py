@@ -21,24 +21,25 @@ class HeadGates:
 
     ``gates`` is any ``[num_layers, num_heads]`` tensor: all ones (outputs bit-identical to the
     ungated model), a fixed ablation pattern, soft values, or an ``nn.Parameter`` to train or to
-    read ``dL/dgate`` from. Use as a context manager (``with HeadGates(model, gates): ...``) or call
-    :meth:`attach` / :meth:`remove`.
+    read ``dL/dgate`` from. A ``[batch, num_layers, num_heads]`` tensor gives every example of the
+    batch its own gates (per-example gradients in one backward pass, several ablations in one
+    forward pass). Use as a context manager (``with HeadGates(model, gates): ...``) or call
+    :meth:`attach` / :meth:`remove`; :attr:`gates` may be replaced while attached.
     """
 
     def __init__(self, model: nn.Module, gates: torch.Tensor | None = None):
         self.model = model
         self.attention = find_attention(model)
-        shape = (len(self.attention), self.attention[0].num_heads)
+        self.shape = (len(self.attention), self.attention[0].num_heads)
         if gates is None:
-            gates = torch.ones(shape, device=next(model.parameters()).device)
-        if tuple(gates.shape) != shape:
-            raise ValueError(f"gates have shape {tuple(gates.shape)}; this model needs [num_layers, num_heads] = {list(shape)}")
+            gates = torch.ones(self.shape, device=next(model.parameters()).device)
+        if tuple(gates.shape[-2:]) != self.shape or gates.ndim not in (2, 3):
+            raise ValueError(
+                f"gates have shape {tuple(gates.shape)}; this model needs [num_layers, num_heads] = {list(self.shape)} "
+                "or [batch, num_layers, num_heads]"
+            )
         self.gates = gates
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.gates.shape)
 
     def attach(self) -> HeadGates:
         if self._handles:
@@ -51,8 +52,11 @@ class HeadGates:
     def _hook(self, a: AttentionModules):
         def gate_heads(module, args):
             x = args[0]
-            gate = self.gates[a.layer].to(x.dtype)
-            gated = (x.unflatten(-1, (a.num_heads, a.head_dim)) * gate[:, None]).flatten(-2)
+            if self.gates.ndim == 2:
+                gate = self.gates[a.layer].to(x.dtype)[:, None]  # [heads, 1]
+            else:  # per example: [batch, 1 (positions), heads, 1]
+                gate = self.gates[:, a.layer].to(x.dtype).view(x.shape[0], *([1] * (x.ndim - 2)), a.num_heads, 1)
+            gated = (x.unflatten(-1, (a.num_heads, a.head_dim)) * gate).flatten(-2)
             return (gated, *args[1:])
 
         return gate_heads

@@ -1,0 +1,218 @@
+"""Importance of every attention head on a fixed set of batches: ablation, gradient and Fisher.
+
+- ablation: the increase in mean loss and the drop in accuracy when one head's gate is 0. Hidden
+  states entering block ``l`` do not depend on gates of blocks ``>= l``, so the output of block
+  ``l - 1`` is cached once per layer and only blocks ``l ..`` are recomputed for that layer's heads
+  (the blocks before ``l`` are replaced by stand-ins that return the cached output). Equal to the
+  naive per-head ablation (``cache_prefix=False``), which recomputes every block every time.
+- gradient: ``sum over examples |dL_x/dgate|`` (Michel et al. 2019); Fisher proxy: the mean over
+  examples of ``(dL_x/dgate)^2``. Every example of a batch gets its own gates, so one backward pass
+  gives the per-example gradients.
+
+``batches`` are dicts of model inputs with ``labels`` (class indices for ``seq_cls``; token ids
+with -100 outside the response for ``causal_lm``); the loss and accuracy of an example are its
+cross-entropy and accuracy over its labelled tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .heads import HeadGates
+from .targets import find_blocks
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, accuracy)`` per example, in float32: class logits ``[B, C]`` with labels ``[B]``, or
+    token logits ``[B, T, V]`` with labels ``[B, T]`` (next-token; -100 ignored)."""
+    logits = logits.float()
+    if logits.ndim == 2:
+        loss = nn.functional.cross_entropy(logits, labels, reduction="none")
+        return loss, (logits.argmax(-1) == labels).float()
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != -100
+    token_loss = nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+    count = keep.sum(1).clamp(min=1)
+    correct = (logits.argmax(-1) == labels) & keep
+    return (token_loss * keep).sum(1) / count, correct.sum(1) / count
+
+
+@dataclass
+class AblationResult:
+    """Per head ``[num_layers, num_heads]``: loss increase and accuracy drop when the head is off."""
+
+    loss_increase: torch.Tensor
+    accuracy_drop: torch.Tensor
+    base_loss: float
+    base_accuracy: float
+    block_evaluations: int
+
+
+def _inputs(batch: dict[str, Any], device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    inputs = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+    return inputs, inputs.pop("labels")
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _Replay(nn.Module):
+    """Stands in for a block before the layer being ablated: returns the cached output of the last
+    such block for the current batch, whatever it is given."""
+
+    def __init__(self, block: nn.Module, cache: list):
+        super().__init__()
+        # Some models read attributes of their blocks in the loop (e.g. attention_type).
+        self.__dict__.update({k: v for k, v in vars(block).items() if not k.startswith("_") and k != "training"})
+        self.cache, self.index = cache, 0
+
+    def forward(self, *args, **kwargs):
+        return self.cache[self.index]
+
+
+class _PrefixCache:
+    """Swap blocks ``0 .. l-1`` for :class:`_Replay` stand-ins fed by a per-batch cache."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        _, self.blocks = find_blocks(model)
+        self.originals = list(self.blocks)
+
+    def run(self, layer: int, cache: list, batches, fn):
+        replays = [_Replay(self.originals[i], cache) for i in range(layer)]
+        for i, replay in enumerate(replays):
+            self.blocks[i] = replay
+        try:
+            results = []
+            for index, batch in enumerate(batches):
+                for replay in replays:
+                    replay.index = index
+                results.append(fn(batch))
+            return results
+        finally:
+            for i in range(layer):
+                self.blocks[i] = self.originals[i]
+
+    def outputs_of_block(self, layer: int, previous: list | None, batches, device) -> list:
+        """Output of block ``layer`` per batch, computing only that block (earlier ones replayed)."""
+        captured = []
+
+        def capture(module, args, output):
+            captured.append(output)
+            raise _StopForward
+
+        handle = self.originals[layer].register_forward_hook(capture)
+
+        def forward(batch):
+            inputs, _ = _inputs(batch, device)
+            try:
+                self.model(**inputs)
+            except _StopForward:
+                pass
+
+        try:
+            self.run(layer, previous or [], batches, forward)
+        finally:
+            handle.remove()
+        return captured
+
+
+@torch.no_grad()
+def ablation_importance(
+    model: nn.Module, batches: Sequence[dict[str, Any]], *, cache_prefix: bool = True, progress: bool = True
+) -> AblationResult:
+    """Loss increase and accuracy drop of every single-head ablation over ``batches`` (eval mode)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    gates = HeadGates(model)
+    layers, heads = gates.shape
+    loss_up, acc_drop = torch.zeros(layers, heads), torch.zeros(layers, heads)
+    prefix = _PrefixCache(model)
+    counts = {"blocks": 0}
+
+    def evaluate(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, labels = _inputs(batch, device)
+        return per_example_loss(model(**inputs).logits, labels)
+
+    def mean(results) -> tuple[float, float]:
+        loss = torch.cat([r[0] for r in results])
+        accuracy = torch.cat([r[1] for r in results])
+        return loss.mean().item(), accuracy.mean().item()
+
+    try:
+        with gates:
+            base_loss, base_accuracy = mean([evaluate(b) for b in batches])
+            counts["blocks"] += layers
+            cache = None
+            bar = tqdm(total=layers * heads, desc="head ablation", disable=not progress)
+            for layer in range(layers):
+                if cache_prefix and layer > 0:
+                    gates.gates = torch.ones(layers, heads, device=device)
+                    cache = prefix.outputs_of_block(layer - 1, cache, batches, device)
+                    counts["blocks"] += 1
+                start = layer if cache_prefix else 0
+                for head in range(heads):
+                    ablated = torch.ones(layers, heads, device=device)
+                    ablated[layer, head] = 0.0
+                    gates.gates = ablated
+                    if start > 0:
+                        results = prefix.run(start, cache, batches, evaluate)
+                    else:
+                        results = [evaluate(b) for b in batches]
+                    counts["blocks"] += layers - start
+                    loss, accuracy = mean(results)
+                    loss_up[layer, head], acc_drop[layer, head] = loss - base_loss, base_accuracy - accuracy
+                    bar.update()
+            bar.close()
+    finally:
+        model.train(was_training)
+    return AblationResult(loss_up, acc_drop, base_loss, base_accuracy, counts["blocks"])
+
+
+@dataclass
+class GradientImportance:
+    """Per head ``[num_layers, num_heads]``: ``sum_x |dL_x/dgate|`` and ``mean_x (dL_x/dgate)^2``."""
+
+    gradient: torch.Tensor
+    fisher: torch.Tensor
+    examples: int
+
+    def normalised(self) -> torch.Tensor:
+        """Gradient importance divided by each layer's L2 norm (Michel et al.'s per-layer normalisation)."""
+        return self.gradient / self.gradient.norm(dim=1, keepdim=True).clamp(min=1e-20)
+
+
+def gradient_importance(model: nn.Module, batches: Sequence[dict[str, Any]], *, progress: bool = True) -> GradientImportance:
+    """Per-example gate gradients over ``batches`` (eval mode, parameters' gradients untouched)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    shape = HeadGates(model).shape
+    gradient, fisher, examples = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64), 0
+    requires_grad = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for batch in tqdm(batches, desc="head gradients", disable=not progress):
+            inputs, labels = _inputs(batch, device)
+            gates = torch.ones(labels.shape[0], *shape, device=device, requires_grad=True)
+            with HeadGates(model, gates):
+                loss, _ = per_example_loss(model(**inputs).logits, labels)
+            (per_example,) = torch.autograd.grad(loss.sum(), gates)
+            per_example = per_example.double().cpu()
+            gradient += per_example.abs().sum(0)
+            fisher += per_example.square().sum(0)
+            examples += labels.shape[0]
+    finally:
+        for p, flag in requires_grad.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return GradientImportance(gradient.float(), (fisher / max(examples, 1)).float(), examples)
