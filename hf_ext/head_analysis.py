@@ -1,0 +1,224 @@
+"""Analysis of saved per-head measurements: the table, statistics, cases and figures of the head-plasticity study.
+
+A run directory holds one JSONL file per measurement, one line per head (``{"layer": 0, "head": 3,
+...values}``): ``I_pre.jsonl`` and ``I_post.jsonl`` (ablation: ``loss_increase``,
+``accuracy_drop``), ``G_pre.jsonl`` (``gradient``, ``fisher``) and ``U.jsonl`` (``U``, ``Urel``).
+Everything here works from those files alone, without the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import write_json
+
+MEASUREMENTS = {  # column -> (file, field)
+    "I_pre": ("I_pre.jsonl", "loss_increase"),
+    "I_post": ("I_post.jsonl", "loss_increase"),
+    "G_pre": ("G_pre.jsonl", "gradient"),
+    "F_pre": ("G_pre.jsonl", "fisher"),
+    "U": ("U.jsonl", "U"),
+    "Urel": ("U.jsonl", "Urel"),
+}
+IMPORTANT_STATIC = "important_static"
+PLASTIC_UNIMPORTANT = "plastic_unimportant"
+
+
+@dataclass
+class CaseThresholds:
+    """Percentiles that define the two cases (of I_pre and Urel over all heads)."""
+
+    important: float = 90.0
+    static: float = 30.0
+    plastic: float = 90.0
+    unimportant: float = 30.0
+
+
+def write_jsonl(path: str | Path, values: dict[str, np.ndarray]) -> None:
+    """One line per head from ``[num_layers, num_heads]`` arrays of the same shape."""
+    arrays = {k: np.asarray(v, dtype=float) for k, v in values.items()}
+    layers, heads = next(iter(arrays.values())).shape
+    lines = [json.dumps({"layer": l, "head": h, **{k: float(a[l, h]) for k, a in arrays.items()}})
+             for l in range(layers) for h in range(heads)]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_jsonl(path: str | Path, field: str) -> np.ndarray:
+    """``[num_layers, num_heads]`` array of ``field``; every head must appear exactly once."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} is empty")
+    missing_keys = [r for r in rows if not {"layer", "head", field} <= set(r)]
+    if missing_keys:
+        raise ValueError(f"{path}: line {rows.index(missing_keys[0]) + 1} lacks 'layer', 'head' or {field!r}")
+    layers, heads = max(r["layer"] for r in rows) + 1, max(r["head"] for r in rows) + 1
+    values = np.full((layers, heads), np.nan)
+    for r in rows:
+        if not np.isnan(values[r["layer"], r["head"]]):
+            raise ValueError(f"{path}: layer {r['layer']} head {r['head']} appears twice")
+        values[r["layer"], r["head"]] = r[field]
+    missing = np.argwhere(np.isnan(values))
+    if len(missing):
+        shown = ", ".join(f"({l}, {h})" for l, h in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(f"{path}: {len(missing)} of {layers * heads} heads missing (layer, head): {shown}")
+    return values
+
+
+def load_measurements(run: str | Path) -> dict[str, np.ndarray]:
+    """Every column of :data:`MEASUREMENTS` from a run directory, checked to have one shape."""
+    columns = {name: read_jsonl(Path(run) / file, field) for name, (file, field) in MEASUREMENTS.items()}
+    shapes = {name: a.shape for name, a in columns.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"measurements disagree on [layers, heads]: {shapes}")
+    return columns
+
+
+def classify(i_pre: np.ndarray, urel: np.ndarray, thresholds: CaseThresholds) -> np.ndarray:
+    """Case label per head: important-but-static, plastic-but-unimportant, or ''."""
+    cases = np.full(i_pre.shape, "", dtype=object)
+    important = i_pre >= np.percentile(i_pre, thresholds.important)
+    static = urel <= np.percentile(urel, thresholds.static)
+    plastic = urel >= np.percentile(urel, thresholds.plastic)
+    unimportant = i_pre <= np.percentile(i_pre, thresholds.unimportant)
+    cases[important & static] = IMPORTANT_STATIC
+    cases[plastic & unimportant] = PLASTIC_UNIMPORTANT
+    return cases
+
+
+def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Share of the ``k`` largest entries of ``a`` that are among the ``k`` largest of ``b``."""
+    k = min(k, a.size)
+    top_a = set(np.argsort(-a, axis=None, kind="stable")[:k])
+    top_b = set(np.argsort(-b, axis=None, kind="stable")[:k])
+    return len(top_a & top_b) / k
+
+
+def statistics(columns: dict[str, np.ndarray], cases: np.ndarray, top_k: int) -> dict:
+    from scipy.stats import spearmanr
+
+    def pair(x: str, y: str) -> dict:
+        rho, p = spearmanr(columns[x].ravel(), columns[y].ravel())
+        return {"spearman_rho": float(rho), "p_value": float(p), f"top{top_k}_overlap": top_k_overlap(columns[x], columns[y], top_k)}
+
+    return {
+        "heads": int(cases.size),
+        "top_k": top_k,
+        "I_pre_vs_Urel": pair("I_pre", "Urel"),
+        "I_pre_vs_G_pre": pair("I_pre", "G_pre"),
+        "cases": {name: int((cases == name).sum()) for name in (IMPORTANT_STATIC, PLASTIC_UNIMPORTANT)},
+    }
+
+
+def aggregate(run: str | Path, *, top_k: int = 20, thresholds: CaseThresholds | None = None) -> dict:
+    """Write ``heads.csv``, ``stats.json`` and ``cases.json`` of one run from its JSONL files."""
+    run, thresholds = Path(run), thresholds or CaseThresholds()
+    columns = load_measurements(run)
+    cases = classify(columns["I_pre"], columns["Urel"], thresholds)
+    layers, heads = cases.shape
+    with open(run / "heads.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["layer", "head", *columns, "case"])
+        for l in range(layers):
+            for h in range(heads):
+                writer.writerow([l, h, *(f"{columns[c][l, h]:.8g}" for c in columns), cases[l, h]])
+    stats = statistics(columns, cases, top_k) | {"thresholds_percentile": asdict(thresholds)}
+    write_json(run / "stats.json", stats)
+    write_json(run / "cases.json", {name: [{"layer": int(l), "head": int(h)} for l, h in np.argwhere(cases == name)]
+                                    for name in (IMPORTANT_STATIC, PLASTIC_UNIMPORTANT)})
+    return stats
+
+
+def aggregate_seeds(root: str | Path, seed_dirs: list[Path]) -> dict:
+    """Across seeds: per-head mean and std of every column (``heads_across_seeds.csv``) and per-seed
+    statistics rows with their mean and std (``stats_across_seeds.json``)."""
+    root = Path(root)
+    per_seed = {d.name: load_measurements(d) for d in seed_dirs}
+    stats = {d.name: json.loads((d / "stats.json").read_text()) for d in seed_dirs}
+    names = list(MEASUREMENTS)
+    stacked = {c: np.stack([m[c] for m in per_seed.values()]) for c in names}
+    layers, heads = stacked[names[0]].shape[1:]
+    with open(root / "heads_across_seeds.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["layer", "head", *(f"{c}_{s}" for c in names for s in ("mean", "std"))])
+        for l in range(layers):
+            for h in range(heads):
+                writer.writerow([l, h, *(f"{fn(stacked[c][:, l, h]):.8g}" for c in names for fn in (np.mean, np.std))])
+    summary = {"seeds": list(stats), "per_seed": stats}
+    for key in ("I_pre_vs_Urel", "I_pre_vs_G_pre"):
+        rhos = np.array([s[key]["spearman_rho"] for s in stats.values()])
+        summary[f"{key}_spearman_rho"] = {"mean": float(rhos.mean()), "std": float(rhos.std())}
+    write_json(root / "stats_across_seeds.json", summary)
+    return summary
+
+
+def plot(run: str | Path) -> list[Path]:
+    """Scatter plots (I_pre vs Urel, I_pre vs G_pre, cases marked), a statistics figure and layer x head
+    heatmaps of I_pre, I_post and Urel, as PNG files in the run directory; returns their paths."""
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, fig in figures(run).items():
+        paths.append(Path(run) / f"{name}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def figures(run: str | Path) -> dict:
+    """The study's matplotlib figures by name (see :func:`plot`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Path(run)
+    columns = load_measurements(run)
+    stats = json.loads((run / "stats.json").read_text())
+    cases_json = json.loads((run / "cases.json").read_text())
+    marked = {name: np.zeros(columns["I_pre"].shape, bool) for name in cases_json}
+    for name, heads in cases_json.items():
+        for head in heads:
+            marked[name][head["layer"], head["head"]] = True
+    out = {}
+    for y, label in (("Urel", "relative update size Urel"), ("G_pre", "gradient importance G_pre")):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        other = ~(marked[IMPORTANT_STATIC] | marked[PLASTIC_UNIMPORTANT])
+        ax.scatter(columns["I_pre"][other], columns[y][other], s=14, label="other heads")
+        ax.scatter(columns["I_pre"][marked[IMPORTANT_STATIC]], columns[y][marked[IMPORTANT_STATIC]], marker="^", s=40,
+                   label="important but static")
+        ax.scatter(columns["I_pre"][marked[PLASTIC_UNIMPORTANT]], columns[y][marked[PLASTIC_UNIMPORTANT]], marker="s",
+                   s=34, label="plastic but unimportant")
+        rho = stats[f"I_pre_vs_{y}"]["spearman_rho"]
+        ax.set(xlabel="ablation importance I_pre (loss increase)", ylabel=label, title=f"Spearman rho = {rho:.3f}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out[f"scatter_I_pre_vs_{y}"] = fig
+    fig, ax = plt.subplots(figsize=(5, 3))
+    pairs = ("I_pre_vs_Urel", "I_pre_vs_G_pre")
+    k = stats["top_k"]
+    x = np.arange(len(pairs))
+    ax.bar(x - 0.2, [stats[p]["spearman_rho"] for p in pairs], 0.4, label="Spearman rho")
+    ax.bar(x + 0.2, [stats[p][f"top{k}_overlap"] for p in pairs], 0.4, label=f"top-{k} overlap")
+    ax.set_xticks(x, [p.replace("_vs_", " vs ") for p in pairs])
+    ax.axhline(0, linewidth=0.8, color="black")
+    ax.set_title(f"{stats['cases'][IMPORTANT_STATIC]} important-but-static, {stats['cases'][PLASTIC_UNIMPORTANT]} plastic-but-unimportant heads", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out["stats"] = fig
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, name in zip(axes, ("I_pre", "I_post", "Urel")):
+        image = ax.imshow(columns[name], aspect="auto")
+        ax.set(title=name, xlabel="head", ylabel="layer")
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    out["heatmaps"] = fig
+    return out
+
