@@ -137,3 +137,34 @@ class CoefficientDriftCallback(LoggingCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_log:
             self._require_bound().scalars(self.drift())
+
+
+class HeadImportanceCallback(LoggingCallback):
+    """Every ``every`` optimizer steps, log gradient head importance on fixed ``batches``: one scalar
+    per layer (mean over its heads) and a layer x head heatmap image."""
+
+    def __init__(self, batches, *, every: int, prefix: str = "head_importance"):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.batches, self.every, self.prefix = batches, every, prefix
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every:
+            return
+        from .head_importance import gradient_importance
+
+        logger = self._require_bound()
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        result = gradient_importance(model, self.batches, progress=False)
+        logger.scalars({f"{self.prefix}/layer_{layer}": float(row.mean()) for layer, row in enumerate(result.gradient)})
+        if logger.writer() is not None:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            image = ax.imshow(result.gradient.numpy(), aspect="auto")
+            ax.set(xlabel="head", ylabel="layer", title=f"gradient head importance, step {state.global_step}")
+            fig.colorbar(image, ax=ax)
+            logger.figure(f"{self.prefix}/heatmap", fig)

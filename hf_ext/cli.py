@@ -55,6 +55,39 @@ def _warp_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _heads_runs(run: str):
+    from pathlib import Path
+
+    root = Path(run)
+    seeds = sorted(p for p in root.glob("seed-*") if p.is_dir())
+    return root, seeds or [root]
+
+
+def _heads_aggregate(args: argparse.Namespace) -> int:
+    from .head_analysis import CaseThresholds, aggregate, aggregate_seeds
+
+    root, runs = _heads_runs(args.run)
+    thresholds = CaseThresholds(args.important, args.static, args.plastic, args.unimportant)
+    for run in runs:
+        stats = aggregate(run, top_k=args.top_k, thresholds=thresholds)
+        print(f"{run}: I_pre vs Urel rho {stats['I_pre_vs_Urel']['spearman_rho']:.3f} "
+              f"(p {stats['I_pre_vs_Urel']['p_value']:.3g}), I_pre vs G_pre rho {stats['I_pre_vs_G_pre']['spearman_rho']:.3f}, "
+              f"cases {stats['cases']}")
+    if len(runs) > 1:
+        aggregate_seeds(root, runs)
+        print(f"{root}: heads_across_seeds.csv, stats_across_seeds.json")
+    return 0
+
+
+def _heads_plot(args: argparse.Namespace) -> int:
+    from .head_analysis import plot
+
+    for run in _heads_runs(args.run)[1]:
+        for path in plot(run):
+            print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-ext", description=__doc__)
     from . import __version__
@@ -87,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = warp.add_parser("eval", help="held-out safety retention and utility of the phase-2, phase-3 and plain models")
     evaluate.add_argument("--run", required=True, help="the run's output_dir")
     evaluate.set_defaults(run_command=_warp_eval)
+
+    heads = commands.add_parser("heads", help="redo the head-plasticity analysis from saved JSONL files").add_subparsers(
+        dest="action", required=True
+    )
+    aggregate = heads.add_parser("aggregate", help="heads.csv, stats.json, cases.json (and across seeds)")
+    aggregate.add_argument("--run", required=True, help="a seed directory, or the output_dir holding seed-* directories")
+    aggregate.add_argument("--top-k", type=int, default=20, help="K of the top-K overlap")
+    for name, default in (("important", 90.0), ("static", 30.0), ("plastic", 90.0), ("unimportant", 30.0)):
+        aggregate.add_argument(f"--{name}", type=float, default=default, help=f"{name} percentile (default {default:g})")
+    aggregate.set_defaults(run_command=_heads_aggregate)
+    plot = heads.add_parser("plot", help="scatter, statistics and heatmap figures as PNG files")
+    plot.add_argument("--run", required=True, help="a seed directory, or the output_dir holding seed-* directories")
+    plot.set_defaults(run_command=_heads_plot)
     return parser
 
 

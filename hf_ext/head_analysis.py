@@ -198,6 +198,7 @@ def figures(run: str | Path) -> dict:
                    s=34, label="plastic but unimportant")
         rho = stats[f"I_pre_vs_{y}"]["spearman_rho"]
         ax.set(xlabel="ablation importance I_pre (loss increase)", ylabel=label, title=f"Spearman rho = {rho:.3f}")
+        ax.ticklabel_format(style="sci", scilimits=(-2, 3))
         ax.legend(fontsize=8)
         fig.tight_layout()
         out[f"scatter_I_pre_vs_{y}"] = fig

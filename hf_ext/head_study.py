@@ -1,0 +1,137 @@
+"""The head-plasticity study: are the heads that matter for a task the heads that fine-tuning changes?
+
+Per seed (``output_dir/seed-<s>/``): save the initial model, measure head importance by ablation
+(``I_pre.jsonl``) and by gradient/Fisher (``G_pre.jsonl``) on a fixed evaluation subset, fine-tune
+the whole model, save the final model, measure ablation importance again (``I_post.jsonl``) and the
+per-head update size (``U.jsonl``), then aggregate (``heads.csv``, ``stats.json``, ``cases.json``)
+and draw the figures. With several seeds, ``output_dir`` also gets ``heads_across_seeds.csv`` and
+``stats_across_seeds.json``. The subset is saved once as ``output_dir/eval_subset.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import TrainingArguments
+
+from . import distributed
+from .callbacks import HeadImportanceCallback
+from .config import ConfigError, DataArguments, ModelArguments
+from .data import prepare_data
+from .head_analysis import CaseThresholds, aggregate, aggregate_seeds, figures, plot, write_jsonl
+from .head_importance import ablation_importance, gradient_importance
+from .heads import head_update_sizes
+from .io import read_json, write_json
+from .models import load_model, load_tokenizer
+from .run_logger import RunLogger, print_run_locations
+from .targets import find_attention
+from .trainer import HfExtTrainer
+
+
+@dataclass
+class HeadStudyArguments:
+    """What the head-plasticity study adds to the model, data and training arguments."""
+
+    seeds: list[int] = field(default_factory=list, metadata={"help": "Training seeds; empty: just the 'seed' key."})
+    eval_subset_size: int = field(default=1024, metadata={"help": "Examples of the validation split every measurement uses."})
+    subset_seed: int = field(default=999, metadata={"help": "Seed that draws the evaluation subset."})
+    top_k: int = field(default=20, metadata={"help": "K of the top-K overlap statistics."})
+    important_percentile: float = field(default=90.0, metadata={"help": "I_pre percentile at or above which a head is important."})
+    static_percentile: float = field(default=30.0, metadata={"help": "Urel percentile at or below which a head is static."})
+    plastic_percentile: float = field(default=90.0, metadata={"help": "Urel percentile at or above which a head is plastic."})
+    unimportant_percentile: float = field(default=30.0, metadata={"help": "I_pre percentile at or below which a head is unimportant."})
+    log_head_importance_steps: int = field(
+        default=0, metadata={"help": "Log gradient head importance to TensorBoard every N steps during training (0: never)."}
+    )
+
+    def __post_init__(self):
+        if self.eval_subset_size < 1:
+            raise ConfigError(f"eval_subset_size must be >= 1, got {self.eval_subset_size}")
+
+    @property
+    def thresholds(self) -> CaseThresholds:
+        return CaseThresholds(self.important_percentile, self.static_percentile, self.plastic_percentile,
+                              self.unimportant_percentile)
+
+
+def mixed_precision() -> dict[str, bool]:
+    """bf16 where the GPU supports it, else fp16 on CUDA, else full precision."""
+    if not torch.cuda.is_available():
+        return {"bf16": False, "fp16": False}
+    return {"bf16": True, "fp16": False} if torch.cuda.is_bf16_supported() else {"bf16": False, "fp16": True}
+
+
+def eval_subset(dataset, size: int, seed: int, path: Path) -> list[int]:
+    """Indices of the evaluation subset, drawn once and saved to ``path`` (reused when it exists)."""
+    if path.is_file():
+        saved = read_json(path)
+        if saved["size"] != min(size, len(dataset)) or saved["seed"] != seed:
+            raise ValueError(f"{path} holds a subset of size {saved['size']} seed {saved['seed']}; delete it or use another output_dir")
+        return saved["indices"]
+    generator = torch.Generator().manual_seed(seed)
+    indices = sorted(torch.randperm(len(dataset), generator=generator)[: min(size, len(dataset))].tolist())
+    if distributed.is_main_process():
+        write_json(path, {"size": len(indices), "seed": seed, "indices": indices})
+    return indices
+
+
+def _measure_ablation(model, batches, path: Path) -> None:
+    result = ablation_importance(model, batches, progress=distributed.is_main_process())
+    write_jsonl(path, {"loss_increase": result.loss_increase.numpy(), "accuracy_drop": result.accuracy_drop.numpy()})
+
+
+def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: TrainingArguments, seed: int) -> Path:
+    run = Path(training_args.output_dir) / f"seed-{seed}"
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    data = prepare_data(data_args, tokenizer, model_args.task_type, seed=seed)
+    model = load_model(model_args, tokenizer, data.labels, seed=seed).to(training_args.device)
+    indices = eval_subset(data.validation, study.eval_subset_size, study.subset_seed,
+                          Path(training_args.output_dir) / "eval_subset.json")
+    batches = list(DataLoader(data.validation.select(indices), batch_size=training_args.per_device_eval_batch_size,
+                              collate_fn=data.collator))
+    main = distributed.is_main_process()
+    if main:
+        model.save_pretrained(run / "initial")
+        tokenizer.save_pretrained(run / "initial")
+        _measure_ablation(model, batches, run / "I_pre.jsonl")
+        gradients = gradient_importance(model, batches, progress=True)
+        write_jsonl(run / "G_pre.jsonl", {"gradient": gradients.gradient.numpy(), "fisher": gradients.fisher.numpy()})
+    initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    args = dataclasses.replace(training_args, output_dir=str(run), seed=seed, **mixed_precision())
+    callbacks = [HeadImportanceCallback(batches[:1], every=study.log_head_importance_steps)] if study.log_head_importance_steps else []
+    trainer = HfExtTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+                           data_collator=data.collator, processing_class=tokenizer, compute_metrics=data.compute_metrics,
+                           preprocess_logits_for_metrics=data.preprocess_logits_for_metrics, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(str(run / "final"))
+    if main:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        _measure_ablation(model, batches, run / "I_post.jsonl")
+        size, relative = head_update_sizes(initial, model.state_dict(), find_attention(model))
+        write_jsonl(run / "U.jsonl", {"U": size.numpy(), "Urel": relative.numpy()})
+        stats = aggregate(run, top_k=study.top_k, thresholds=study.thresholds)
+        plot(run)
+        logger = RunLogger(trainer)
+        for name, figure in figures(run).items():
+            logger.figure(f"heads/{name}", figure)
+        logger.scalars({"heads/I_pre_vs_Urel_spearman_rho": stats["I_pre_vs_Urel"]["spearman_rho"],
+                        "heads/I_pre_vs_G_pre_spearman_rho": stats["I_pre_vs_G_pre"]["spearman_rho"]}, now=True)
+        logger.close()
+    distributed.barrier()
+    print_run_locations(trainer)
+    return run
+
+
+def run_study(model_args: ModelArguments, data_args: DataArguments, study: HeadStudyArguments,
+              training_args: TrainingArguments) -> list[Path]:
+    """Every seed, then the across-seeds aggregate when there are several."""
+    runs = [run_seed(model_args, data_args, study, training_args, seed) for seed in study.seeds or [training_args.seed]]
+    if len(runs) > 1 and distributed.is_main_process():
+        aggregate_seeds(training_args.output_dir, runs)
+    if distributed.is_main_process():
+        print(f"\nhead plasticity: {', '.join(str(r / 'heads.csv') for r in runs)}", flush=True)
+    return runs
