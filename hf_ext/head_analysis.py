@@ -2,7 +2,8 @@
 
 A run directory holds one JSONL file per measurement, one line per head (``{"layer": 0, "head": 3,
 ...values}``): ``I_pre.jsonl`` and ``I_post.jsonl`` (ablation: ``loss_increase``,
-``accuracy_drop``), ``G_pre.jsonl`` (``gradient``, ``fisher``) and ``U.jsonl`` (``U``, ``Urel``).
+``accuracy_drop``), ``G_pre.jsonl`` (``gradient``, ``fisher``, ``gradient_layer_normalised``) and
+``U.jsonl`` (``U``, ``Urel``).
 Everything here works from those files alone, without the model.
 """
 

@@ -71,10 +71,11 @@ class _Replay(nn.Module):
         super().__init__()
         # Some models read attributes of their blocks in the loop (e.g. attention_type).
         self.__dict__.update({k: v for k, v in vars(block).items() if not k.startswith("_") and k != "training"})
-        self.cache, self.index = cache, 0
+        self.cache, self.index, self.repeat = cache, 0, 1
 
     def forward(self, *args, **kwargs):
-        return self.cache[self.index]
+        cached = self.cache[self.index]
+        return cached if self.repeat == 1 else _repeat(cached, self.repeat)
 
 
 class _PrefixCache:
@@ -85,9 +86,10 @@ class _PrefixCache:
         _, self.blocks = find_blocks(model)
         self.originals = list(self.blocks)
 
-    def run(self, layer: int, cache: list, batches, fn):
+    def run(self, layer: int, cache: list, batches, fn, repeat: int = 1):
         replays = [_Replay(self.originals[i], cache) for i in range(layer)]
         for i, replay in enumerate(replays):
+            replay.repeat = repeat
             self.blocks[i] = replay
         try:
             results = []
@@ -124,57 +126,86 @@ class _PrefixCache:
         return captured
 
 
+def _repeat(value, times: int):
+    """``value`` with every tensor repeated ``times`` along the batch dimension (dicts, tuples, lists recursed)."""
+    if torch.is_tensor(value):
+        return value.repeat(times, *([1] * (value.ndim - 1)))
+    if isinstance(value, dict):
+        return {k: _repeat(v, times) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_repeat(v, times) for v in value)
+    return value
+
+
 @torch.no_grad()
 def ablation_importance(
-    model: nn.Module, batches: Sequence[dict[str, Any]], *, cache_prefix: bool = True, progress: bool = True
+    model: nn.Module,
+    batches: Sequence[dict[str, Any]],
+    *,
+    cache_prefix: bool = True,
+    ablations_per_pass: int = 1,
+    progress: bool = True,
 ) -> AblationResult:
-    """Loss increase and accuracy drop of every single-head ablation over ``batches`` (eval mode)."""
+    """Loss increase and accuracy drop of every single-head ablation over ``batches`` (eval mode).
+
+    ``ablations_per_pass`` heads of one layer are ablated in the same forward pass, each on its own
+    copy of the batch (per-example gates): fewer, larger passes, for accelerators with memory to spare.
+    """
+    if ablations_per_pass < 1:
+        raise ValueError(f"ablations_per_pass must be >= 1, got {ablations_per_pass}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     gates = HeadGates(model)
     layers, heads = gates.shape
+    ones = torch.ones(layers, heads, device=device)
     loss_up, acc_drop = torch.zeros(layers, heads), torch.zeros(layers, heads)
     prefix = _PrefixCache(model)
-    counts = {"blocks": 0}
+    blocks = 0
 
-    def evaluate(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(batch, patterns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example (loss, accuracy); with ``patterns`` [g, layers, heads], shaped [g, batch]."""
         inputs, labels = _inputs(batch, device)
-        return per_example_loss(model(**inputs).logits, labels)
-
-    def mean(results) -> tuple[float, float]:
-        loss = torch.cat([r[0] for r in results])
-        accuracy = torch.cat([r[1] for r in results])
-        return loss.mean().item(), accuracy.mean().item()
+        if patterns is None:
+            return per_example_loss(model(**inputs).logits, labels)
+        g, size = patterns.shape[0], labels.shape[0]
+        gates.gates = patterns.repeat_interleave(size, dim=0)
+        loss, accuracy = per_example_loss(model(**_repeat(inputs, g)).logits, _repeat(labels, g))
+        return loss.view(g, size), accuracy.view(g, size)
 
     try:
         with gates:
-            base_loss, base_accuracy = mean([evaluate(b) for b in batches])
-            counts["blocks"] += layers
+            base = [evaluate(b) for b in batches]
+            base_loss = torch.cat([r[0] for r in base]).mean().item()
+            base_accuracy = torch.cat([r[1] for r in base]).mean().item()
+            blocks += layers
             cache = None
             bar = tqdm(total=layers * heads, desc="head ablation", disable=not progress)
             for layer in range(layers):
                 if cache_prefix and layer > 0:
-                    gates.gates = torch.ones(layers, heads, device=device)
+                    gates.gates = ones
                     cache = prefix.outputs_of_block(layer - 1, cache, batches, device)
-                    counts["blocks"] += 1
+                    blocks += 1
                 start = layer if cache_prefix else 0
-                for head in range(heads):
-                    ablated = torch.ones(layers, heads, device=device)
-                    ablated[layer, head] = 0.0
-                    gates.gates = ablated
+                for first in range(0, heads, ablations_per_pass):
+                    group = list(range(first, min(first + ablations_per_pass, heads)))
+                    patterns = ones.repeat(len(group), 1, 1)
+                    patterns[torch.arange(len(group)), layer, group] = 0.0
+                    run = lambda batch: evaluate(batch, patterns)  # noqa: E731
                     if start > 0:
-                        results = prefix.run(start, cache, batches, evaluate)
+                        results = prefix.run(start, cache, batches, run, repeat=len(group))
                     else:
-                        results = [evaluate(b) for b in batches]
-                    counts["blocks"] += layers - start
-                    loss, accuracy = mean(results)
-                    loss_up[layer, head], acc_drop[layer, head] = loss - base_loss, base_accuracy - accuracy
-                    bar.update()
+                        results = [run(b) for b in batches]
+                    blocks += len(group) * (layers - start)
+                    loss = torch.cat([r[0] for r in results], dim=1).mean(1)
+                    accuracy = torch.cat([r[1] for r in results], dim=1).mean(1)
+                    loss_up[layer, group] = (loss - base_loss).cpu()
+                    acc_drop[layer, group] = (base_accuracy - accuracy).cpu()
+                    bar.update(len(group))
             bar.close()
     finally:
         model.train(was_training)
-    return AblationResult(loss_up, acc_drop, base_loss, base_accuracy, counts["blocks"])
+    return AblationResult(loss_up, acc_drop, base_loss, base_accuracy, blocks)
 
 
 @dataclass

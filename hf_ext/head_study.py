@@ -99,7 +99,8 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
         tokenizer.save_pretrained(run / "initial")
         _measure_ablation(model, batches, run / "I_pre.jsonl")
         gradients = gradient_importance(model, batches, progress=True)
-        write_jsonl(run / "G_pre.jsonl", {"gradient": gradients.gradient.numpy(), "fisher": gradients.fisher.numpy()})
+        write_jsonl(run / "G_pre.jsonl", {"gradient": gradients.gradient.numpy(), "fisher": gradients.fisher.numpy(),
+                                          "gradient_layer_normalised": gradients.normalised().numpy()})
     initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     args = dataclasses.replace(training_args, output_dir=str(run), seed=seed, **mixed_precision())
     callbacks = [HeadImportanceCallback(batches[:1], every=study.log_head_importance_steps)] if study.log_head_importance_steps else []

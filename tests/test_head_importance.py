@@ -26,6 +26,10 @@ def test_prefix_cached_ablation_equals_naive_ablation(tiny_architecture):
     assert cached.loss_increase.abs().sum() > 0
     # 2 layers x 4 heads: naive 2 + 8 x 2 blocks; cached 2 + 4 x 2 + 1 (cache) + 4 x 1
     assert (naive.block_evaluations, cached.block_evaluations) == (18, 15)
+    for per_pass in (3, 4):  # several ablations per forward pass, each on its own copy of the batch
+        grouped = ablation_importance(model, batches, ablations_per_pass=per_pass, progress=False)
+        torch.testing.assert_close(grouped.loss_increase, naive.loss_increase, atol=1e-6, rtol=0)
+        torch.testing.assert_close(grouped.accuracy_drop, naive.accuracy_drop, atol=0, rtol=0)
 
 
 def test_ablation_of_one_head_matches_a_gated_forward_by_hand():
