@@ -19,7 +19,12 @@ and loss, which every evaluation pays in both modes).
 The "CPU share" is this process's CPU time over wall time and threads: about 1.0 on an otherwise
 idle machine; well below 1.0 means other processes took cores and the timings are not trustworthy.
 
+``--ablations-per-pass g`` passes ``ablations_per_pass=g`` to both modes (g heads of a layer ablated
+in one forward pass over g copies of the batch); the hook count is rows through the blocks over the
+number of examples, so it stays comparable with the library's count.
+
     python benchmarks/heads.py [--examples 256] [--batch-size 64] [--max-length 64] [--repeats 3]
+                               [--ablations-per-pass 1]
 """
 
 from __future__ import annotations
@@ -61,15 +66,18 @@ class _CpuShare:
 
 
 class _BlockCounter:
-    """Counts real forward calls of the model's blocks (replayed stand-ins are not the blocks, so not counted)."""
+    """Counts the rows (examples) that pass through the model's real blocks; replayed stand-ins are not
+    the blocks, so they are not counted. Rows / examples = block evaluations over the whole set, whether
+    or not several ablations share one forward pass."""
 
     def __init__(self, model):
         _, blocks = find_blocks(model)
-        self.calls = 0
+        self.rows = 0
         self.handles = [block.register_forward_hook(self._count) for block in blocks]
 
     def _count(self, module, args, output):
-        self.calls += 1
+        hidden = output if torch.is_tensor(output) else output[0]
+        self.rows += hidden.shape[0]
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -98,6 +106,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ablations-per-pass", type=int, default=1,
+                        help="ablation_importance's ablations_per_pass (heads of one layer per forward pass), both modes")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -116,7 +126,7 @@ def main() -> None:
     print(f"machine: {_processor()} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"model {args.model} ({layers} layers x {heads} heads = {layers * heads} heads), {args.dataset} validation: "
           f"{len(examples)} examples in {len(batches)} batches of <= {args.batch_size}, {tokens} tokens "
-          f"({positions} padded positions); best of {args.repeats}")
+          f"({positions} padded positions); best of {args.repeats}; ablations per pass {args.ablations_per_pass}")
 
     _plain(model, batches)  # warm-up
     timings: dict[str, list[float]] = {"plain forward": [], "ablation, naive": [], "ablation, prefix-cached": [],
@@ -132,11 +142,12 @@ def main() -> None:
                 counter = _BlockCounter(model)
                 try:
                     seconds, results[name] = _timed(
-                        lambda c=cache_prefix: ablation_importance(model, batches, cache_prefix=c, progress=False))
+                        lambda c=cache_prefix: ablation_importance(model, batches, cache_prefix=c, ablations_per_pass=args.ablations_per_pass,
+                                                      progress=False))
                 finally:
                     counter.remove()
                 timings[name].append(seconds)
-                counted[name] = counter.calls
+                counted[name] = counter.rows
             seconds, gradient = _timed(lambda: gradient_importance(model, batches, progress=False))
             timings["gradient importance"].append(seconds)
     best = {name: min(values) for name, values in timings.items()}
@@ -151,7 +162,7 @@ def main() -> None:
     print(f"  {'variant':<26} {'seconds':>8}  {'vs plain':>9}  {'blocks (lib/hooks/theory)':>26}  {'blocks x plain/L':>16}")
     for name, seconds in best.items():
         if name in theory:
-            blocks = f"{results[name].block_evaluations} / {counted[name] // len(batches)} / {theory[name]}"
+            blocks = f"{results[name].block_evaluations} / {counted[name] / len(examples):g} / {theory[name]}"
             predicted = f"{results[name].block_evaluations * per_block:13.3f} s"
         else:
             blocks = f"{layers}" if name == "plain forward" else "-"
