@@ -41,28 +41,7 @@ from hf_ext.head_importance import ablation_importance, gradient_importance, per
 from hf_ext.heads import HeadGates
 from hf_ext.models import load_model, load_tokenizer
 from hf_ext.targets import find_blocks
-
-
-def _processor() -> str:
-    name = platform.processor()
-    if not name:
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-        except OSError:
-            pass
-    return name or "unknown CPU"
-
-
-class _CpuShare:
-    """This process's CPU time / (wall time x threads) over a block: ~1.0 when nothing else competes."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.share = (time.process_time() - self.cpu) / ((time.perf_counter() - self.wall) * torch.get_num_threads())
+from machine import CpuShare, processor  # benchmarks/machine.py (the script directory is on sys.path)
 
 
 class _BlockCounter:
@@ -123,7 +102,7 @@ def main() -> None:
     positions = sum(b["attention_mask"].numel() for b in batches)
     layers, heads = HeadGates(model).shape
 
-    print(f"machine: {_processor()} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {processor()} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"model {args.model} ({layers} layers x {heads} heads = {layers * heads} heads), {args.dataset} validation: "
           f"{len(examples)} examples in {len(batches)} batches of <= {args.batch_size}, {tokens} tokens "
           f"({positions} padded positions); best of {args.repeats}; ablations per pass {args.ablations_per_pass}")
@@ -133,7 +112,7 @@ def main() -> None:
                                        "gradient importance": []}
     counted: dict[str, int] = {}
     results = {}
-    with _CpuShare() as cpu:
+    with CpuShare() as cpu:
         for repeat in range(args.repeats):
             seconds, logits = _plain(model, batches)
             timings["plain forward"].append(seconds)

@@ -51,17 +51,7 @@ from hf_ext.models import load_model, load_tokenizer
 from hf_ext.reparam import coefficient_parameters, compute_bases, reparameterize
 from hf_ext.targets import select_linear
 from hf_ext.tasks import load_builtin_task
-
-
-def _processor() -> str:
-    name = platform.processor()
-    if not name:
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-        except OSError:
-            pass
-    return name or "unknown CPU"
+from machine import CpuShare, processor  # benchmarks/machine.py (the script directory is on sys.path)
 
 
 def _batches(tokenizer, count: int, size: int, max_length: int, labels: bool) -> list[dict[str, torch.Tensor]]:
@@ -130,17 +120,6 @@ class _Variant:
         return sum(t.seconds for t in (*self.after_backward, *self.after_step))
 
 
-class _CpuShare:
-    """This process's CPU time / (wall time x threads) over a block: ~1.0 when nothing else competes."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.share = (time.process_time() - self.cpu) / ((time.perf_counter() - self.wall) * torch.get_num_threads())
-
-
 def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -179,7 +158,7 @@ def _phase1(base, patterns, basis_batches, repeats: int) -> tuple[dict[str, torc
     phase1: dict[str, list[float]] = {"plain forward": [], "compute_bases": [], "eigh": []}
     hf_ext.reparam.eigenbasis = timed_eigenbasis
     try:
-        with _CpuShare() as cpu1:
+        with CpuShare() as cpu1:
             for _ in range(repeats):
                 phase1["plain forward"].append(_plain_forward(model, basis_batches))
                 eigh_seconds[0] = 0.0
@@ -234,7 +213,7 @@ def main() -> None:
     basis_tokens = sum(int(b["attention_mask"].sum()) for b in basis_batches)
     train_tokens = sum(int(b["attention_mask"].sum()) for b in train_batches)
     train_positions = sum(b["attention_mask"].numel() for b in train_batches)
-    print(f"machine: {_processor()} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {processor()} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"model {args.model}, targets {[f'{n} ({m.out_features}x{m.in_features})' for n, m in targets.items()]}")
     print(f"basis: {len(basis_batches)} batches of {args.batch_size}, {basis_tokens} tokens; training: "
           f"{len(train_batches)} batches cycled, {train_tokens / len(train_batches):.0f} tokens "
@@ -292,7 +271,7 @@ def main() -> None:
     timings: dict[str, list[float]] = {v.name: [] for v in variants}
     hooks: dict[str, list[float]] = {v.name: [] for v in variants}
     steps: dict[str, list[float]] = {v.name: [] for v in variants}  # every timed step, for paired ratios
-    with _CpuShare() as cpu23:
+    with CpuShare() as cpu23:
         for repeat in range(args.repeats):
             for v in variants:
                 v.reset_hooks()
