@@ -28,9 +28,9 @@ def _require_gradient_access(callback: LoggingCallback) -> None:
     if trainer is None or not hasattr(trainer, "gradient_scale"):
         raise RuntimeError(f"{type(callback).__name__} needs hf_ext.HfExtTrainer (it reads gradients before clipping)")
     if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
-        raise NotImplementedError(
-            f"{type(callback).__name__} supports one device and DDP; DeepSpeed steps inside backward and FSDP "
-            "shards gradients. Use accelerate_configs/single_gpu.yaml or multi_gpu.yaml."
+        raise ValueError(
+            f"{type(callback).__name__} cannot run under DeepSpeed (it steps the optimizer inside backward) or FSDP "
+            "(it shards gradients); launch with accelerate_configs/single_gpu.yaml or multi_gpu.yaml (DDP)."
         )
 
 

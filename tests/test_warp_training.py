@@ -165,3 +165,19 @@ def test_frozen_coefficients_bit_identical_under_bf16_autocast(tmp_path):
     for name, p in params.items():
         frozen = _frozen(masks[name], p.shape)
         assert p.dtype == torch.float32 and torch.equal(p.detach()[frozen], initial[name][frozen])
+
+
+@pytest.mark.parametrize("launcher", ["is_deepspeed_enabled", "is_fsdp_enabled"])
+def test_callbacks_refuse_deepspeed_and_fsdp(launcher):
+    class Trainer:  # what the callbacks look at on an HfExtTrainer launched with DeepSpeed or FSDP
+        is_deepspeed_enabled = is_fsdp_enabled = False
+
+        def gradient_scale(self):
+            return 1.0
+
+    trainer = Trainer()
+    setattr(trainer, launcher, True)
+    callback = MaskedUpdateCallback(MaskedUpdate({"p": torch.zeros(2)}, {"p": torch.ones(2, dtype=torch.bool)}))
+    callback.bind(trainer)
+    with pytest.raises(ValueError, match="cannot run under DeepSpeed .* or FSDP"):
+        callback.on_train_begin(None, None, None)
