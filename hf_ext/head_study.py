@@ -101,7 +101,8 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
         gradients = gradient_importance(model, batches, progress=True)
         write_jsonl(run / "G_pre.jsonl", {"gradient": gradients.gradient.numpy(), "fisher": gradients.fisher.numpy(),
                                           "gradient_layer_normalised": gradients.normalised().numpy()})
-    initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    # Only the main process measures the update size, so only it keeps the initial weights.
+    initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if main else None
     args = dataclasses.replace(training_args, output_dir=str(run), seed=seed, **mixed_precision())
     callbacks = [HeadImportanceCallback(batches[:1], every=study.log_head_importance_steps)] if study.log_head_importance_steps else []
     trainer = HfExtTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
