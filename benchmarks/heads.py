@@ -34,14 +34,14 @@ import platform
 import time
 
 import torch
+from machine import CpuShare, processor  # benchmarks/machine.py (the script directory is on sys.path)
 
 from hf_ext.config import DataArguments, ModelArguments
 from hf_ext.data import prepare_data
-from hf_ext.head_importance import ablation_importance, gradient_importance, per_example_loss
-from hf_ext.heads import HeadGates
+from hf_ext.heads.gates import HeadGates
+from hf_ext.heads.importance import ablation_importance, gradient_importance, per_example_loss
 from hf_ext.models import load_model, load_tokenizer
 from hf_ext.targets import find_blocks
-from machine import CpuShare, processor  # benchmarks/machine.py (the script directory is on sys.path)
 
 
 class _BlockCounter:

@@ -18,7 +18,7 @@ variants are interleaved step by step (in a rotating order), so load from other 
 all of them alike. The bases of phases 2 and 3 are the ones phase 1 computes (eigenbases of the
 targets' inputs over the basis batches), at full rank; ``--basis random`` uses random orthonormal
 bases instead and skips phase 1. The eigendecomposition share of phase 1 is
-timed inside ``compute_bases`` by wrapping ``hf_ext.reparam.eigenbasis`` (no library change).
+timed inside ``compute_bases`` by wrapping ``hf_ext.activations.eigenbasis`` (no library change).
 
 The "CPU share" printed for each phase is this process's CPU time over wall time and threads: about
 1.0 on an otherwise idle machine; well below 1.0 means other processes took cores and the
@@ -42,16 +42,17 @@ import time
 from collections.abc import Callable
 
 import torch
+from machine import CpuShare, processor  # benchmarks/machine.py (the script directory is on sys.path)
 
-import hf_ext.reparam
+import hf_ext.activations
+from hf_ext.activations import compute_bases
 from hf_ext.config import ModelArguments
-from hf_ext.importance import ImportanceAccumulator, build_masks
-from hf_ext.masking import MaskedUpdate
 from hf_ext.models import load_model, load_tokenizer
-from hf_ext.reparam import coefficient_parameters, compute_bases, reparameterize
 from hf_ext.targets import select_linear
 from hf_ext.tasks import load_builtin_task
-from machine import CpuShare, processor  # benchmarks/machine.py (the script directory is on sys.path)
+from hf_ext.warp.importance import ImportanceAccumulator, build_masks
+from hf_ext.warp.masking import MaskedUpdate
+from hf_ext.warp.reparam import coefficient_parameters, reparameterize
 
 
 def _batches(tokenizer, count: int, size: int, max_length: int, labels: bool) -> list[dict[str, torch.Tensor]]:
@@ -146,7 +147,7 @@ def _phase1(base, patterns, basis_batches, repeats: int) -> tuple[dict[str, torc
     modules = select_linear(model, patterns)
     _plain_forward(model, basis_batches[:3])  # warm-up
     eigh_seconds = [0.0]
-    original_eigenbasis = hf_ext.reparam.eigenbasis
+    original_eigenbasis = hf_ext.activations.eigenbasis
 
     def timed_eigenbasis(*a, **kw):
         start = time.perf_counter()
@@ -156,7 +157,7 @@ def _phase1(base, patterns, basis_batches, repeats: int) -> tuple[dict[str, torc
             eigh_seconds[0] += time.perf_counter() - start
 
     phase1: dict[str, list[float]] = {"plain forward": [], "compute_bases": [], "eigh": []}
-    hf_ext.reparam.eigenbasis = timed_eigenbasis
+    hf_ext.activations.eigenbasis = timed_eigenbasis
     try:
         with CpuShare() as cpu1:
             for _ in range(repeats):
@@ -167,7 +168,7 @@ def _phase1(base, patterns, basis_batches, repeats: int) -> tuple[dict[str, torc
                 phase1["compute_bases"].append(time.perf_counter() - start)
                 phase1["eigh"].append(eigh_seconds[0])
     finally:
-        hf_ext.reparam.eigenbasis = original_eigenbasis
+        hf_ext.activations.eigenbasis = original_eigenbasis
     del model
     best_at = min(range(repeats), key=lambda i: phase1["compute_bases"][i])
     best1 = {

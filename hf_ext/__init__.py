@@ -1,35 +1,73 @@
 """hf_ext: research techniques for the Hugging Face Trainer.
 
 Public names are importable from ``hf_ext`` directly; submodules load on first use so that
-``hf-ext --help`` and light scripts do not pay for importing torch and transformers.
+``hf-ext --help`` and light scripts do not pay for importing torch and transformers. The
+``TYPE_CHECKING`` block below names the same exports for IDEs and type checkers.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "activations": ["InputRecorder", "InputStatistics", "collect_input_statistics", "eigenbasis"],
-    "callbacks": ["CoefficientDriftCallback", "ImportanceCallback", "MaskedUpdateCallback"],
-    "config": ["ConfigError", "DataArguments", "ModelArguments", "parse_config"],
+    "activations": ["InputRecorder", "InputStatistics", "collect_input_statistics", "compute_bases", "eigenbasis",
+                    "orthonormality_error"],
+    "config": ["ConfigError", "DataArguments", "ModelArguments", "given_keys", "parse_config"],
     "data": ["PreparedData", "prepare_data"],
-    "heads": ["HeadGates", "head_update_sizes"],
-    "importance": ["ImportanceAccumulator", "build_masks", "top_k_masks"],
+    "heads.callbacks": ["HeadImportanceCallback"],
+    "heads.config": ["HeadStudyArguments"],
+    "heads.gates": ["HeadGates", "head_update_sizes"],
+    "heads.importance": ["ablation_importance", "gradient_importance"],
+    "heads.study": ["run_head_study"],
     "io": ["FileFormatError", "load_tensors", "read_json", "save_tensors", "write_json"],
-    "masking": ["MaskedUpdate"],
-    "models": ["load_model", "load_tokenizer", "tiny_model"],
-    "reparam": ["coefficient_parameters", "compute_bases", "merge", "merge_model", "reparameterize"],
+    "models": ["eval_mode", "load_model", "load_tokenizer", "model_device", "tiny_model"],
     "run_logger": ["LoggingCallback", "RunLogger"],
-    "targets": ["AttentionModules", "find_attention", "find_blocks", "select_linear"],
+    "targets": ["AttentionModules", "find_attention", "find_blocks", "select_linear", "set_trainable"],
     "tasks": ["load_builtin_task"],
-    "trainer": ["HfExtTrainer"],
-    "warp": ["WarpArguments", "WarpRun", "run_study"],
+    "trainer": ["GradientCallback", "HfExtTrainer"],
+    "warp.callbacks": ["CoefficientDriftCallback", "ImportanceCallback", "MaskedUpdateCallback"],
+    "warp.config": ["WarpArguments"],
+    "warp.importance": ["ImportanceAccumulator", "build_masks", "top_k_masks"],
+    "warp.layout": ["WarpLayout"],
+    "warp.masking": ["MaskedUpdate"],
+    "warp.reparam": ["coefficient_parameters", "merge", "merge_model", "reparameterize"],
+    "warp.study": ["WarpRun", "run_warp_study"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)
+
+if TYPE_CHECKING:
+    from .activations import (
+        InputRecorder,
+        InputStatistics,
+        collect_input_statistics,
+        compute_bases,
+        eigenbasis,
+        orthonormality_error,
+    )
+    from .config import ConfigError, DataArguments, ModelArguments, given_keys, parse_config
+    from .data import PreparedData, prepare_data
+    from .heads.callbacks import HeadImportanceCallback
+    from .heads.config import HeadStudyArguments
+    from .heads.gates import HeadGates, head_update_sizes
+    from .heads.importance import ablation_importance, gradient_importance
+    from .heads.study import run_head_study
+    from .io import FileFormatError, load_tensors, read_json, save_tensors, write_json
+    from .models import eval_mode, load_model, load_tokenizer, model_device, tiny_model
+    from .run_logger import LoggingCallback, RunLogger
+    from .targets import AttentionModules, find_attention, find_blocks, select_linear, set_trainable
+    from .tasks import load_builtin_task
+    from .trainer import GradientCallback, HfExtTrainer
+    from .warp.callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
+    from .warp.config import WarpArguments
+    from .warp.importance import ImportanceAccumulator, build_masks, top_k_masks
+    from .warp.layout import WarpLayout
+    from .warp.masking import MaskedUpdate
+    from .warp.reparam import coefficient_parameters, merge, merge_model, reparameterize
+    from .warp.study import WarpRun, run_warp_study
 
 
 def __getattr__(name: str) -> Any:

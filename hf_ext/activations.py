@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .models import eval_mode, model_device
 
 
 @dataclass
@@ -139,6 +140,12 @@ def eigenbasis(moment: torch.Tensor, *, device: torch.device | str | None = None
     return vectors.to(moment.device), eigenvalues.to(moment.device)
 
 
+def orthonormality_error(basis: torch.Tensor) -> float:
+    """``max |U^T U - I|`` in float64: 0 for a basis with exactly orthonormal columns."""
+    b = basis.double()
+    return (b.T @ b - torch.eye(b.shape[1], dtype=torch.float64, device=b.device)).abs().max().item()
+
+
 class InputRecorder:
     """Forward pre-hooks that stream the inputs of chosen modules into :class:`InputStatistics`.
 
@@ -215,19 +222,14 @@ def collect_input_statistics(
     Labels are dropped so that no loss is computed; the model's device is used for the inputs.
     Statistics are summed across ranks when a process group exists (every rank must call this).
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with InputRecorder(modules, compute_dtype) as recorder:
-            for index, batch in enumerate(tqdm(batches, desc="input statistics", disable=not progress)):
-                if max_batches is not None and index >= max_batches:
-                    break
-                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
-                recorder.set_token_mask(inputs.get(mask_key))
-                model(**inputs)
-    finally:
-        model.train(was_training)
+    device = model_device(model)
+    with eval_mode(model), InputRecorder(modules, compute_dtype) as recorder:
+        for index, batch in enumerate(tqdm(batches, desc="input statistics", disable=not progress, total=max_batches)):
+            if max_batches is not None and index >= max_batches:
+                break
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
+            recorder.set_token_mask(inputs.get(mask_key))
+            model(**inputs)
     missing = [name for name in modules if name not in recorder.statistics]
     if missing:
         raise ValueError(f"modules {missing} never ran during the forward passes (empty data, or not on the forward path)")
@@ -240,3 +242,30 @@ def collect_input_statistics(
             "was masked as padding, or the modules are not on the forward path"
         )
     return recorder.statistics
+
+
+@torch.no_grad()
+def compute_bases(
+    model: nn.Module,
+    modules: Mapping[str, nn.Linear],
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    centered: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
+    """Eigenbases of each module's input second moment (or covariance, ``centered=True``) over ``batches``.
+
+    The basis of WaRP's phase 1 and of LoRA-Null's null space. Padding tokens are excluded through
+    the batches' attention masks and statistics are summed across ranks (every rank must call this).
+
+    Returns:
+        ``(bases, eigenvalues, token_counts)``; ``bases[name]`` is float32 of shape (d_in, d_in),
+        columns sorted by decreasing eigenvalue.
+    """
+    statistics = collect_input_statistics(model, modules, batches, compute_dtype=compute_dtype, progress=progress)
+    bases, eigenvalues, counts = {}, {}, {}
+    for name, stats in statistics.items():
+        u, values = eigenbasis(stats.second_moment(centered=centered))
+        bases[name], eigenvalues[name], counts[name] = u.float(), values.float(), int(stats.count.item())
+    return bases, eigenvalues, counts

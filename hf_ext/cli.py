@@ -39,7 +39,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _warp_verify(args: argparse.Namespace) -> int:
-    from .warp_verify import format_checks, verify_run
+    from .warp.verify import format_checks, verify_run
 
     checks = verify_run(args.run)
     print(format_checks(checks))
@@ -47,7 +47,7 @@ def _warp_verify(args: argparse.Namespace) -> int:
 
 
 def _warp_eval(args: argparse.Namespace) -> int:
-    from .warp import WarpRun, evaluate_run, format_table
+    from .warp.study import WarpRun, evaluate_run, format_table
 
     rows = evaluate_run(WarpRun.from_dir(args.run))
     print(format_table(rows))
@@ -64,7 +64,7 @@ def _heads_runs(run: str):
 
 
 def _heads_aggregate(args: argparse.Namespace) -> int:
-    from .head_analysis import CaseThresholds, aggregate, aggregate_seeds
+    from .heads.analysis import CaseThresholds, aggregate, aggregate_seeds
 
     root, runs = _heads_runs(args.run)
     thresholds = CaseThresholds(args.important, args.static, args.plastic, args.unimportant)
@@ -80,7 +80,7 @@ def _heads_aggregate(args: argparse.Namespace) -> int:
 
 
 def _heads_plot(args: argparse.Namespace) -> int:
-    from .head_analysis import plot
+    from .heads.analysis import plot
 
     for run in _heads_runs(args.run)[1]:
         for path in plot(run):

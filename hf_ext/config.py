@@ -142,9 +142,24 @@ def parse_dict(dataclass_types: Sequence[type], values: dict[str, Any], *, sourc
                 f"({owner.__name__}.{key}: {field_.metadata.get('help', '').strip()})"
             )
     try:
-        return HfArgumentParser(list(dataclass_types)).parse_dict(values)
+        parsed = HfArgumentParser(list(dataclass_types)).parse_dict(values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: {err}") from err
+    for instance in parsed:
+        names = {f.name for f in dataclasses.fields(instance)}
+        object.__setattr__(instance, _GIVEN_KEYS, frozenset(key for key in values if key in names))
+    return parsed
+
+
+_GIVEN_KEYS = "_hf_ext_given_keys"
+
+
+def given_keys(arguments: Any) -> frozenset[str]:
+    """The keys of ``arguments`` that the config or the command line set, as opposed to defaults.
+
+    Empty for an instance that did not come from :func:`parse_config` / :func:`parse_dict`.
+    """
+    return getattr(arguments, _GIVEN_KEYS, frozenset())
 
 
 def _matches(value: Any, annotation: Any) -> bool:

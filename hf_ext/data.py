@@ -8,9 +8,10 @@ Every recipe takes the same :class:`~hf_ext.config.DataArguments`: ``dataset_nam
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ def _load_files(args: DataArguments) -> DatasetDict:
     return load_dataset(kinds.pop(), data_files=files)
 
 
-def label_names(raw: DatasetDict, args: DataArguments) -> list[str]:
+def infer_label_names(raw: DatasetDict, args: DataArguments) -> list[str]:
     """Class names: a ClassLabel's names, else the sorted distinct values of the label column."""
     train = raw["train"]
     if args.label_column not in train.column_names:
@@ -213,11 +214,17 @@ class PreparedData:
     compute_metrics: Callable[[EvalPrediction], dict[str, float]]
     preprocess_logits_for_metrics: Callable
 
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """The Trainer's data arguments: ``HfExtTrainer(model=..., args=..., **data.trainer_kwargs())``."""
+        return {"train_dataset": self.train, "eval_dataset": self.validation, "data_collator": self.collator,
+                "compute_metrics": self.compute_metrics,
+                "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics}
+
 
 def prepare_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, task_type: str, seed: int = 42) -> PreparedData:
     """Load, label and tokenize the data named by ``args`` for ``task_type``."""
     raw = load_raw_datasets(args, seed=seed)
-    labels = label_names(raw, args) if task_type == "seq_cls" or args.label_column in raw["train"].column_names else None
+    labels = infer_label_names(raw, args) if task_type == "seq_cls" or args.label_column in raw["train"].column_names else None
     tokenized = tokenize_datasets(raw, tokenizer, task_type, args, labels)
     return PreparedData(
         raw=raw,

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import format_prompt
+from .models import eval_mode, model_device
 from .tasks import is_refusal
 
 
@@ -25,16 +26,16 @@ def classification_accuracy(
     A classifier trained on two tasks with one head (their classes side by side) is scored on each
     task among that task's classes.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     ids = torch.tensor(list(class_ids), device=device)
-    model.eval()
     correct = total = 0
-    for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collator), desc=desc, leave=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        predicted = ids[model(**batch).logits[:, ids].argmax(-1)]
-        correct += int((predicted == labels).sum())
-        total += labels.numel()
+    with eval_mode(model):
+        for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collator), desc=desc, leave=False):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            predicted = ids[model(**batch).logits[:, ids].argmax(-1)]
+            correct += int((predicted == labels).sum())
+            total += labels.numel()
     return correct / total
 
 
@@ -49,17 +50,17 @@ def generate_responses(
     batch_size: int = 64,
 ) -> list[str]:
     """Greedy responses to ``prompts`` (formatted as in training), decoded without special tokens."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     left = copy.copy(tokenizer)
     left.padding_side = "left"
-    model.eval()
     responses = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="generate", leave=False):
-        texts = [format_prompt(tokenizer, p, use_chat_template) for p in prompts[start : start + batch_size]]
-        inputs = left(texts, return_tensors="pt", padding=True, add_special_tokens=not use_chat_template).to(device)
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id)
-        responses += tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    with eval_mode(model):
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generate", leave=False):
+            texts = [format_prompt(tokenizer, p, use_chat_template) for p in prompts[start : start + batch_size]]
+            inputs = left(texts, return_tensors="pt", padding=True, add_special_tokens=not use_chat_template).to(device)
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+            responses += tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return responses
 
 

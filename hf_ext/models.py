@@ -6,11 +6,15 @@
   (2 layers, 4 heads, hidden 64; Llama and Qwen2 with 2 key/value heads) built from configs, with a
   word-level tokenizer over the built-in tasks' vocabulary. For tests and quick recipes.
 - anything else goes to ``from_pretrained`` unchanged (hub id or local directory).
+
+Plus two helpers for running a loaded model: :func:`model_device` and the :func:`eval_mode` context.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -173,3 +177,22 @@ def load_model(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (where its inputs must go)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        raise ValueError(f"{type(model).__name__} has no parameters, so it has no device") from None
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put ``model`` in eval mode for the block, then restore its training flag (also on error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback
 from torch.utils.tensorboard import SummaryWriter
+from transformers import Trainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 

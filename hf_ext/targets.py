@@ -1,4 +1,5 @@
-"""Pick modules to study: linear layers by name pattern, transformer blocks, attention heads.
+"""Pick modules to study: linear layers by name pattern, transformer blocks, attention heads; make
+exactly the chosen parameters trainable.
 
 Name patterns
 -------------
@@ -112,6 +113,24 @@ def select_linear(
         selected.update((n, model.get_submodule(n)) for n in hits)
     order = {n: i for i, n in enumerate(linear_names)}
     return dict(sorted(selected.items(), key=lambda item: order[item[0]]))
+
+
+def set_trainable(model: nn.Module, params: Iterable[nn.Parameter], extra_patterns: Iterable[str] = ()) -> int:
+    """Make exactly ``params`` plus every parameter of the modules matching ``extra_patterns`` trainable.
+
+    Everything else gets ``requires_grad=False``. Returns the number of trainable entries (a
+    parameter shared by several modules counts once). A pattern that matches no module is an error.
+    """
+    extra_patterns = _as_list(extra_patterns)
+    extra = match_modules(model, extra_patterns) if extra_patterns else {}
+    if extra_patterns and not extra:
+        raise ValueError(f"extra trainable module pattern(s) {extra_patterns} match no module of {type(model).__name__}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = {id(p): p for p in [*params, *(p for m in extra.values() for p in m.parameters())]}
+    for p in trainable.values():
+        p.requires_grad_(True)
+    return sum(p.numel() for p in trainable.values())
 
 
 def _no_match_message(

@@ -419,7 +419,7 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown built-in task {name!r}; choose one of {', '.join(TASK_NAMES)}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pool(name: str) -> tuple[_Example, ...]:
     """Every unique example of a task, in template order (the first of several equal texts wins)."""
     unique: dict[str, _Example] = {}
@@ -438,7 +438,7 @@ def _columns(rows: Sequence[_Example]) -> dict[str, list]:
     return {field: [getattr(row, field) for row in rows] for field in _Example._fields}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _vocabulary() -> tuple[str, ...]:
     fields = (s for name in TASK_NAMES for ex in _pool(name) for s in (ex.text, ex.prompt, ex.response))
     # No token spans whitespace, so tokenizing each distinct whitespace-separated chunk once gives the same set.
@@ -446,8 +446,8 @@ def _vocabulary() -> tuple[str, ...]:
     return tuple(sorted(set(re.findall(r"\w+|[^\w\s]", " ".join(chunks)))))
 
 
-def label_names(name: str) -> list[str]:
-    """The class names of a task, in label order (``label_names("safety") == ["benign", "harmful"]``)."""
+def task_label_names(name: str) -> list[str]:
+    """The class names of a task, in label order (``task_label_names("safety") == ["benign", "harmful"]``)."""
     _check_name(name)
     return list(_LABEL_NAMES[name])
 
@@ -463,7 +463,7 @@ def load_builtin_task(
 ) -> datasets.DatasetDict:
     """A built-in task as splits ``train``, ``validation`` and ``test``.
 
-    Columns: ``text`` (the example), ``label`` (a ``datasets.ClassLabel`` with ``label_names(name)``),
+    Columns: ``text`` (the example), ``label`` (a ``datasets.ClassLabel`` with ``task_label_names(name)``),
     ``prompt`` (the raw user message) and ``response`` (the raw assistant answer). Splits are disjoint by
     ``text``, hold each label equally often (up to rounding) and depend only on the arguments: the same
     arguments give identical datasets, and a different ``seed`` draws different examples.

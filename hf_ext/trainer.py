@@ -1,4 +1,5 @@
-"""The Trainer subclass that hf_ext's callbacks and techniques compose into."""
+"""The Trainer subclass that hf_ext's callbacks and techniques compose into, and the base class of
+callbacks that read gradients."""
 
 from __future__ import annotations
 
@@ -7,16 +8,45 @@ from collections import defaultdict
 from transformers import Trainer, TrainerCallback
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from .run_logger import LoggingCallback
+
+
+class GradientCallback(LoggingCallback):
+    """A callback that reads gradients once per optimizer step, before clipping.
+
+    :class:`HfExtTrainer` calls :meth:`on_gradients_ready` when the gradients are complete
+    (accumulated and, under DDP, averaged) but not yet clipped; the Trainer's own
+    ``on_pre_optimizer_step`` sees clipped gradients. Binding checks the launcher: DeepSpeed steps
+    the optimizer inside ``backward`` and FSDP shards gradients, so both are refused with an error
+    instead of being measured wrongly.
+    """
+
+    def bind(self, trainer: Trainer) -> None:
+        if not isinstance(trainer, HfExtTrainer):
+            raise TypeError(
+                f"{type(self).__name__} needs hf_ext.HfExtTrainer (it reads gradients before clipping), "
+                f"got {type(trainer).__name__}"
+            )
+        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+            launcher = "DeepSpeed" if trainer.is_deepspeed_enabled else "FSDP"
+            raise ValueError(
+                f"{type(self).__name__} cannot run under {launcher} (DeepSpeed steps the optimizer inside backward, "
+                "FSDP shards gradients); launch with accelerate_configs/single_gpu.yaml or multi_gpu.yaml (DDP)."
+            )
+        super().bind(trainer)
+
+    def on_gradients_ready(self, args, state, control, *, model=None, grad_scale: float = 1.0, **kwargs) -> None:
+        """Called once per optimizer step with complete, unclipped gradients; ``grad_scale`` is the
+        fp16 loss scale they still carry (1.0 otherwise)."""
+
 
 class HfExtTrainer(Trainer):
     """A ``transformers.Trainer`` that its callbacks can log through.
 
-    - Callbacks with a ``bind(trainer)`` method (every :class:`~hf_ext.run_logger.LoggingCallback`)
-      are bound when the trainer is built or when they are added later.
-    - Callbacks with an ``on_gradients_ready(args, state, control, model=..., grad_scale=...)``
-      method are called once per optimizer step when the gradients are complete (accumulated and,
-      under DDP, averaged) but not yet clipped; ``grad_scale`` is the fp16 loss scale still in
-      them (1.0 otherwise). The Trainer's own ``on_pre_optimizer_step`` sees clipped gradients.
+    - Every :class:`~hf_ext.run_logger.LoggingCallback` is bound (``callback.bind(trainer)``) when
+      the trainer is built or when it is added later.
+    - Every :class:`GradientCallback` gets ``on_gradients_ready`` once per optimizer step when the
+      gradients are complete (accumulated and, under DDP, averaged) but not yet clipped.
     - :meth:`record_metrics` collects scalars between logging steps; they are averaged and merged
       into the next training log, so they reach TensorBoard at the same step as the loss.
     - The loss of a model whose loss ignores ``num_items_in_batch`` (sequence classification) is
@@ -35,9 +65,8 @@ class HfExtTrainer(Trainer):
             self._bind(callback)
 
     def _bind(self, callback: TrainerCallback) -> None:
-        bind = getattr(callback, "bind", None)
-        if callable(bind) and not isinstance(callback, type):
-            bind(self)
+        if isinstance(callback, LoggingCallback):
+            callback.bind(self)
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         super().add_callback(callback)
@@ -48,9 +77,8 @@ class HfExtTrainer(Trainer):
         if self.accelerator.sync_gradients:
             scale = self.gradient_scale()
             for callback in self.callback_handler.callbacks:
-                hook = getattr(callback, "on_gradients_ready", None)
-                if hook is not None:
-                    hook(self.args, self.state, self.control, model=model, grad_scale=scale)
+                if isinstance(callback, GradientCallback):
+                    callback.on_gradients_ready(self.args, self.state, self.control, model=model, grad_scale=scale)
         return loss
 
     def gradient_scale(self) -> float:

@@ -9,22 +9,15 @@ from transformers import TrainingArguments
 from hf_ext import DataArguments, HfExtTrainer, ModelArguments, load_model, load_tokenizer, parse_config, prepare_data
 from hf_ext.run_logger import print_run_locations
 
+ARGUMENT_TYPES = (ModelArguments, DataArguments, TrainingArguments)
+
 
 def main(argv=None):
-    model_args, data_args, training_args = parse_config((ModelArguments, DataArguments, TrainingArguments), argv)
+    model_args, data_args, training_args = parse_config(ARGUMENT_TYPES, argv)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     data = prepare_data(data_args, tokenizer, model_args.task_type, seed=training_args.seed)
     model = load_model(model_args, tokenizer, data.labels, seed=training_args.seed)
-    trainer = HfExtTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=data.train,
-        eval_dataset=data.validation,
-        data_collator=data.collator,
-        processing_class=tokenizer,
-        compute_metrics=data.compute_metrics,
-        preprocess_logits_for_metrics=data.preprocess_logits_for_metrics,
-    )
+    trainer = HfExtTrainer(model=model, args=training_args, processing_class=tokenizer, **data.trainer_kwargs())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)

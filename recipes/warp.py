@@ -4,20 +4,19 @@
         recipes/warp.py recipes/configs/warp_minilm.json [phase=2] [key=value ...]
 
 "phase" picks 1 (basis), 2 (safety + importance + masks), 3 (masked utility fine-tune), "plain"
-(the unmasked baseline), "eval" (held-out table) or "all". See hf_ext/warp.py for the run layout.
+(the unmasked baseline), "eval" (held-out table) or "all". See hf_ext/warp/layout.py for the run layout.
 """
 
 from transformers import TrainingArguments
 
-from hf_ext import DataArguments, ModelArguments, parse_config
-from hf_ext.warp import WarpArguments, WarpRun, run_study
+from hf_ext import DataArguments, ModelArguments, WarpArguments, WarpRun, parse_config, run_warp_study
+
+ARGUMENT_TYPES = (ModelArguments, DataArguments, WarpArguments, TrainingArguments)
 
 
 def main(argv=None):
-    model_args, data_args, warp_args, training_args = parse_config(
-        (ModelArguments, DataArguments, WarpArguments, TrainingArguments), argv
-    )
-    return run_study(WarpRun.build(model_args, data_args, warp_args, training_args))
+    model_args, data_args, warp_args, training_args = parse_config(ARGUMENT_TYPES, argv)
+    return run_warp_study(WarpRun.build(model_args, data_args, warp_args, training_args))
 
 
 if __name__ == "__main__":

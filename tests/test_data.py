@@ -5,7 +5,14 @@ import torch
 
 from hf_ext.cli import main as cli
 from hf_ext.config import DataArguments
-from hf_ext.data import PLAIN_PROMPT, data_collator, label_names, load_raw_datasets, prepare_data, tokenize_datasets
+from hf_ext.data import (
+    PLAIN_PROMPT,
+    data_collator,
+    infer_label_names,
+    load_raw_datasets,
+    prepare_data,
+    tokenize_datasets,
+)
 from hf_ext.models import load_tokenizer
 
 
@@ -19,7 +26,7 @@ def exported(tmp_path_factory):
 def test_builtin_task_is_the_default():
     raw = load_raw_datasets(DataArguments(max_train_samples=100, max_eval_samples=20))
     assert (len(raw["train"]), len(raw["validation"]), len(raw["test"])) == (100, 20, 20)
-    assert label_names(raw, DataArguments()) == ["negative", "positive"]
+    assert infer_label_names(raw, DataArguments()) == ["negative", "positive"]
 
 
 def test_local_jsonl_files_match_the_builtin_task(exported):
@@ -39,7 +46,7 @@ def test_csv_with_string_labels_and_carved_validation(tmp_path):
                          validation_split_percentage=25)
     raw = load_raw_datasets(args, seed=1)
     assert (len(raw["train"]), len(raw["validation"])) == (30, 10)
-    labels = label_names(raw, args)
+    labels = infer_label_names(raw, args)
     assert labels == ["neg", "pos"]
     tokenized = tokenize_datasets(raw, load_tokenizer("tiny:bert"), "seq_cls", args, labels)
     for text, label in zip(raw["train"]["sentence"], tokenized["train"]["labels"]):
@@ -51,7 +58,7 @@ def test_json_array_file(tmp_path):
     path.write_text(json.dumps([{"text": "a great film", "label": 1}, {"text": "an awful film", "label": 0}] * 10))
     raw = load_raw_datasets(DataArguments(train_file=str(path)))
     assert len(raw["train"]) + len(raw["validation"]) == 20
-    assert label_names(raw, DataArguments()) == ["0", "1"]
+    assert infer_label_names(raw, DataArguments()) == ["0", "1"]
 
 
 def test_bad_data_arguments(tmp_path):
@@ -66,7 +73,7 @@ def test_bad_data_arguments(tmp_path):
     with pytest.raises(ValueError, match=r"column\(s\) \['sentence'\] not in the data"):
         tokenize_datasets(raw, load_tokenizer("tiny:bert"), "seq_cls", DataArguments(text_column="sentence"), ["a", "b"])
     with pytest.raises(ValueError, match="label column 'stars'"):
-        label_names(raw, DataArguments(label_column="stars"))
+        infer_label_names(raw, DataArguments(label_column="stars"))
 
 
 def test_causal_lm_loss_covers_the_response_only():

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from hf_ext.head_analysis import (
-    CaseThresholds, aggregate, aggregate_seeds, classify, load_measurements, plot, read_jsonl, top_k_overlap, write_jsonl,
+from hf_ext.heads.analysis import (
+    CaseThresholds,
+    aggregate,
+    aggregate_seeds,
+    classify,
+    load_measurements,
+    plot,
+    read_jsonl,
+    top_k_overlap,
+    write_jsonl,
 )
 
 I_PRE = np.array([[0.9, 0.1, 0.5], [0.3, 0.0, 0.7]])

@@ -3,8 +3,8 @@ import torch
 
 from hf_ext.config import DataArguments
 from hf_ext.data import prepare_data
-from hf_ext.head_importance import ablation_importance, gradient_importance, per_example_loss
-from hf_ext.heads import HeadGates
+from hf_ext.heads.gates import HeadGates
+from hf_ext.heads.importance import ablation_importance, gradient_importance, per_example_loss
 from hf_ext.models import tiny_model
 
 

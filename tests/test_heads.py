@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_ext.heads import HeadGates, head_update_sizes
+from hf_ext.heads.gates import HeadGates, head_update_sizes
 from hf_ext.models import tiny_model
 from hf_ext.targets import find_attention
 from hf_ext.tasks import load_builtin_task

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_ext.importance import ImportanceAccumulator, build_masks, top_k_masks
+from hf_ext.warp.importance import ImportanceAccumulator, build_masks, top_k_masks
 
 
 def _grads_of_two_steps():

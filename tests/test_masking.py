@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_ext.masking import MaskedUpdate
+from hf_ext.warp.masking import MaskedUpdate
 
 
 def _adamw_steps(param, masked: MaskedUpdate | None, steps=5):

@@ -3,10 +3,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from hf_ext.activations import compute_bases
 from hf_ext.models import tiny_model
-from hf_ext.reparam import coefficient_parameters, coefficients, compute_bases, merge, merge_model, reparameterize
 from hf_ext.targets import select_linear
 from hf_ext.tasks import load_builtin_task
+from hf_ext.warp.reparam import coefficient_parameters, coefficients, merge, merge_model, reparameterize
 
 
 def _random_basis(d: int, seed: int = 0) -> torch.Tensor:

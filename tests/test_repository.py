@@ -1,7 +1,12 @@
 """Checks on the repository itself: configs parse, no pickle, every recipe config is valid."""
 
+import ast
+import dataclasses
 import json
 import re
+import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +14,7 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from transformers import TrainingArguments
 
-from hf_ext.config import DataArguments, ModelArguments, parse_config
+from hf_ext.config import ModelArguments, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,12 +51,45 @@ def _recipe_of(config: Path) -> str:
     return max(matches, key=len)
 
 
-def _recipe_arguments(config: Path) -> tuple[type, ...]:
-    from hf_ext.head_study import HeadStudyArguments
-    from hf_ext.warp import WarpArguments
+RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py"))
 
-    extra = {"finetune": (), "warp": (WarpArguments,), "head_plasticity": (HeadStudyArguments,)}[_recipe_of(config)]
-    return (ModelArguments, DataArguments, *extra, TrainingArguments)
+
+def _argument_types(recipe: str) -> tuple[type, ...]:
+    """The dataclasses a recipe parses its config into (its module-level ``ARGUMENT_TYPES``)."""
+    return runpy.run_path(str(ROOT / "recipes" / f"{recipe}.py"))["ARGUMENT_TYPES"]
+
+
+def _recipe_arguments(config: Path) -> tuple[type, ...]:
+    return _argument_types(_recipe_of(config))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_no_key_belongs_to_two_argument_dataclasses_of_a_recipe(recipe):
+    """HfArgumentParser would fail with argparse's 'conflicting option string', not a ConfigError."""
+    owners: dict[str, list[str]] = {}
+    for kind in _argument_types(recipe):
+        for field in dataclasses.fields(kind):
+            owners.setdefault(field.name, []).append(kind.__name__)
+    assert {name: kinds for name, kinds in owners.items() if len(kinds) > 1} == {}
+    assert ModelArguments in _argument_types(recipe) and TrainingArguments in _argument_types(recipe)
+
+
+def test_type_checking_block_names_every_lazy_export():
+    """``hf_ext/__init__.py``: the ``if TYPE_CHECKING:`` imports equal the lazy export table."""
+    import hf_ext
+
+    tree = ast.parse((ROOT / "hf_ext" / "__init__.py").read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    imported = {(node.module, alias.name) for node in block.body for alias in node.names}
+    exported = {(module, name) for module, names in hf_ext._EXPORTS.items() for name in names}
+    assert imported == exported
+    for name in hf_ext.__all__:
+        assert getattr(hf_ext, name) is not None
+
+
+def test_ruff_passes():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("*.json")), ids=lambda p: p.name)

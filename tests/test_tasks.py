@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 import pytest
 
-from hf_ext.tasks import REFUSAL_PREFIXES, TASK_NAMES, is_refusal, label_names, load_builtin_task, vocabulary
+from hf_ext.tasks import REFUSAL_PREFIXES, TASK_NAMES, is_refusal, load_builtin_task, task_label_names, vocabulary
 
 SPLITS = ("train", "validation", "test")
 
@@ -38,9 +38,9 @@ def _token_set(strings: list[str]) -> set[str]:
 
 def test_task_names_and_label_names():
     assert TASK_NAMES == ("safety", "sentiment", "topic")
-    assert label_names("safety") == ["benign", "harmful"]
-    assert label_names("sentiment") == ["negative", "positive"]
-    assert label_names("topic") == ["world", "sports", "business", "science"]
+    assert task_label_names("safety") == ["benign", "harmful"]
+    assert task_label_names("sentiment") == ["negative", "positive"]
+    assert task_label_names("topic") == ["world", "sports", "business", "science"]
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
@@ -52,7 +52,7 @@ def test_sizes_columns_and_class_labels(loaded, rows, name):
         ds = dd[split]
         assert ds.column_names == ["text", "label", "prompt", "response"]
         assert isinstance(ds.features["label"], datasets.ClassLabel)
-        assert ds.features["label"].names == label_names(name)
+        assert ds.features["label"].names == task_label_names(name)
         for column in ("text", "prompt", "response"):
             assert ds.features[column] == datasets.Value("string")
             assert all(isinstance(v, str) and v.strip() and v.isascii() for v in rows[name][split][column])
@@ -92,7 +92,7 @@ def test_no_text_shared_across_or_repeated_within_splits(rows, name):
 
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_labels_are_balanced_in_every_split(rows, name):
-    k = len(label_names(name))
+    k = len(task_label_names(name))
     for split in SPLITS:
         counts = Counter(rows[name][split]["label"])
         assert sorted(counts) == list(range(k))
@@ -144,7 +144,7 @@ def test_is_refusal():
     ],
 )
 def test_classification_prompts_and_responses(rows, name, instruction):
-    names = label_names(name)
+    names = task_label_names(name)
     for split in SPLITS:
         ds = rows[name][split]
         for text, label, prompt, response in zip(ds["text"], ds["label"], ds["prompt"], ds["response"]):
@@ -180,14 +180,14 @@ def test_error_reports_what_exists_and_what_was_asked(name):
     whole = load_builtin_task(name, train_size=available, validation_size=0, test_size=0)
     assert len(set(whole["train"].to_dict()["text"])) == available
     with pytest.raises(ValueError, match=str(available)):
-        load_builtin_task(name, train_size=available, validation_size=len(label_names(name)), test_size=0)
+        load_builtin_task(name, train_size=available, validation_size=len(task_label_names(name)), test_size=0)
 
 
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="safety, sentiment, topic"):
         load_builtin_task("poetry")
     with pytest.raises(ValueError, match="safety, sentiment, topic"):
-        label_names("poetry")
+        task_label_names("poetry")
     with pytest.raises(ValueError, match="non-negative"):
         load_builtin_task("topic", test_size=-1)
 

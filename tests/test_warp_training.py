@@ -3,16 +3,16 @@ gradient accumulation and a resumed checkpoint."""
 
 import pytest
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 
-from hf_ext.callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
 from hf_ext.config import DataArguments
 from hf_ext.data import prepare_data
-from hf_ext.importance import ImportanceAccumulator
-from hf_ext.masking import MaskedUpdate
 from hf_ext.models import tiny_model
-from hf_ext.reparam import coefficient_parameters, reparameterize
-from hf_ext.trainer import HfExtTrainer
+from hf_ext.trainer import GradientCallback, HfExtTrainer
+from hf_ext.warp.callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
+from hf_ext.warp.importance import ImportanceAccumulator
+from hf_ext.warp.masking import MaskedUpdate
+from hf_ext.warp.reparam import coefficient_parameters, reparameterize
 
 TARGETS = ["bert.encoder.layer.1.intermediate.dense", "bert.encoder.layer.1.output.dense"]
 
@@ -126,12 +126,11 @@ def test_callbacks_refuse_a_plain_trainer(tmp_path):
     callback = ImportanceCallback(ImportanceAccumulator(params))
     trainer = Trainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=data.train, data_collator=data.collator,
                       callbacks=[callback])
-    callback.bind(trainer)
-    with pytest.raises(RuntimeError, match="needs hf_ext.HfExtTrainer"):
-        trainer.train()
+    with pytest.raises(TypeError, match="needs hf_ext.HfExtTrainer"):
+        callback.bind(trainer)
 
 
-class _PoisonGradients(TrainerCallback):
+class _PoisonGradients(GradientCallback):
     """Sets one gradient entry to inf at the given optimizer steps, before the importance callback reads it."""
 
     def __init__(self, param, steps):
@@ -167,17 +166,38 @@ def test_frozen_coefficients_bit_identical_under_bf16_autocast(tmp_path):
         assert p.dtype == torch.float32 and torch.equal(p.detach()[frozen], initial[name][frozen])
 
 
-@pytest.mark.parametrize("launcher", ["is_deepspeed_enabled", "is_fsdp_enabled"])
-def test_callbacks_refuse_deepspeed_and_fsdp(launcher):
-    class Trainer:  # what the callbacks look at on an HfExtTrainer launched with DeepSpeed or FSDP
-        is_deepspeed_enabled = is_fsdp_enabled = False
+@pytest.mark.parametrize("launcher, name", [("is_deepspeed_enabled", "DeepSpeed"), ("is_fsdp_enabled", "FSDP")])
+def test_gradient_callbacks_refuse_deepspeed_and_fsdp_when_bound(tmp_path, launcher, name):
+    model, tokenizer, params = _reparameterized_model()
+    data = _data(tokenizer, 8)
+    trainer = HfExtTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=data.train,
+                           data_collator=data.collator)
+    setattr(trainer, launcher, True)  # what accelerate sets on a trainer launched with DeepSpeed or FSDP
+    masks = {n: torch.zeros(p.shape[1], dtype=torch.bool) for n, p in params.items()}
+    for callback in (MaskedUpdateCallback(MaskedUpdate(params, masks)), ImportanceCallback(ImportanceAccumulator(params))):
+        with pytest.raises(ValueError, match=f"cannot run under {name}"):
+            trainer.add_callback(callback)
 
-        def gradient_scale(self):
-            return 1.0
 
-    trainer = Trainer()
-    setattr(trainer, launcher, True)
-    callback = MaskedUpdateCallback(MaskedUpdate({"p": torch.zeros(2)}, {"p": torch.ones(2, dtype=torch.bool)}))
-    callback.bind(trainer)
-    with pytest.raises(ValueError, match="cannot run under DeepSpeed .* or FSDP"):
-        callback.on_train_begin(None, None, None)
+def test_only_gradient_callbacks_get_the_gradients_ready_event(tmp_path):
+    """A plain TrainerCallback that happens to define on_gradients_ready is not called; a GradientCallback is."""
+    from transformers import TrainerCallback
+
+    class Plain(TrainerCallback):
+        calls = 0
+
+        def on_gradients_ready(self, *args, **kwargs):
+            Plain.calls += 1
+
+    class Reader(GradientCallback):
+        calls = 0
+
+        def on_gradients_ready(self, *args, **kwargs):
+            Reader.calls += 1
+
+    model, tokenizer, _ = _reparameterized_model()
+    data = _data(tokenizer, 16)
+    trainer = HfExtTrainer(model=model, args=_args(tmp_path, max_steps=2), train_dataset=data.train,
+                           data_collator=data.collator, callbacks=[Plain(), Reader()])
+    trainer.train()
+    assert (Plain.calls, Reader.calls) == (0, 2)

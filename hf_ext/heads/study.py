@@ -11,51 +11,25 @@ and draw the figures. With several seeds, ``output_dir`` also gets ``heads_acros
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import TrainingArguments
 
-from . import distributed
+from .. import distributed
+from ..config import DataArguments, ModelArguments, given_keys
+from ..data import prepare_data
+from ..io import read_json, write_json
+from ..models import load_model, load_tokenizer
+from ..run_logger import RunLogger, print_run_locations
+from ..targets import find_attention
+from ..trainer import HfExtTrainer
+from .analysis import aggregate, aggregate_seeds, figures, plot, write_jsonl
 from .callbacks import HeadImportanceCallback
-from .config import ConfigError, DataArguments, ModelArguments
-from .data import prepare_data
-from .head_analysis import CaseThresholds, aggregate, aggregate_seeds, figures, plot, write_jsonl
-from .head_importance import ablation_importance, gradient_importance
-from .heads import head_update_sizes
-from .io import read_json, write_json
-from .models import load_model, load_tokenizer
-from .run_logger import RunLogger, print_run_locations
-from .targets import find_attention
-from .trainer import HfExtTrainer
-
-
-@dataclass
-class HeadStudyArguments:
-    """What the head-plasticity study adds to the model, data and training arguments."""
-
-    seeds: list[int] = field(default_factory=list, metadata={"help": "Training seeds; empty: just the 'seed' key."})
-    eval_subset_size: int = field(default=1024, metadata={"help": "Examples of the validation split every measurement uses."})
-    subset_seed: int = field(default=999, metadata={"help": "Seed that draws the evaluation subset."})
-    top_k: int = field(default=20, metadata={"help": "K of the top-K overlap statistics."})
-    important_percentile: float = field(default=90.0, metadata={"help": "I_pre percentile at or above which a head is important."})
-    static_percentile: float = field(default=30.0, metadata={"help": "Urel percentile at or below which a head is static."})
-    plastic_percentile: float = field(default=90.0, metadata={"help": "Urel percentile at or above which a head is plastic."})
-    unimportant_percentile: float = field(default=30.0, metadata={"help": "I_pre percentile at or below which a head is unimportant."})
-    log_head_importance_steps: int = field(
-        default=0, metadata={"help": "Log gradient head importance to TensorBoard every N steps during training (0: never)."}
-    )
-
-    def __post_init__(self):
-        if self.eval_subset_size < 1:
-            raise ConfigError(f"eval_subset_size must be >= 1, got {self.eval_subset_size}")
-
-    @property
-    def thresholds(self) -> CaseThresholds:
-        return CaseThresholds(self.important_percentile, self.static_percentile, self.plastic_percentile,
-                              self.unimportant_percentile)
+from .config import HeadStudyArguments
+from .gates import head_update_sizes
+from .importance import ablation_importance, gradient_importance
 
 
 def mixed_precision() -> dict[str, bool]:
@@ -63,6 +37,18 @@ def mixed_precision() -> dict[str, bool]:
     if not torch.cuda.is_available():
         return {"bf16": False, "fp16": False}
     return {"bf16": True, "fp16": False} if torch.cuda.is_bf16_supported() else {"bf16": False, "fp16": True}
+
+
+def choose_precision(training_args: TrainingArguments) -> dict[str, bool]:
+    """The config's ``bf16``/``fp16`` when it sets either, else :func:`mixed_precision`; says which on stdout."""
+    if {"bf16", "fp16"} & given_keys(training_args) or training_args.bf16 or training_args.fp16:
+        chosen, how = {"bf16": training_args.bf16, "fp16": training_args.fp16}, "as configured"
+    else:
+        chosen, how = mixed_precision(), "chosen automatically; set bf16 or fp16 in the config to choose"
+    if distributed.is_main_process():
+        name = "bf16" if chosen["bf16"] else "fp16" if chosen["fp16"] else "fp32 (no mixed precision)"
+        print(f"head study: {name} ({how})", flush=True)
+    return chosen
 
 
 def eval_subset(dataset, size: int, seed: int, path: Path) -> list[int]:
@@ -103,11 +89,9 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
                                           "gradient_layer_normalised": gradients.normalised().numpy()})
     # Only the main process measures the update size, so only it keeps the initial weights.
     initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if main else None
-    args = dataclasses.replace(training_args, output_dir=str(run), seed=seed, **mixed_precision())
+    args = dataclasses.replace(training_args, output_dir=str(run), seed=seed, **choose_precision(training_args))
     callbacks = [HeadImportanceCallback(batches[:1], every=study.log_head_importance_steps)] if study.log_head_importance_steps else []
-    trainer = HfExtTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-                           data_collator=data.collator, processing_class=tokenizer, compute_metrics=data.compute_metrics,
-                           preprocess_logits_for_metrics=data.preprocess_logits_for_metrics, callbacks=callbacks)
+    trainer = HfExtTrainer(model=model, args=args, processing_class=tokenizer, callbacks=callbacks, **data.trainer_kwargs())
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(str(run / "final"))
     if main:
@@ -128,7 +112,7 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
     return run
 
 
-def run_study(model_args: ModelArguments, data_args: DataArguments, study: HeadStudyArguments,
+def run_head_study(model_args: ModelArguments, data_args: DataArguments, study: HeadStudyArguments,
               training_args: TrainingArguments) -> list[Path]:
     """Every seed, then the across-seeds aggregate when there are several."""
     runs = [run_seed(model_args, data_args, study, training_args, seed) for seed in study.seeds or [training_args.seed]]

@@ -16,7 +16,8 @@ cross-entropy and accuracy over its labelled tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .heads import HeadGates
-from .targets import find_blocks
+from ..models import eval_mode, model_device
+from ..targets import find_blocks
+from .gates import HeadGates
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,9 +155,7 @@ def ablation_importance(
     """
     if ablations_per_pass < 1:
         raise ValueError(f"ablations_per_pass must be >= 1, got {ablations_per_pass}")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = model_device(model)
     gates = HeadGates(model)
     layers, heads = gates.shape
     ones = torch.ones(layers, heads, device=device)
@@ -173,39 +173,49 @@ def ablation_importance(
         loss, accuracy = per_example_loss(model(**_repeat(inputs, g)).logits, _repeat(labels, g))
         return loss.view(g, size), accuracy.view(g, size)
 
-    try:
-        with gates:
-            base = [evaluate(b) for b in batches]
-            base_loss = torch.cat([r[0] for r in base]).mean().item()
-            base_accuracy = torch.cat([r[1] for r in base]).mean().item()
-            blocks += layers
-            cache = None
-            bar = tqdm(total=layers * heads, desc="head ablation", disable=not progress)
-            for layer in range(layers):
-                if cache_prefix and layer > 0:
-                    gates.gates = ones
-                    cache = prefix.outputs_of_block(layer - 1, cache, batches, device)
-                    blocks += 1
-                start = layer if cache_prefix else 0
-                for first in range(0, heads, ablations_per_pass):
-                    group = list(range(first, min(first + ablations_per_pass, heads)))
-                    patterns = ones.repeat(len(group), 1, 1)
-                    patterns[torch.arange(len(group)), layer, group] = 0.0
-                    run = lambda batch: evaluate(batch, patterns)  # noqa: E731
-                    if start > 0:
-                        results = prefix.run(start, cache, batches, run, repeat=len(group))
-                    else:
-                        results = [run(b) for b in batches]
-                    blocks += len(group) * (layers - start)
-                    loss = torch.cat([r[0] for r in results], dim=1).mean(1)
-                    accuracy = torch.cat([r[1] for r in results], dim=1).mean(1)
-                    loss_up[layer, group] = (loss - base_loss).cpu()
-                    acc_drop[layer, group] = (base_accuracy - accuracy).cpu()
-                    bar.update(len(group))
-            bar.close()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), gates:
+        base = [evaluate(b) for b in batches]
+        base_loss = torch.cat([r[0] for r in base]).mean().item()
+        base_accuracy = torch.cat([r[1] for r in base]).mean().item()
+        blocks += layers
+        cache = None
+        bar = tqdm(total=layers * heads, desc="head ablation", disable=not progress)
+        for layer in range(layers):
+            if cache_prefix and layer > 0:
+                gates.gates = ones
+                cache = prefix.outputs_of_block(layer - 1, cache, batches, device)
+                blocks += 1
+            start = layer if cache_prefix else 0
+            for first in range(0, heads, ablations_per_pass):
+                group = list(range(first, min(first + ablations_per_pass, heads)))
+                patterns = ones.repeat(len(group), 1, 1)
+                patterns[torch.arange(len(group)), layer, group] = 0.0
+                run = lambda batch: evaluate(batch, patterns)  # noqa: E731
+                if start > 0:
+                    results = prefix.run(start, cache, batches, run, repeat=len(group))
+                else:
+                    results = [run(b) for b in batches]
+                blocks += len(group) * (layers - start)
+                loss = torch.cat([r[0] for r in results], dim=1).mean(1)
+                accuracy = torch.cat([r[1] for r in results], dim=1).mean(1)
+                loss_up[layer, group] = (loss - base_loss).cpu()
+                acc_drop[layer, group] = (base_accuracy - accuracy).cpu()
+                bar.update(len(group))
+        bar.close()
     return AblationResult(loss_up, acc_drop, base_loss, base_accuracy, blocks)
+
+
+@contextlib.contextmanager
+def _frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """No parameter requires grad inside the block (only the gates get gradients); flags restored after."""
+    requires_grad = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in requires_grad:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in requires_grad.items():
+            p.requires_grad_(flag)
 
 
 @dataclass
@@ -223,15 +233,10 @@ class GradientImportance:
 
 def gradient_importance(model: nn.Module, batches: Sequence[dict[str, Any]], *, progress: bool = True) -> GradientImportance:
     """Per-example gate gradients over ``batches`` (eval mode, parameters' gradients untouched)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = model_device(model)
     shape = HeadGates(model).shape
     gradient, fisher, examples = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64), 0
-    requires_grad = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with eval_mode(model), _frozen_parameters(model):
         for batch in tqdm(batches, desc="head gradients", disable=not progress):
             inputs, labels = _inputs(batch, device)
             gates = torch.ones(labels.shape[0], *shape, device=device, requires_grad=True)
@@ -242,8 +247,4 @@ def gradient_importance(model: nn.Module, batches: Sequence[dict[str, Any]], *, 
             gradient += per_example.abs().sum(0)
             fisher += per_example.square().sum(0)
             examples += labels.shape[0]
-    finally:
-        for p, flag in requires_grad.items():
-            p.requires_grad_(flag)
-        model.train(was_training)
     return GradientImportance(gradient.float(), (fisher / max(examples, 1)).float(), examples)

@@ -7,24 +7,14 @@ moving the coefficients that mattered for safety.
 3. utility fine-tune from the phase-2 model with the masks (``phase: 3``), or without masks and
    without reparameterization as the baseline (``phase: "plain"``, same data, steps and lr);
 then held-out scores of the three models (``phase: "eval"``). ``phase: "all"`` runs everything.
-
-Run directory (``output_dir``)::
-
-    config.json                      model/data/warp arguments, for `hf-ext warp verify|eval`
-    phase1/basis.safetensors         <module>.U (d_in x d_in), <module>.eigenvalues; + metadata.json
-    phase2/model/                    safety-tuned model, plain weights (from_pretrained loads it)
-    phase2/importance.safetensors    per module, float32 (d_in,) or (d_out, d_in) by granularity
-    phase2/masks.safetensors         per module, bool, True = frozen; + metadata.json
-    phase3/model/, coefficients.safetensors, metadata.json
-    plain/model/, metadata.json
-    eval.json, eval.md               the retention/utility table
+The files of a run are listed in :mod:`hf_ext.warp.layout`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -33,73 +23,25 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, TrainingArguments
 
-from . import __version__, distributed
+from .. import __version__, distributed
+from ..activations import compute_bases
+from ..config import DataArguments, ModelArguments
+from ..data import PreparedData, prepare_data, uses_chat_template
+from ..evaluation import classification_accuracy, first_word_accuracy, generate_responses, refusal_accuracy
+from ..io import load_tensors, read_json, save_tensors, write_json
+from ..models import load_model, load_tokenizer
+from ..run_logger import RunLogger, print_run_locations
+from ..targets import select_linear, set_trainable
+from ..tasks import is_refusal
+from ..trainer import HfExtTrainer
 from .callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
-from .config import ConfigError, DataArguments, ModelArguments
-from .data import PreparedData, prepare_data, uses_chat_template
-from .evaluation import classification_accuracy, first_word_accuracy, generate_responses, refusal_accuracy
+from .config import WarpArguments
 from .importance import ImportanceAccumulator, build_masks
-from .io import load_tensors, read_json, save_tensors, write_json
+from .layout import PHASE_LABELS, WarpLayout
 from .masking import MaskedUpdate
-from .models import load_model, load_tokenizer
-from .reparam import coefficient_parameters, compute_bases, merge_model, reparameterize
-from .run_logger import RunLogger, print_run_locations
-from .targets import match_modules, select_linear
-from .tasks import is_refusal
-from .trainer import HfExtTrainer
+from .reparam import coefficient_parameters, merge_model, reparameterize
 
-MODELS = {"phase2": "phase 2: safety", "phase3": "phase 3: WaRP masks", "plain": "phase 3: plain"}
-
-
-@dataclass
-class WarpArguments:
-    """What the WaRP study adds to the model, data and training arguments."""
-
-    phase: Literal[1, 2, 3, "plain", "eval", "all"] = field(
-        default="all",
-        metadata={"help": "1 basis, 2 safety fine-tune + importance + masks, 3 masked utility fine-tune, 'plain' "
-                          "the unmasked baseline, 'eval' the held-out table; 'all' runs 1, 2, 3, plain and eval."},
-    )
-    targets: list[str] = field(
-        default_factory=lambda: ["mlp.down_proj"],
-        metadata={"help": "Linear modules to reparameterize, as patterns ('mlp.down_proj', 'layers.[28-31].mlp.*')."},
-    )
-    layers: str | None = field(default=None, metadata={"help": "Keep only targets in these blocks, e.g. '28-31'."})
-    basis_rank: int | None = field(
-        default=None, metadata={"help": "Keep the top-r basis directions; the rest of W is a frozen residual. None: all."}
-    )
-    centered: bool = field(default=False, metadata={"help": "Basis from the centred covariance instead of E[x x^T]."})
-    basis_data: Literal["safety", "utility"] = field(default="safety", metadata={"help": "Data of the phase-1 basis."})
-    safety_dataset_name: str | None = field(
-        default="builtin:safety", metadata={"help": "Safety data: 'builtin:safety', a hub name, or null with safety_*_file."}
-    )
-    safety_train_file: str | None = field(default=None, metadata={"help": "Local safety training data (.json/.jsonl/.csv)."})
-    safety_validation_file: str | None = field(default=None, metadata={"help": "Local safety validation data."})
-    safety_test_file: str | None = field(default=None, metadata={"help": "Local safety test data."})
-    safety_lr: float = field(default=1e-4, metadata={"help": "Phase-2 learning rate."})
-    safety_weight_decay: float = field(default=0.0, metadata={"help": "Phase-2 AdamW weight decay."})
-    safety_epochs: float = field(default=1.0, metadata={"help": "Phase-2 epochs (num_train_epochs applies to phase 3)."})
-    keep_ratio: float = field(default=0.1, metadata={"help": "Share of coefficients frozen in phase 3 (the most important), in (0, 1)."})
-    granularity: Literal["input", "element"] = field(
-        default="input", metadata={"help": "'input': one flag per basis direction; 'element': one per coefficient."}
-    )
-    threshold: Literal["per_layer", "global"] = field(
-        default="per_layer", metadata={"help": "Freeze keep_ratio of every layer, or one quantile over all target layers."}
-    )
-    importance: Literal["abs", "fisher"] = field(default="abs", metadata={"help": "Mean |dL/dC| or mean (dL/dC)^2."})
-    extra_trainable: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Modules trained fully in phases 2, 3 and plain, e.g. ['classifier'] for a new seq_cls head."},
-    )
-    max_new_tokens: int = field(default=16, metadata={"help": "causal_lm evaluation: greedy tokens per response."})
-
-    def __post_init__(self):
-        if not 0 < self.keep_ratio < 1:
-            raise ConfigError(f"keep_ratio must be in (0, 1) (the share of coefficients to freeze), got {self.keep_ratio}")
-        if self.basis_rank is not None and self.basis_rank < 1:
-            raise ConfigError(f"basis_rank must be >= 1 or null, got {self.basis_rank}")
-        if not self.targets:
-            raise ConfigError("targets is empty: name the linear modules to reparameterize, e.g. ['mlp.down_proj']")
+Task = Literal["safety", "utility"]
 
 
 @dataclass
@@ -120,6 +62,17 @@ class WarpRun:
     @property
     def dir(self) -> Path:
         return Path(self.training_args.output_dir)
+
+    @property
+    def layout(self) -> WarpLayout:
+        return WarpLayout(self.dir)
+
+    def data(self, task: Task) -> PreparedData:
+        return {"safety": self.safety, "utility": self.utility}[task]
+
+    def classes(self, task: Task) -> list[int] | None:
+        """seq_cls: the ids of ``task``'s classes in the shared head; None for causal_lm."""
+        return {"safety": self.safety_classes, "utility": self.utility_classes}[task]
 
     @classmethod
     def build(cls, model_args, data_args, warp_args, training_args) -> WarpRun:
@@ -146,7 +99,7 @@ class WarpRun:
     @classmethod
     def from_dir(cls, run_dir: str | Path, **training_overrides) -> WarpRun:
         """Rebuild a run from its ``config.json`` (for verification and evaluation after the fact)."""
-        path = Path(run_dir) / "config.json"
+        path = WarpLayout(run_dir).config
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {run_dir} the output_dir of a WaRP run?")
         saved = read_json(path)
@@ -157,7 +110,7 @@ class WarpRun:
 
     def save_config(self) -> None:
         if distributed.is_main_process():
-            write_json(self.dir / "config.json", {
+            write_json(self.layout.config, {
                 "model": dataclasses.asdict(self.model_args), "data": dataclasses.asdict(self.data_args),
                 "warp": dataclasses.asdict(self.warp_args), "seed": self.training_args.seed,
                 "eval_batch_size": self.training_args.per_device_eval_batch_size, "hf_ext_version": __version__,
@@ -167,7 +120,7 @@ class WarpRun:
         """The base model (``phase=None``) or a phase's saved model, on the training device."""
         args = self.model_args
         if phase is not None:
-            path = self.dir / phase / "model"
+            path = self.layout.model(phase)
             if not path.is_dir():
                 raise FileNotFoundError(f"{path} not found: run phase {phase.removeprefix('phase')} first")
             args = dataclasses.replace(args, model_name_or_path=str(path))
@@ -204,7 +157,8 @@ def restrict_classes(model: torch.nn.Module, class_ids: list[int]) -> torch.util
     the dtype's minimum by a forward hook on the head, so the model's own cross-entropy ignores them.
 
     One head holds both tasks' classes side by side; each phase trains on its task's classes and
-    leaves the other task's rows of the head without gradient.
+    leaves the other task's rows of the head without gradient. A second call replaces the first
+    restriction instead of stacking on it.
     """
     head = next((getattr(model, name) for name in _CLASSIFIER_HEADS if isinstance(getattr(model, name, None), torch.nn.Linear)), None)
     if head is None:
@@ -215,30 +169,23 @@ def restrict_classes(model: torch.nn.Module, class_ids: list[int]) -> torch.util
     def mask_other_classes(module, inputs, logits):
         return logits.masked_fill(others.to(logits.device), torch.finfo(logits.dtype).min)
 
-    return head.register_forward_hook(mask_other_classes)
+    previous = head.__dict__.pop(_RESTRICTION, None)
+    if previous is not None:
+        previous.remove()
+    handle = head.register_forward_hook(mask_other_classes)
+    head.__dict__[_RESTRICTION] = handle
+    return handle
 
 
-def _set_trainable(model: torch.nn.Module, params, extra_patterns: list[str]) -> int:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    extra = match_modules(model, extra_patterns) if extra_patterns else {}
-    if extra_patterns and not extra:
-        raise ValueError(f"extra_trainable {extra_patterns} matches no module")
-    trainable = [*params, *(p for m in extra.values() for p in m.parameters())]
-    for p in trainable:
-        p.requires_grad_(True)
-    return sum(p.numel() for p in {id(p): p for p in trainable}.values())
+_RESTRICTION = "_hf_ext_class_restriction"  # the head's current restrict_classes hook
 
 
-def _trainer(run: WarpRun, model, phase: str, data: PreparedData, callbacks, **overrides) -> HfExtTrainer:
+def _trainer(run: WarpRun, model, phase: str, task: Task, callbacks, **overrides) -> HfExtTrainer:
     if run.labels is not None:
-        restrict_classes(model, run.safety_classes if data is run.safety else run.utility_classes)
-    args = dataclasses.replace(run.training_args, output_dir=str(run.dir / phase), **overrides)
-    return HfExtTrainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.validation, data_collator=data.collator,
-        processing_class=run.tokenizer, compute_metrics=data.compute_metrics,
-        preprocess_logits_for_metrics=data.preprocess_logits_for_metrics, callbacks=callbacks,
-    )
+        restrict_classes(model, run.classes(task))
+    args = dataclasses.replace(run.training_args, output_dir=str(run.layout.phase_dir(phase)), **overrides)
+    return HfExtTrainer(model=model, args=args, processing_class=run.tokenizer, callbacks=callbacks,
+                        **run.data(task).trainer_kwargs())
 
 
 def _resume(run: WarpRun, phase) -> str | bool | None:
@@ -248,7 +195,7 @@ def _resume(run: WarpRun, phase) -> str | bool | None:
 
 def load_basis(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """``(U per module, eigenvalues per module, metadata)`` from ``phase1/basis.safetensors``."""
-    path = Path(run_dir) / "phase1" / "basis.safetensors"
+    path = WarpLayout(run_dir).basis
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run phase 1 first")
     tensors, metadata = load_tensors(path)
@@ -288,8 +235,8 @@ def run_phase1(run: WarpRun) -> dict[str, torch.Tensor]:
         description = {"modules": list(bases), "tokens": counts, "examples": len(data.train),
                        "basis_data": run.warp_args.basis_data, "centered": run.warp_args.centered,
                        "model": run.model_args.model_name_or_path, "seconds": seconds}
-        save_tensors(run.dir / "phase1" / "basis.safetensors", tensors, description)
-        write_json(run.dir / "phase1" / "metadata.json", description)
+        save_tensors(run.layout.basis, tensors, description)
+        write_json(run.layout.metadata("phase1"), description)
     distributed.barrier()
     return bases
 
@@ -299,10 +246,10 @@ def run_phase2(run: WarpRun) -> dict:
     warp = run.warp_args
     model = run.load_model()
     params = _reparameterize_targets(run, model)
-    trainable = _set_trainable(model, params.values(), warp.extra_trainable)
+    trainable = set_trainable(model, params.values(), warp.extra_trainable)
     accumulator = ImportanceAccumulator(params, kind=warp.importance, granularity=warp.granularity)
     trainer = _trainer(
-        run, model, "phase2", run.safety,
+        run, model, "phase2", "safety",
         [ImportanceCallback(accumulator), CoefficientDriftCallback(params)],
         learning_rate=warp.safety_lr, weight_decay=warp.safety_weight_decay, num_train_epochs=warp.safety_epochs,
         max_steps=-1,
@@ -318,18 +265,20 @@ def run_phase2(run: WarpRun) -> dict:
     }
     RunLogger(trainer).scalars({f"masks/realised_ratio/{n}": r for n, r in info.realised.items()}, now=True)
     merge_model(model)
-    trainer.save_model(str(run.dir / "phase2" / "model"))
+    trainer.save_model(str(run.layout.model("phase2")))
     if distributed.is_main_process():
-        save_tensors(run.dir / "phase2" / "importance.safetensors", importance, {"kind": warp.importance, "granularity": warp.granularity, "steps": accumulator.steps})
-        save_tensors(run.dir / "phase2" / "masks.safetensors", masks, {"keep_ratio": warp.keep_ratio, "granularity": warp.granularity})
-        write_json(run.dir / "phase2" / "metadata.json", metadata)
+        save_tensors(run.layout.importance, importance,
+                     {"kind": warp.importance, "granularity": warp.granularity, "steps": accumulator.steps})
+        save_tensors(run.layout.masks, masks, {"keep_ratio": warp.keep_ratio, "granularity": warp.granularity})
+        write_json(run.layout.metadata("phase2"), metadata)
     distributed.barrier()
     print_run_locations(trainer)
     return metadata
 
 
 def load_masks(run_dir: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(run_dir) / "phase2" / "masks.safetensors"
+    """``{module name: bool mask}`` (True = frozen) from ``phase2/masks.safetensors``."""
+    path = WarpLayout(run_dir).masks
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run phase 2 first")
     return load_tensors(path)[0]
@@ -347,8 +296,8 @@ def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
     else:
         params = {name: module.weight for name, module in run.targets(model).items()}
         callbacks = [CoefficientDriftCallback(params, prefix="weight_drift")]
-    trainable = _set_trainable(model, params.values(), run.warp_args.extra_trainable)
-    trainer = _trainer(run, model, phase, run.utility, callbacks)
+    trainable = set_trainable(model, params.values(), run.warp_args.extra_trainable)
+    trainer = _trainer(run, model, phase, "utility", callbacks)
     result = trainer.train(resume_from_checkpoint=_resume(run, 3 if masked else "plain"))
     metadata = {"steps": trainer.state.global_step, "samples": len(run.utility.train), "trainable_parameters": trainable,
                 "train_loss": result.training_loss}
@@ -356,11 +305,11 @@ def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
         metadata |= {"frozen_unchanged": masked_update.unchanged(), "frozen_max_deviation": masked_update.max_deviation(),
                      "frozen_entries": masked_update.frozen_counts}
         if distributed.is_main_process():
-            save_tensors(run.dir / phase / "coefficients.safetensors", {n: p.detach() for n, p in params.items()})
+            save_tensors(run.layout.coefficients, {n: p.detach() for n, p in params.items()})
         merge_model(model)
-    trainer.save_model(str(run.dir / phase / "model"))
+    trainer.save_model(str(run.layout.model(phase)))
     if distributed.is_main_process():
-        write_json(run.dir / phase / "metadata.json", metadata)
+        write_json(run.layout.metadata(phase), metadata)
     distributed.barrier()
     print_run_locations(trainer)
     return metadata
@@ -368,16 +317,16 @@ def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
 
 def score_model(run: WarpRun, model: PreTrainedModel) -> dict[str, float]:
     """Held-out safety and utility scores (test split, else validation) of one model."""
-    safety = run.safety.test if run.safety.test is not None else run.safety.validation
-    utility = run.utility.test if run.utility.test is not None else run.utility.validation
     batch_size = run.training_args.per_device_eval_batch_size
-    if run.model_args.task_type == "seq_cls":
-        return {
-            "safety_accuracy": classification_accuracy(model, safety, run.safety.collator, run.safety_classes, batch_size=batch_size),
-            "utility_accuracy": classification_accuracy(model, utility, run.utility.collator, run.utility_classes, batch_size=batch_size),
-        }
     scores = {}
-    for task, data in (("safety", run.safety), ("utility", run.utility)):
+    for task in ("safety", "utility"):
+        data = run.data(task)
+        if run.model_args.task_type == "seq_cls":
+            held_out = data.test if data.test is not None else data.validation
+            scores[f"{task}_accuracy"] = classification_accuracy(
+                model, held_out, data.collator, run.classes(task), batch_size=batch_size, desc=f"{task} accuracy"
+            )
+            continue
         raw = data.raw["test"] if "test" in data.raw else data.raw["validation"]
         args = run.data_args
         prompts, references = raw[args.prompt_column], raw[args.response_column]
@@ -393,27 +342,27 @@ def score_model(run: WarpRun, model: PreTrainedModel) -> dict[str, float]:
 def evaluate_run(run: WarpRun) -> dict[str, dict[str, float]]:
     """Score every saved model of the run; writes ``eval.json`` and ``eval.md`` and returns the rows."""
     rows = {}
-    for phase in MODELS:
-        if (run.dir / phase / "model").is_dir():
+    for phase in PHASE_LABELS:
+        if run.layout.model(phase).is_dir():
             rows[phase] = score_model(run, run.load_model(phase))
     if "phase2" not in rows:
-        raise FileNotFoundError(f"{run.dir / 'phase2' / 'model'} not found: nothing to evaluate before phase 2")
+        raise FileNotFoundError(f"{run.layout.model('phase2')} not found: nothing to evaluate before phase 2")
     reference = rows["phase2"]["safety_accuracy"]
     for row in rows.values():
         row["safety_retention"] = row["safety_accuracy"] / reference if reference else float("nan")
-    write_json(run.dir / "eval.json", rows)
-    (run.dir / "eval.md").write_text(format_table(rows) + "\n", encoding="utf-8")
+    write_json(run.layout.eval_json, rows)
+    run.layout.eval_md.write_text(format_table(rows) + "\n", encoding="utf-8")
     return rows
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     lines = ["| model | safety accuracy | safety retention | utility accuracy |", "| --- | --- | --- | --- |"]
     for phase, row in rows.items():
-        lines.append(f"| {MODELS[phase]} | {row['safety_accuracy']:.3f} | {row['safety_retention']:.3f} | {row['utility_accuracy']:.3f} |")
+        lines.append(f"| {PHASE_LABELS[phase]} | {row['safety_accuracy']:.3f} | {row['safety_retention']:.3f} | {row['utility_accuracy']:.3f} |")
     return "\n".join(lines)
 
 
-def run_study(run: WarpRun) -> dict | None:
+def run_warp_study(run: WarpRun) -> dict | None:
     """Run the configured phase(s); 'all' runs 1, 2, 3, plain and eval and prints the table."""
     phase = run.warp_args.phase
     run.save_config()

@@ -1,10 +1,10 @@
 """TrainerCallbacks that put importance accumulation, exact masked updates and coefficient drift into training.
 
-They need :class:`~hf_ext.trainer.HfExtTrainer`, which calls ``on_gradients_ready`` with complete,
-unclipped gradients once per optimizer step. Each callback wraps one object from
-:mod:`hf_ext.importance` or :mod:`hf_ext.masking`, so the same logic runs without a Trainer.
-Supported: one device or DDP. DeepSpeed steps the optimizer inside ``backward`` and FSDP shards
-gradients, so both are refused with an error rather than measured wrongly.
+The gradient readers are :class:`~hf_ext.trainer.GradientCallback`s: they need
+:class:`~hf_ext.trainer.HfExtTrainer`, which calls ``on_gradients_ready`` with complete, unclipped
+gradients once per optimizer step, and they refuse DeepSpeed and FSDP when bound. Each callback
+wraps one object from :mod:`hf_ext.warp.importance` or :mod:`hf_ext.warp.masking`, so the same logic
+runs without a Trainer.
 """
 
 from __future__ import annotations
@@ -15,30 +15,20 @@ from collections.abc import Mapping
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..io import load_tensors, save_tensors
+from ..run_logger import LoggingCallback
+from ..trainer import GradientCallback
 from .importance import ImportanceAccumulator
-from .io import load_tensors, save_tensors
 from .masking import MaskedUpdate
-from .run_logger import LoggingCallback
 
 IMPORTANCE_STATE_FILE = "importance_state.safetensors"
-
-
-def _require_gradient_access(callback: LoggingCallback) -> None:
-    trainer = callback.trainer
-    if trainer is None or not hasattr(trainer, "gradient_scale"):
-        raise RuntimeError(f"{type(callback).__name__} needs hf_ext.HfExtTrainer (it reads gradients before clipping)")
-    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
-        raise ValueError(
-            f"{type(callback).__name__} cannot run under DeepSpeed (it steps the optimizer inside backward) or FSDP "
-            "(it shards gradients); launch with accelerate_configs/single_gpu.yaml or multi_gpu.yaml (DDP)."
-        )
 
 
 def _checkpoint_dir(args, state) -> str:
     return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
-class ImportanceCallback(LoggingCallback):
+class ImportanceCallback(GradientCallback):
     """Accumulate gradient importance every optimizer step; log mean/std/max per tensor and histograms.
 
     The accumulator's state is saved in each checkpoint and restored on resume.
@@ -49,7 +39,6 @@ class ImportanceCallback(LoggingCallback):
         self.prefix = prefix
 
     def on_train_begin(self, args, state, control, **kwargs):
-        _require_gradient_access(self)
         if state.global_step > 0:
             path = os.path.join(_checkpoint_dir(args, state), IMPORTANCE_STATE_FILE)
             if not os.path.exists(path):
@@ -59,7 +48,7 @@ class ImportanceCallback(LoggingCallback):
             tensors, _ = load_tensors(path, device=next(iter(self.accumulator.sums.values())).device)
             self.accumulator.load_state_dict(tensors)
 
-    def on_gradients_ready(self, args, state, control, grad_scale=1.0, **kwargs):
+    def on_gradients_ready(self, args, state, control, *, grad_scale=1.0, **kwargs):
         self.accumulator.update(grad_scale)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -83,14 +72,13 @@ class ImportanceCallback(LoggingCallback):
                 logger.histogram(f"{self.prefix}/{name}", score)
 
 
-class MaskedUpdateCallback(LoggingCallback):
+class MaskedUpdateCallback(GradientCallback):
     """Keep masked entries bit-identical: zero their gradients before clipping, restore them after each step."""
 
     def __init__(self, masked_update: MaskedUpdate):
         self.masked_update = masked_update
 
     def on_train_begin(self, args, state, control, **kwargs):
-        _require_gradient_access(self)
         if not self.masked_update.unchanged():
             deviation = max(self.masked_update.max_deviation().values())
             raise RuntimeError(
@@ -137,34 +125,3 @@ class CoefficientDriftCallback(LoggingCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_log:
             self._require_bound().scalars(self.drift())
-
-
-class HeadImportanceCallback(LoggingCallback):
-    """Every ``every`` optimizer steps, log gradient head importance on fixed ``batches``: one scalar
-    per layer (mean over its heads) and a layer x head heatmap image."""
-
-    def __init__(self, batches, *, every: int, prefix: str = "head_importance"):
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        self.batches, self.every, self.prefix = batches, every, prefix
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every:
-            return
-        from .head_importance import gradient_importance
-
-        logger = self._require_bound()
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        result = gradient_importance(model, self.batches, progress=False)
-        logger.scalars({f"{self.prefix}/layer_{layer}": float(row.mean()) for layer, row in enumerate(result.gradient)})
-        if logger.writer() is not None:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            image = ax.imshow(result.gradient.numpy(), aspect="auto")
-            ax.set(xlabel="head", ylabel="layer", title=f"gradient head importance, step {state.global_step}")
-            fig.colorbar(image, ax=ax)
-            logger.figure(f"{self.prefix}/heatmap", fig)

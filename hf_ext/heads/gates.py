@@ -13,7 +13,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .targets import AttentionModules, find_attention
+from ..models import model_device
+from ..targets import AttentionModules, find_attention
 
 
 class HeadGates:
@@ -32,7 +33,7 @@ class HeadGates:
         self.attention = find_attention(model)
         self.shape = (len(self.attention), self.attention[0].num_heads)
         if gates is None:
-            gates = torch.ones(self.shape, device=next(model.parameters()).device)
+            gates = torch.ones(self.shape, device=model_device(model))
         if tuple(gates.shape[-2:]) != self.shape or gates.ndim not in (2, 3):
             raise ValueError(
                 f"gates have shape {tuple(gates.shape)}; this model needs [num_layers, num_heads] = {list(self.shape)} "

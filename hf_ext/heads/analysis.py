@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import write_json
+from ..io import write_json
 
 MEASUREMENTS = {  # column -> (file, field)
     "I_pre": ("I_pre.jsonl", "loss_increase"),

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .io import load_tensors, read_json
+from ..activations import orthonormality_error
+from ..io import load_tensors, read_json
 from .reparam import coefficient_parameters, reparameterize
-from .warp import WarpRun, load_basis, load_masks
+from .study import WarpRun, load_basis, load_masks
 
 ORTHONORMALITY_TOL = 1e-4
 RECONSTRUCTION_TOL = 1e-4  # relative to max |W|
@@ -41,13 +42,12 @@ def verify_run(run_dir: str | Path) -> list[Check]:
     rank = run.warp_args.basis_rank
     checks = []
     for name, u in bases.items():
-        u = u.double()[:, :rank] if rank else u.double()
-        error = (u.T @ u - torch.eye(u.shape[1], dtype=torch.float64)).abs().max().item()
+        error = orthonormality_error(u[:, :rank] if rank else u)
         checks.append(Check("U orthonormal: max |U^T U - I|", name, f"{error:.2e}", error < ORTHONORMALITY_TOL))
 
     starts = {}
     for label, phase in (("phase 2", None), ("phase 3", "phase2")):
-        if phase and not (run.dir / phase / "model").is_dir():
+        if phase and not run.layout.model(phase).is_dir():
             continue
         model = run.load_model(phase)
         originals = {name: model.get_submodule(name).weight.detach().clone() for name in bases}
@@ -57,9 +57,9 @@ def verify_run(run_dir: str | Path) -> list[Check]:
             checks.append(Check(f"{label} start: max |C U^T - W| / max |W|", name, f"{error:.2e}", error < RECONSTRUCTION_TOL))
         starts[label] = {name: c.detach().clone() for name, c in coefficient_parameters(modules).items()}
 
-    if (run.dir / "phase2" / "masks.safetensors").is_file():
+    if run.layout.masks.is_file():
         masks = load_masks(run.dir)
-        info = read_json(run.dir / "phase2" / "metadata.json")
+        info = read_json(run.layout.metadata("phase2"))
         keep = info["keep_ratio"]
         if info["threshold"] == "per_layer":
             for name, mask in masks.items():
@@ -71,9 +71,8 @@ def verify_run(run_dir: str | Path) -> list[Check]:
             checks.append(Check(f"mask ratio, global (keep_ratio {keep})", "all", f"{frozen / n:.4f} ({frozen}/{n})",
                                 abs(frozen - keep * n) <= 1))
 
-        final_path = run.dir / "phase3" / "coefficients.safetensors"
-        if final_path.is_file() and "phase 3" in starts:
-            final, _ = load_tensors(final_path)
+        if run.layout.coefficients.is_file() and "phase 3" in starts:
+            final, _ = load_tensors(run.layout.coefficients)
             for name, start in starts["phase 3"].items():
                 frozen = _frozen(masks[name], start.shape)
                 deviation = (final[name][frozen] - start[frozen]).abs().max().item() if frozen.any() else 0.0

@@ -1,7 +1,7 @@
 """Basis reparameterization of linear weights (WaRP): ``W = C @ U.T`` with ``U`` frozen, ``C`` trained.
 
 ``U`` (d_in x r) is an orthonormal basis of the layer's input space, typically the eigenbasis of
-the input second moment (:func:`compute_bases`). The weight becomes a
+the input second moment (:func:`hf_ext.activations.compute_bases`). The weight becomes a
 ``torch.nn.utils.parametrize`` parametrization of its coefficients ``C = W @ U``, so gradients flow
 to ``C`` through autograd (a forward hook that assigns ``weight.data`` would cut them). With
 ``r < d_in`` the part of ``W`` outside the basis stays as a frozen residual. :func:`merge` turns the
@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .activations import collect_input_statistics, eigenbasis
+from ..activations import orthonormality_error
 
 
 class BasisParametrization(nn.Module):
@@ -43,11 +42,6 @@ class BasisParametrization(nn.Module):
         return (weight.double() @ self.basis.double()).to(weight.dtype)
 
 
-def _orthonormality_error(basis: torch.Tensor) -> float:
-    b = basis.double()
-    return (b.T @ b - torch.eye(b.shape[1], dtype=torch.float64, device=b.device)).abs().max().item()
-
-
 def reparameterize(
     model: nn.Module, bases: Mapping[str, torch.Tensor], *, rank: int | None = None, atol: float = 1e-4
 ) -> dict[str, nn.Linear]:
@@ -56,7 +50,7 @@ def reparameterize(
     Args:
         model: the model holding the modules.
         bases: ``{module name: U}`` with ``U`` of shape ``(in_features, >= rank)``, orthonormal
-            columns sorted by importance (as :func:`compute_bases` returns them). ``U`` is stored
+            columns sorted by importance (as :func:`hf_ext.activations.compute_bases` returns them). ``U`` is stored
             in the weight's dtype for the forward; ``C`` is computed from it in float64.
         rank: keep the first ``rank`` directions; the rest of ``W`` becomes a frozen residual.
             ``None`` keeps all of them and needs no residual.
@@ -93,7 +87,7 @@ def reparameterize(
                 + (f" (rank={rank} asked)" if rank is not None else "")
             )
         basis = basis[:, :r]
-        error = _orthonormality_error(basis)
+        error = orthonormality_error(basis)
         if error > atol:
             raise ValueError(f"basis for {name!r} is not orthonormal: max |U^T U - I| = {error:.2e} > {atol:g}")
         plans[name] = (module, basis)
@@ -139,30 +133,3 @@ def merge(modules: Mapping[str, nn.Module] | Iterable[nn.Module]) -> None:
 def merge_model(model: nn.Module) -> None:
     """:func:`merge` every reparameterized module of ``model``."""
     merge([m for m in model.modules() if is_reparameterized(m)])
-
-
-@torch.no_grad()
-def compute_bases(
-    model: nn.Module,
-    modules: Mapping[str, nn.Linear],
-    batches: Iterable[Mapping[str, Any]],
-    *,
-    centered: bool = False,
-    compute_dtype: torch.dtype = torch.float32,
-    progress: bool = True,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
-    """Phase 1 of WaRP: eigenbases of each module's input second moment over ``batches``.
-
-    Padding tokens are excluded through the batches' attention masks and statistics are summed
-    across ranks (every rank must call this).
-
-    Returns:
-        ``(bases, eigenvalues, token_counts)``; ``bases[name]`` is float32 of shape (d_in, d_in),
-        columns sorted by decreasing eigenvalue.
-    """
-    statistics = collect_input_statistics(model, modules, batches, compute_dtype=compute_dtype, progress=progress)
-    bases, eigenvalues, counts = {}, {}, {}
-    for name, stats in statistics.items():
-        u, values = eigenbasis(stats.second_moment(centered=centered))
-        bases[name], eigenvalues[name], counts[name] = u.float(), values.float(), int(stats.count.item())
-    return bases, eigenvalues, counts
