@@ -85,31 +85,47 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ablations-per-pass", type=int, default=1,
-                        help="ablation_importance's ablations_per_pass (heads of one layer per forward pass), both modes")
+    parser.add_argument(
+        "--ablations-per-pass",
+        type=int,
+        default=1,
+        help="ablation_importance's ablations_per_pass (heads of one layer per forward pass), both modes",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     wall_start = time.perf_counter()
 
     tokenizer = load_tokenizer(args.model)
-    model = load_model(ModelArguments(model_name_or_path=args.model, task_type="seq_cls"), tokenizer, args.labels).eval()
+    model = load_model(
+        ModelArguments(model_name_or_path=args.model, task_type="seq_cls"), tokenizer, args.labels
+    ).eval()
     data = prepare_data(DataArguments(dataset_name=args.dataset, max_seq_length=args.max_length), tokenizer, "seq_cls")
     examples = data.validation.select(range(min(args.examples, len(data.validation))))
-    batches = [data.collator([examples[j] for j in range(i, min(i + args.batch_size, len(examples)))])
-               for i in range(0, len(examples), args.batch_size)]
+    batches = [
+        data.collator([examples[j] for j in range(i, min(i + args.batch_size, len(examples)))])
+        for i in range(0, len(examples), args.batch_size)
+    ]
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     positions = sum(b["attention_mask"].numel() for b in batches)
     layers, heads = HeadGates(model).shape
 
-    print(f"machine: {processor()} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"model {args.model} ({layers} layers x {heads} heads = {layers * heads} heads), {args.dataset} validation: "
-          f"{len(examples)} examples in {len(batches)} batches of <= {args.batch_size}, {tokens} tokens "
-          f"({positions} padded positions); best of {args.repeats}; ablations per pass {args.ablations_per_pass}")
+    print(
+        f"machine: {processor()} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"model {args.model} ({layers} layers x {heads} heads = {layers * heads} heads), {args.dataset} validation: "
+        f"{len(examples)} examples in {len(batches)} batches of <= {args.batch_size}, {tokens} tokens "
+        f"({positions} padded positions); best of {args.repeats}; ablations per pass {args.ablations_per_pass}"
+    )
 
     _plain(model, batches)  # warm-up
-    timings: dict[str, list[float]] = {"plain forward": [], "ablation, naive": [], "ablation, prefix-cached": [],
-                                       "gradient importance": []}
+    timings: dict[str, list[float]] = {
+        "plain forward": [],
+        "ablation, naive": [],
+        "ablation, prefix-cached": [],
+        "gradient importance": [],
+    }
     counted: dict[str, int] = {}
     results = {}
     with CpuShare() as cpu:
@@ -121,8 +137,10 @@ def main() -> None:
                 counter = _BlockCounter(model)
                 try:
                     seconds, results[name] = _timed(
-                        lambda c=cache_prefix: ablation_importance(model, batches, cache_prefix=c, ablations_per_pass=args.ablations_per_pass,
-                                                      progress=False))
+                        lambda c=cache_prefix: ablation_importance(
+                            model, batches, cache_prefix=c, ablations_per_pass=args.ablations_per_pass, progress=False
+                        )
+                    )
                 finally:
                     counter.remove()
                 timings[name].append(seconds)
@@ -133,12 +151,20 @@ def main() -> None:
     plain = best["plain forward"]
 
     naive, cached = results["ablation, naive"], results["ablation, prefix-cached"]
-    theory = {"ablation, naive": layers + layers * heads * layers,
-              "ablation, prefix-cached": layers + heads * layers * (layers + 1) // 2 + (layers - 1)}
+    theory = {
+        "ablation, naive": layers + layers * heads * layers,
+        "ablation, prefix-cached": layers + heads * layers * (layers + 1) // 2 + (layers - 1),
+    }
     per_block = plain / layers
-    print(f"\nseconds (best of {args.repeats}); block evaluations per batch: library count / forward-hook count / theory; "
-          f"CPU share {cpu.share:.2f}")
-    print(f"  {'variant':<26} {'seconds':>8}  {'vs plain':>9}  {'blocks (lib/hooks/theory)':>26}  {'blocks x plain/L':>16}")
+    print(
+        f"\nseconds (best of {args.repeats}); block evaluations "
+        "per batch: library count / forward-hook count / theory; "
+        f"CPU share {cpu.share:.2f}"
+    )
+    print(
+        f"  {'variant':<26} {'seconds':>8}  {'vs plain':>9}  "
+        f"{'blocks (lib/hooks/theory)':>26}  {'blocks x plain/L':>16}"
+    )
     for name, seconds in best.items():
         if name in theory:
             blocks = f"{results[name].block_evaluations} / {counted[name] / len(examples):g} / {theory[name]}"
@@ -154,21 +180,33 @@ def main() -> None:
     loss_diff = (naive.loss_increase - cached.loss_increase).abs().max().item()
     acc_diff = (naive.accuracy_drop - cached.accuracy_drop).abs().max().item()
     base_diff = max(abs(naive.base_loss - cached.base_loss), abs(naive.base_accuracy - cached.base_accuracy))
-    plain_loss, plain_acc = (t.mean().item() for t in map(torch.cat, zip(
-        *(per_example_loss(lg, b["labels"]) for lg, b in zip(logits, batches)))))
-    print(f"\nablation speed ratio naive/cached: {speed:.3f}; block evaluations naive/cached: {naive.block_evaluations}/"
-          f"{cached.block_evaluations} = {block_ratio:.3f} (theory {theory['ablation, naive']}/"
-          f"{theory['ablation, prefix-cached']} = {theory['ablation, naive'] / theory['ablation, prefix-cached']:.3f})")
-    print(f"identical results: max |diff| loss_increase {loss_diff:.3g}, accuracy_drop {acc_diff:.3g}, "
-          f"base loss/accuracy {base_diff:.3g}; exactly equal: "
-          f"{torch.equal(naive.loss_increase, cached.loss_increase) and torch.equal(naive.accuracy_drop, cached.accuracy_drop)}")
-    print(f"base loss {cached.base_loss:.4f}, accuracy {cached.base_accuracy:.4f} (plain ungated pass: loss "
-          f"{plain_loss:.4f}, accuracy {plain_acc:.4f}); loss_increase range [{cached.loss_increase.min():.4f}, "
-          f"{cached.loss_increase.max():.4f}], accuracy_drop range [{cached.accuracy_drop.min():.4f}, "
-          f"{cached.accuracy_drop.max():.4f}]")
+    plain_loss, plain_acc = (
+        t.mean().item()
+        for t in map(torch.cat, zip(*(per_example_loss(lg, b["labels"]) for lg, b in zip(logits, batches))))
+    )
+    print(
+        f"\nablation speed ratio naive/cached: {speed:.3f}; block evaluations naive/cached: {naive.block_evaluations}/"
+        f"{cached.block_evaluations} = {block_ratio:.3f} (theory {theory['ablation, naive']}/"
+        f"{theory['ablation, prefix-cached']} = {theory['ablation, naive'] / theory['ablation, prefix-cached']:.3f})"
+    )
+    exactly_equal = torch.equal(naive.loss_increase, cached.loss_increase) and torch.equal(
+        naive.accuracy_drop, cached.accuracy_drop
+    )
+    print(
+        f"identical results: max |diff| loss_increase {loss_diff:.3g}, accuracy_drop {acc_diff:.3g}, "
+        f"base loss/accuracy {base_diff:.3g}; exactly equal: {exactly_equal}"
+    )
+    print(
+        f"base loss {cached.base_loss:.4f}, accuracy {cached.base_accuracy:.4f} (plain ungated pass: loss "
+        f"{plain_loss:.4f}, accuracy {plain_acc:.4f}); loss_increase range [{cached.loss_increase.min():.4f}, "
+        f"{cached.loss_increase.max():.4f}], accuracy_drop range [{cached.accuracy_drop.min():.4f}, "
+        f"{cached.accuracy_drop.max():.4f}]"
+    )
     ratio = best["gradient importance"] / plain
-    print(f"gradient importance / plain forward: {ratio:.3f} (target <= 3: {'met' if ratio <= 3 else 'NOT met'}); "
-          f"{gradient.examples} examples, gradient range [{gradient.gradient.min():.3g}, {gradient.gradient.max():.3g}]")
+    print(
+        f"gradient importance / plain forward: {ratio:.3f} (target <= 3: {'met' if ratio <= 3 else 'NOT met'}); "
+        f"{gradient.examples} examples, gradient range [{gradient.gradient.min():.3g}, {gradient.gradient.max():.3g}]"
+    )
     print(f"whole run: {time.perf_counter() - wall_start:.0f} s")
 
 

@@ -24,7 +24,9 @@ from hf_ext.tasks import load_builtin_task
 
 def _batches(tokenizer, count: int, size: int):
     texts = load_builtin_task("safety")["train"]["text"][: count * size]
-    return [dict(tokenizer(texts[i : i + size], padding=True, return_tensors="pt")) for i in range(0, len(texts), size)]
+    return [
+        dict(tokenizer(texts[i : i + size], padding=True, return_tensors="pt")) for i in range(0, len(texts), size)
+    ]
 
 
 @torch.no_grad()
@@ -39,14 +41,16 @@ def _plain(model, batches) -> float:
 def _keep_everything(model, modules, batches) -> tuple[float, int]:
     kept: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
     mask: list[torch.Tensor] = []
-    handles = [m.register_forward_pre_hook(lambda _, args, n=n: kept[n].append(args[0][mask[0]].detach().clone()))
-               for n, m in modules.items()]
+    handles = [
+        m.register_forward_pre_hook(lambda _, args, n=n: kept[n].append(args[0][mask[0]].detach().clone()))
+        for n, m in modules.items()
+    ]
     start = time.perf_counter()
     for batch in batches:
         mask[:] = [batch["attention_mask"].bool()]
         model(**batch)
     stored = sum(t.numel() * t.element_size() for ts in kept.values() for t in ts)
-    for name, chunks in kept.items():
+    for chunks in kept.values():
         x = torch.cat(chunks).double()
         _ = x.T @ x
     elapsed = time.perf_counter() - start
@@ -71,7 +75,12 @@ def main() -> None:
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     _plain(model, batches[:3])  # warm-up
 
-    timings = {"plain forward": [], "hf_ext float32 products": [], "hf_ext float64 products": [], "keep-all baseline": []}
+    timings = {
+        "plain forward": [],
+        "hf_ext float32 products": [],
+        "hf_ext float64 products": [],
+        "keep-all baseline": [],
+    }
     stored = 0
     for _ in range(args.repeats):
         timings["plain forward"].append(_plain(model, batches))
@@ -87,11 +96,17 @@ def main() -> None:
 
     best = {name: min(values) for name, values in timings.items()}
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    print(f"model {args.model}, modules {list(modules)}, {len(batches)} batches, {tokens} tokens (best of {args.repeats})")
+    print(
+        f"model {args.model}, modules {list(modules)}, {len(batches)} "
+        f"batches, {tokens} tokens (best of {args.repeats})"
+    )
     for name, seconds in best.items():
         print(f"  {name:<26} {seconds:7.3f} s   ratio to plain forward {seconds / best['plain forward']:.3f}")
-    print(f"  memory: hf_ext sums + product buffer {state_bytes / 2**20:.2f} MiB (fixed); baseline kept {stored / 2**20:.2f} MiB "
-          f"(grows with tokens; ratio {stored / state_bytes:.1f}x at this size)")
+    print(
+        f"  memory: hf_ext sums + product buffer {state_bytes / 2**20:.2f} "
+        f"MiB (fixed); baseline kept {stored / 2**20:.2f} MiB "
+        f"(grows with tokens; ratio {stored / state_bytes:.1f}x at this size)"
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,11 @@ def _batches(tokenizer, count: int, size: int, max_length: int, labels: bool) ->
     split = load_builtin_task("safety")["train"][: count * size]
     out = []
     for i in range(0, len(split["text"]), size):
-        batch = dict(tokenizer(split["text"][i : i + size], padding=True, truncation=True, max_length=max_length,
-                               return_tensors="pt"))
+        batch = dict(
+            tokenizer(
+                split["text"][i : i + size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
+        )
         if labels:
             batch["labels"] = torch.tensor(split["label"][i : i + size])
         out.append(batch)
@@ -86,8 +89,16 @@ class _Timer:
 class _Variant:
     """One model copy, its optimizer and the hf_ext calls made after backward and after the step."""
 
-    def __init__(self, name: str, model, params: list[torch.Tensor], lr: float, weight_decay: float,
-                 after_backward: list[_Timer] = (), after_step: list[_Timer] = ()):
+    def __init__(
+        self,
+        name: str,
+        model,
+        params: list[torch.Tensor],
+        lr: float,
+        weight_decay: float,
+        after_backward: list[_Timer] = (),
+        after_step: list[_Timer] = (),
+    ):
         for p in model.parameters():
             p.requires_grad_(False)
         for p in params:
@@ -200,8 +211,12 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--basis", choices=["computed", "random"], default="computed",
-                        help="computed: phase 1's eigenbases (default); random: random orthonormal bases, phase 1 skipped")
+    parser.add_argument(
+        "--basis",
+        choices=["computed", "random"],
+        default="computed",
+        help="computed: phase 1's eigenbases (default); random: random orthonormal bases, phase 1 skipped",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -214,18 +229,24 @@ def main() -> None:
     basis_tokens = sum(int(b["attention_mask"].sum()) for b in basis_batches)
     train_tokens = sum(int(b["attention_mask"].sum()) for b in train_batches)
     train_positions = sum(b["attention_mask"].numel() for b in train_batches)
-    print(f"machine: {processor()} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"machine: {processor()} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"model {args.model}, targets {[f'{n} ({m.out_features}x{m.in_features})' for n, m in targets.items()]}")
-    print(f"basis: {len(basis_batches)} batches of {args.batch_size}, {basis_tokens} tokens; training: "
-          f"{len(train_batches)} batches cycled, {train_tokens / len(train_batches):.0f} tokens "
-          f"({train_positions / len(train_batches):.0f} padded positions) per batch; best of {args.repeats}")
+    print(
+        f"basis: {len(basis_batches)} batches of {args.batch_size}, {basis_tokens} tokens; training: "
+        f"{len(train_batches)} batches cycled, {train_tokens / len(train_batches):.0f} tokens "
+        f"({train_positions / len(train_batches):.0f} padded positions) per batch; best of {args.repeats}"
+    )
 
     if args.basis == "computed":
         bases, ratio1 = _phase1(base, args.patterns, basis_batches, args.repeats)
     else:
         generator = torch.Generator().manual_seed(args.seed)
-        bases = {name: torch.linalg.qr(torch.randn(m.in_features, m.in_features, generator=generator))[0]
-                 for name, m in targets.items()}
+        bases = {
+            name: torch.linalg.qr(torch.randn(m.in_features, m.in_features, generator=generator))[0]
+            for name, m in targets.items()
+        }
         ratio1 = None
         print("\nphase 1 skipped: random orthonormal bases (QR of a Gaussian matrix) for phases 2-3")
 
@@ -235,25 +256,44 @@ def main() -> None:
     memory: dict[str, int] = {}
 
     model = copy.deepcopy(base)
-    variants.append(_Variant("plain (target W trainable)", model,
-                             [m.weight for m in select_linear(model, args.patterns).values()], args.lr, args.weight_decay))
+    variants.append(
+        _Variant(
+            "plain (target W trainable)",
+            model,
+            [m.weight for m in select_linear(model, args.patterns).values()],
+            args.lr,
+            args.weight_decay,
+        )
+    )
 
     model = copy.deepcopy(base)
     _, params = _reparameterized(model, args.patterns, bases)
-    variants.append(_Variant("reparameterized (C trainable)", model, list(params.values()), args.lr, args.weight_decay))
+    variants.append(
+        _Variant("reparameterized (C trainable)", model, list(params.values()), args.lr, args.weight_decay)
+    )
 
     model = copy.deepcopy(base)
     modules, params = _reparameterized(model, args.patterns, bases)
     scores = {n: torch.rand(p.shape[1], generator=generator) for n, p in params.items()}
     masks, info = build_masks(scores, args.keep_ratio)
     masked = MaskedUpdate(params, masks)
-    variants.append(_Variant("reparameterized + MaskedUpdate", model, list(params.values()), args.lr, args.weight_decay,
-                             [_Timer(masked.zero_frozen_grads_)], [_Timer(masked.restore_)]))
+    variants.append(
+        _Variant(
+            "reparameterized + MaskedUpdate",
+            model,
+            list(params.values()),
+            args.lr,
+            args.weight_decay,
+            [_Timer(masked.zero_frozen_grads_)],
+            [_Timer(masked.restore_)],
+        )
+    )
     memory["bases U (float32)"] = _nbytes(m.parametrizations.weight[0].basis for m in modules.values())
     memory["residuals (none at full rank)"] = _nbytes(m.parametrizations.weight[0].residual for m in modules.values())
     memory["frozen-value copies"] = _nbytes(e.values for e in masked.entries.values())
-    memory["MaskedUpdate column indices"] = _nbytes(e.columns if e.columns is not None else e.mask
-                                                    for e in masked.entries.values())
+    memory["MaskedUpdate column indices"] = _nbytes(
+        e.columns if e.columns is not None else e.mask for e in masked.entries.values()
+    )
     memory["caller's bool masks"] = _nbytes(masks.values())
     transient = sum(m.out_features * m.in_features * 4 for m in modules.values())
 
@@ -262,8 +302,16 @@ def main() -> None:
         model = copy.deepcopy(base)
         _, params = _reparameterized(model, args.patterns, bases)
         importance[granularity] = ImportanceAccumulator(params, granularity=granularity)
-        variants.append(_Variant(f"reparameterized + importance ({granularity})", model, list(params.values()),
-                                 args.lr, args.weight_decay, [_Timer(importance[granularity].update)]))
+        variants.append(
+            _Variant(
+                f"reparameterized + importance ({granularity})",
+                model,
+                list(params.values()),
+                args.lr,
+                args.weight_decay,
+                [_Timer(importance[granularity].update)],
+            )
+        )
     plain_trainable, hf_trainable = variants[0].trainable, variants[2].trainable
 
     for i in range(args.warmup):
@@ -292,50 +340,72 @@ def main() -> None:
         """Median over steps of this variant's step time over the baseline's on the same batch, run back to back."""
         return statistics.median(a / b for a, b in zip(steps[name], steps[baseline]))
 
-    print(f"\nphases 2-3: seconds per training step (fwd + bwd + AdamW + zero_grad), {args.steps} steps; "
-          f"trainable: plain {plain_trainable}, hf_ext {hf_trainable}; CPU share {cpu23.share:.2f}")
+    print(
+        f"\nphases 2-3: seconds per training step (fwd + bwd + AdamW + zero_grad), {args.steps} steps; "
+        f"trainable: plain {plain_trainable}, hf_ext {hf_trainable}; CPU share {cpu23.share:.2f}"
+    )
     for name in names:
         extra = f"   hf_ext calls {hook[name] * 1e3:6.2f} ms/step" if hook[name] else ""
-        print(f"  {name:<42} {best[name]:7.4f} s   vs plain {best[name] / plain:.3f} (paired {paired(name, names[0]):.3f})"
-              f"   vs reparameterized {best[name] / reparam:.3f} (paired {paired(name, names[1]):.3f}){extra}")
+        print(
+            f"  {name:<42} {best[name]:7.4f} s   vs plain "
+            f"{best[name] / plain:.3f} (paired {paired(name, names[0]):.3f})"
+            f"   vs reparameterized {best[name] / reparam:.3f} (paired {paired(name, names[1]):.3f}){extra}"
+        )
     print("  all repeats (s/step): " + "; ".join(", ".join(f"{x:.3f}" for x in timings[n]) for n in names))
     phase3 = best[names[2]] / plain
-    print(f"\nphase 3 ratio hf_ext/plain: {phase3:.3f}, paired median {paired(names[2], names[0]):.3f} "
-          f"(target <= 1.15: {'met' if phase3 <= 1.15 else 'NOT met'})")
+    print(
+        f"\nphase 3 ratio hf_ext/plain: {phase3:.3f}, paired median {paired(names[2], names[0]):.3f} "
+        f"(target <= 1.15: {'met' if phase3 <= 1.15 else 'NOT met'})"
+    )
     for granularity, name in (("input", names[3]), ("element", names[4])):
         overhead = best[name] / reparam - 1
         direct = hook[name] / reparam
-        print(f"phase 2 importance ({granularity}) overhead: {overhead * 100:+.1f}% end to end (paired median "
-              f"{(paired(name, names[1]) - 1) * 100:+.1f}%), {direct * 100:.2f}% timed inside update() "
-              f"(target <= 5%: {'met' if overhead <= 0.05 else 'NOT met'})")
+        print(
+            f"phase 2 importance ({granularity}) overhead: {overhead * 100:+.1f}% end to end (paired median "
+            f"{(paired(name, names[1]) - 1) * 100:+.1f}%), {direct * 100:.2f}% timed inside update() "
+            f"(target <= 5%: {'met' if overhead <= 0.05 else 'NOT met'})"
+        )
     if ratio1 is not None:
-        print(f"phase 1 ratio compute_bases/plain forward: {ratio1:.3f} "
-              f"(target <= 1.3: {'met' if ratio1 <= 1.3 else 'NOT met'})")
+        print(
+            f"phase 1 ratio compute_bases/plain forward: {ratio1:.3f} "
+            f"(target <= 1.3: {'met' if ratio1 <= 1.3 else 'NOT met'})"
+        )
 
     # Where the reparameterization's time goes: per target and step, W = C @ U.T in the forward and
     # dC = dW @ U in the backward, 2 * d_out * d_in^2 multiply-adds whatever the number of tokens.
     fixed_flops = sum(2 * 2 * m.out_features * m.in_features**2 for m in modules.values())
-    own_flops = sum(2 * m.out_features * m.in_features for m in modules.values()) * train_positions / len(train_batches)
+    own_flops = (
+        sum(2 * m.out_features * m.in_features for m in modules.values()) * train_positions / len(train_batches)
+    )
     products = []
     for m in modules.values():
         c, u = torch.randn(m.out_features, m.in_features), m.parametrizations.weight[0].basis
         products.append(lambda c=c, u=u: (c @ u.T, c @ u))
     fixed = min(_timed(lambda: [f() for f in products]) for _ in range(5))
-    print(f"\nreparameterization: {fixed_flops / 1e9:.2f} GFLOP per step for forming W and dC of the targets "
-          f"(their own forward matmuls: {own_flops / 1e9:.2f} GFLOP at {train_positions / len(train_batches):.0f} "
-          f"positions per batch); these products alone take {fixed * 1e3:.1f} ms here, the measured "
-          f"reparameterized - plain step difference is {(reparam - plain) * 1e3:.1f} ms")
+    print(
+        f"\nreparameterization: {fixed_flops / 1e9:.2f} GFLOP per step for forming W and dC of the targets "
+        f"(their own forward matmuls: {own_flops / 1e9:.2f} GFLOP at {train_positions / len(train_batches):.0f} "
+        f"positions per batch); these products alone take {fixed * 1e3:.1f} ms here, the measured "
+        f"reparameterized - plain step difference is {(reparam - plain) * 1e3:.1f} ms"
+    )
 
-    print("\nmemory hf_ext holds beyond the plain model (tensor sizes; C replaces W, same size, AdamW state same size):")
+    print(
+        "\nmemory hf_ext holds beyond the plain model (tensor sizes; C replaces W, same size, AdamW state same size):"
+    )
     for name, nbytes in memory.items():
         print(f"  {name:<32} {nbytes / 2**20:8.3f} MiB")
     total = sum(memory.values())
     print(f"  {'total (phase 3)':<32} {total / 2**20:8.3f} MiB ({total / 1e6:.2f} MB)")
     for granularity, acc in importance.items():
         print(f"  phase 2 importance sums ({granularity}) {_nbytes(acc.sums.values()) / 2**20:8.3f} MiB")
-    print(f"  transient: the formed W = C @ U.T of each target, kept for backward: {transient / 2**20:.3f} MiB per step")
-    print("  masks: frozen columns per target " + ", ".join(f"{info.frozen[n]}/{info.total[n]}" for n in info.total)
-          + f" (keep_ratio {args.keep_ratio})")
+    print(
+        f"  transient: the formed W = C @ U.T of each target, kept for backward: {transient / 2**20:.3f} MiB per step"
+    )
+    print(
+        "  masks: frozen columns per target "
+        + ", ".join(f"{info.frozen[n]}/{info.total[n]}" for n in info.total)
+        + f" (keep_ratio {args.keep_ratio})"
+    )
 
 
 if __name__ == "__main__":

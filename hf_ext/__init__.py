@@ -13,8 +13,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "activations": ["InputRecorder", "InputStatistics", "collect_input_statistics", "compute_bases", "eigenbasis",
-                    "orthonormality_error"],
+    "activations": [
+        "InputRecorder",
+        "InputStatistics",
+        "collect_input_statistics",
+        "compute_bases",
+        "eigenbasis",
+        "orthonormality_error",
+    ],
     "config": ["ConfigError", "DataArguments", "ModelArguments", "given_keys", "parse_config"],
     "data": ["PreparedData", "prepare_data"],
     "heads.callbacks": ["HeadImportanceCallback"],

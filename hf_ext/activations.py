@@ -232,7 +232,9 @@ def collect_input_statistics(
             model(**inputs)
     missing = [name for name in modules if name not in recorder.statistics]
     if missing:
-        raise ValueError(f"modules {missing} never ran during the forward passes (empty data, or not on the forward path)")
+        raise ValueError(
+            f"modules {missing} never ran during the forward passes (empty data, or not on the forward path)"
+        )
     for name in modules:
         recorder.statistics[name].all_reduce_()
     empty = [name for name, stats in recorder.statistics.items() if stats.count.item() == 0]

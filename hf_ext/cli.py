@@ -21,7 +21,10 @@ def _targets(args: argparse.Namespace) -> None:
             print(f"  {name}  in={module.in_features} out={module.out_features}")
     print("attention (layer, output projection, heads, kv heads, head dim):")
     for attention in find_attention(model):
-        print(f"  {attention.layer:3d}  {attention.o}  {attention.num_heads} {attention.num_kv_heads} {attention.head_dim}")
+        print(
+            f"  {attention.layer:3d}  {attention.o}  {attention.num_heads} "
+            f"{attention.num_kv_heads} {attention.head_dim}"
+        )
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -70,9 +73,12 @@ def _heads_aggregate(args: argparse.Namespace) -> int:
     thresholds = CaseThresholds(args.important, args.static, args.plastic, args.unimportant)
     for run in runs:
         stats = aggregate(run, top_k=args.top_k, thresholds=thresholds)
-        print(f"{run}: I_pre vs Urel rho {stats['I_pre_vs_Urel']['spearman_rho']:.3f} "
-              f"(p {stats['I_pre_vs_Urel']['p_value']:.3g}), I_pre vs G_pre rho {stats['I_pre_vs_G_pre']['spearman_rho']:.3f}, "
-              f"cases {stats['cases']}")
+        print(
+            f"{run}: I_pre vs Urel rho {stats['I_pre_vs_Urel']['spearman_rho']:.3f} "
+            f"(p {stats['I_pre_vs_Urel']['p_value']:.3g}), I_pre vs "
+            f"G_pre rho {stats['I_pre_vs_G_pre']['spearman_rho']:.3f}, "
+            f"cases {stats['cases']}"
+        )
     if len(runs) > 1:
         aggregate_seeds(root, runs)
         print(f"{root}: heads_across_seeds.csv, stats_across_seeds.json")
@@ -117,18 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     verify = warp.add_parser("verify", help="check basis, reconstruction, mask ratio and frozen coefficients")
     verify.add_argument("--run", required=True, help="the run's output_dir")
     verify.set_defaults(run_command=_warp_verify)
-    evaluate = warp.add_parser("eval", help="held-out safety retention and utility of the phase-2, phase-3 and plain models")
+    evaluate = warp.add_parser(
+        "eval", help="held-out safety retention and utility of the phase-2, phase-3 and plain models"
+    )
     evaluate.add_argument("--run", required=True, help="the run's output_dir")
     evaluate.set_defaults(run_command=_warp_eval)
 
-    heads = commands.add_parser("heads", help="redo the head-plasticity analysis from saved JSONL files").add_subparsers(
-        dest="action", required=True
-    )
+    heads = commands.add_parser(
+        "heads", help="redo the head-plasticity analysis from saved JSONL files"
+    ).add_subparsers(dest="action", required=True)
     aggregate = heads.add_parser("aggregate", help="heads.csv, stats.json, cases.json (and across seeds)")
-    aggregate.add_argument("--run", required=True, help="a seed directory, or the output_dir holding seed-* directories")
+    aggregate.add_argument(
+        "--run", required=True, help="a seed directory, or the output_dir holding seed-* directories"
+    )
     aggregate.add_argument("--top-k", type=int, default=20, help="K of the top-K overlap")
     for name, default in (("important", 90.0), ("static", 30.0), ("plastic", 90.0), ("unimportant", 30.0)):
-        aggregate.add_argument(f"--{name}", type=float, default=default, help=f"{name} percentile (default {default:g})")
+        aggregate.add_argument(
+            f"--{name}", type=float, default=default, help=f"{name} percentile (default {default:g})"
+        )
     aggregate.set_defaults(run_command=_heads_aggregate)
     plot = heads.add_parser("plot", help="scatter, statistics and heatmap figures as PNG files")
     plot.add_argument("--run", required=True, help="a seed directory, or the output_dir holding seed-* directories")

@@ -39,11 +39,18 @@ class ModelArguments:
     )
     task_type: Literal["seq_cls", "causal_lm"] = field(
         default="seq_cls",
-        metadata={"help": "'seq_cls': sequence classification on text/label; 'causal_lm': loss on the response tokens of prompt/response pairs."},
+        metadata={
+            "help": (
+                "'seq_cls': sequence classification on text/label; 'causal_lm': "
+                "loss on the response tokens of prompt/response pairs."
+            )
+        },
     )
     dtype: str = field(
         default="float32",
-        metadata={"help": "Weights dtype at load: float32, bfloat16, float16 or auto. Mixed precision is set by bf16/fp16."},
+        metadata={
+            "help": "Weights dtype at load: float32, bfloat16, float16 or auto. Mixed precision is set by bf16/fp16."
+        },
     )
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention kernel, e.g. 'eager' or 'sdpa'; None lets transformers choose."}
@@ -64,7 +71,9 @@ class DataArguments:
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     train_file: str | None = field(default=None, metadata={"help": "Local training data: .json, .jsonl or .csv."})
-    validation_file: str | None = field(default=None, metadata={"help": "Local validation data: .json, .jsonl or .csv."})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Local validation data: .json, .jsonl or .csv."}
+    )
     test_file: str | None = field(default=None, metadata={"help": "Local test data: .json, .jsonl or .csv."})
     task_seed: int = field(default=0, metadata={"help": "Seed that generates a builtin task (not the training seed)."})
     text_column: str = field(default="text", metadata={"help": "Input text column for seq_cls."})
@@ -73,13 +82,20 @@ class DataArguments:
     response_column: str = field(default="response", metadata={"help": "Response column for causal_lm."})
     use_chat_template: bool = field(
         default=True,
-        metadata={"help": "causal_lm: format prompts with the tokenizer's chat template when it has one, else 'User: ...\\nAssistant:'."},
+        metadata={
+            "help": (
+                "causal_lm: format prompts with the tokenizer's chat "
+                "template when it has one, else 'User: ...\\nAssistant:'."
+            )
+        },
     )
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per example after truncation."})
     validation_split_percentage: int = field(
         default=10, metadata={"help": "Percent of train held out as validation when the data has no validation split."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging, quick runs)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the training set (debugging, quick runs)."}
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation and test sets."})
 
 

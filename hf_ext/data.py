@@ -113,8 +113,12 @@ def tokenize_datasets(
             before = len(tokenized)
             tokenized = tokenized.filter(lambda b: [any(x != -100 for x in row) for row in b["labels"]], batched=True)
             if len(tokenized) < before:
-                logger.warning("%s: dropped %d examples whose response did not fit in max_seq_length=%d",
-                               name, before - len(tokenized), args.max_seq_length)
+                logger.warning(
+                    "%s: dropped %d examples whose response did not fit in max_seq_length=%d",
+                    name,
+                    before - len(tokenized),
+                    args.max_seq_length,
+                )
         out[name] = tokenized
     return DatasetDict(out)
 
@@ -178,7 +182,9 @@ def _causal_lm_tokenizer(tokenizer: PreTrainedTokenizerBase, args: DataArguments
 def data_collator(tokenizer: PreTrainedTokenizerBase, task_type: str, pad_to_multiple_of: int | None = None):
     """Dynamic padding; for causal_lm the labels are padded with -100."""
     if task_type == "causal_lm":
-        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=pad_to_multiple_of)
+        return DataCollatorForSeq2Seq(
+            tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=pad_to_multiple_of
+        )
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
 
@@ -188,7 +194,8 @@ def argmax_logits(logits: Any, labels: torch.Tensor) -> torch.Tensor:
 
 
 def compute_metrics_fn(task_type: str) -> Callable[[EvalPrediction], dict[str, float]]:
-    """Accuracy for seq_cls; next-token accuracy over response tokens for causal_lm (use with :func:`argmax_logits`)."""
+    """Accuracy for seq_cls; next-token accuracy over response "
+    "tokens for causal_lm (use with :func:`argmax_logits`)."""
 
     def seq_cls(pred: EvalPrediction) -> dict[str, float]:
         return {"accuracy": float((np.asarray(pred.predictions) == np.asarray(pred.label_ids)).mean())}
@@ -216,15 +223,25 @@ class PreparedData:
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The Trainer's data arguments: ``HfExtTrainer(model=..., args=..., **data.trainer_kwargs())``."""
-        return {"train_dataset": self.train, "eval_dataset": self.validation, "data_collator": self.collator,
-                "compute_metrics": self.compute_metrics,
-                "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics}
+        return {
+            "train_dataset": self.train,
+            "eval_dataset": self.validation,
+            "data_collator": self.collator,
+            "compute_metrics": self.compute_metrics,
+            "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
+        }
 
 
-def prepare_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, task_type: str, seed: int = 42) -> PreparedData:
+def prepare_data(
+    args: DataArguments, tokenizer: PreTrainedTokenizerBase, task_type: str, seed: int = 42
+) -> PreparedData:
     """Load, label and tokenize the data named by ``args`` for ``task_type``."""
     raw = load_raw_datasets(args, seed=seed)
-    labels = infer_label_names(raw, args) if task_type == "seq_cls" or args.label_column in raw["train"].column_names else None
+    labels = (
+        infer_label_names(raw, args)
+        if task_type == "seq_cls" or args.label_column in raw["train"].column_names
+        else None
+    )
     tokenized = tokenize_datasets(raw, tokenizer, task_type, args, labels)
     return PreparedData(
         raw=raw,

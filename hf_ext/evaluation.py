@@ -19,7 +19,13 @@ from .tasks import is_refusal
 
 @torch.no_grad()
 def classification_accuracy(
-    model: PreTrainedModel, dataset, collator, class_ids: Sequence[int], *, batch_size: int = 128, desc: str = "accuracy"
+    model: PreTrainedModel,
+    dataset,
+    collator,
+    class_ids: Sequence[int],
+    *,
+    batch_size: int = 128,
+    desc: str = "accuracy",
 ) -> float:
     """Accuracy of a classifier whose prediction is the argmax over ``class_ids`` only.
 
@@ -57,9 +63,12 @@ def generate_responses(
     with eval_mode(model):
         for start in tqdm(range(0, len(prompts), batch_size), desc="generate", leave=False):
             texts = [format_prompt(tokenizer, p, use_chat_template) for p in prompts[start : start + batch_size]]
-            inputs = left(texts, return_tensors="pt", padding=True, add_special_tokens=not use_chat_template).to(device)
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
+            inputs = left(texts, return_tensors="pt", padding=True, add_special_tokens=not use_chat_template).to(
+                device
+            )
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
             responses += tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return responses
 

@@ -69,7 +69,9 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise FileFormatError(f"{path} is not valid JSON ({err}); the file is corrupt or was not written by hf_ext") from err
+        raise FileFormatError(
+            f"{path} is not valid JSON ({err}); the file is corrupt or was not written by hf_ext"
+        ) from err
 
 
 def _sha256(path: Path) -> str:
@@ -165,7 +167,9 @@ def load_tensors(
     found = {name: (tuple(t.shape), _dtype_name(t.dtype)) for name, t in tensors.items()}
     if described != found:
         diff = sorted(set(described.items()) ^ set(found.items()))
-        raise FileFormatError(f"{path} does not match its sidecar; differing entries (name, (shape, dtype)): {diff[:10]}")
+        raise FileFormatError(
+            f"{path} does not match its sidecar; differing entries (name, (shape, dtype)): {diff[:10]}"
+        )
     if expected_shapes is not None:
         check_shapes(tensors, expected_shapes, source=str(path))
     return tensors, info["metadata"]

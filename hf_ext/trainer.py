@@ -58,7 +58,9 @@ class HfExtTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.model_accepts_loss_kwargs and not _loss_normalises_by_item_count(self.accelerator.unwrap_model(self.model)):
+        if self.model_accepts_loss_kwargs and not _loss_normalises_by_item_count(
+            self.accelerator.unwrap_model(self.model)
+        ):
             self.model_accepts_loss_kwargs = False
         self._recorded: dict[str, list[float]] = defaultdict(list)
         for callback in self.callback_handler.callbacks:

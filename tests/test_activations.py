@@ -27,7 +27,9 @@ def test_eigenbasis_recovers_a_known_basis():
 
 
 def test_eigenbasis_of_data_reconstructs_weights_exactly():
-    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(1)) @ torch.randn(8, 8, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(1)) @ torch.randn(
+        8, 8, generator=torch.Generator().manual_seed(2)
+    )
     stats = InputStatistics.zeros(8)
     stats.update(x)
     u, eigenvalues = eigenbasis(stats.second_moment())
@@ -53,7 +55,9 @@ def test_batched_accumulation_equals_one_shot_float64():
     assert stats.count.item() == 1000
     torch.testing.assert_close(stats.mean, x64.mean(0), atol=1e-10, rtol=1e-9)
     torch.testing.assert_close(stats.second_moment(), x64.T @ x64 / 1000, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(stats.second_moment(centered=True), torch.cov(x64.T, correction=0), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        stats.second_moment(centered=True), torch.cov(x64.T, correction=0), atol=1e-6, rtol=1e-6
+    )
     exact = InputStatistics.zeros(16, compute_dtype=torch.float64)
     for chunk in x.split(37):
         exact.update(chunk)
@@ -123,11 +127,15 @@ def test_hooks_are_removed_on_exit():
 def test_collect_on_a_tiny_model_matches_manual_capture():
     model, tokenizer = tiny_model("llama")
     modules = select_linear(model, "mlp.down_proj")
-    batch = tokenizer(["how can i wash a car ?", "explain how to bake bread at home please"], padding=True, return_tensors="pt")
+    batch = tokenizer(
+        ["how can i wash a car ?", "explain how to bake bread at home please"], padding=True, return_tensors="pt"
+    )
     stats = collect_input_statistics(model, modules, [dict(batch)], progress=False)
     captured = {}
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: captured.__setitem__(n, args[0].detach()))
-               for n, m in modules.items()]
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, n=n: captured.__setitem__(n, args[0].detach()))
+        for n, m in modules.items()
+    ]
     with torch.no_grad():
         model(**batch)
     for h in handles:

@@ -15,8 +15,17 @@ def _write(tmp_path, values):
 
 
 def test_parses_every_group(tmp_path):
-    path = _write(tmp_path, {"model_name_or_path": "tiny:llama", "task_type": "causal_lm", "max_seq_length": 32,
-                             "output_dir": str(tmp_path / "out"), "learning_rate": 1, "report_to": ["tensorboard"]})
+    path = _write(
+        tmp_path,
+        {
+            "model_name_or_path": "tiny:llama",
+            "task_type": "causal_lm",
+            "max_seq_length": 32,
+            "output_dir": str(tmp_path / "out"),
+            "learning_rate": 1,
+            "report_to": ["tensorboard"],
+        },
+    )
     model_args, data_args, training_args = parse_config(TYPES, [path])
     assert model_args.model_name_or_path == "tiny:llama" and model_args.task_type == "causal_lm"
     assert data_args.max_seq_length == 32 and data_args.dataset_name == "builtin:sentiment"
@@ -25,10 +34,16 @@ def test_parses_every_group(tmp_path):
 
 def test_overrides_replace_single_keys(tmp_path):
     path = _write(tmp_path, {"output_dir": str(tmp_path / "a"), "learning_rate": 0.1})
-    _, data_args, training_args = parse_config(TYPES, [path, "learning_rate=2e-4", "output_dir=runs/b", "max_train_samples=null"])
+    _, data_args, training_args = parse_config(
+        TYPES, [path, "learning_rate=2e-4", "output_dir=runs/b", "max_train_samples=null"]
+    )
     assert training_args.learning_rate == 2e-4 and training_args.output_dir == "runs/b"
     assert data_args.max_train_samples is None
-    assert parse_overrides(["a=[1, 2]", "b=text with spaces", "c=true"]) == {"a": [1, 2], "b": "text with spaces", "c": True}
+    assert parse_overrides(["a=[1, 2]", "b=text with spaces", "c=true"]) == {
+        "a": [1, 2],
+        "b": "text with spaces",
+        "c": True,
+    }
     with pytest.raises(ConfigError, match="write key=value"):
         parse_overrides(["learning_rate"])
 

@@ -30,8 +30,11 @@ def test_builtin_task_is_the_default():
 
 
 def test_local_jsonl_files_match_the_builtin_task(exported):
-    args = DataArguments(train_file=str(exported / "train.jsonl"), validation_file=str(exported / "validation.jsonl"),
-                         test_file=str(exported / "test.jsonl"))
+    args = DataArguments(
+        train_file=str(exported / "train.jsonl"),
+        validation_file=str(exported / "validation.jsonl"),
+        test_file=str(exported / "test.jsonl"),
+    )
     raw = load_raw_datasets(args)
     builtin = load_raw_datasets(DataArguments(dataset_name="builtin:topic"))
     assert raw["train"]["text"] == builtin["train"]["text"]
@@ -41,9 +44,10 @@ def test_local_jsonl_files_match_the_builtin_task(exported):
 def test_csv_with_string_labels_and_carved_validation(tmp_path):
     rows = [("a great film", "pos"), ("an awful film", "neg"), ("a fine meal", "pos"), ("a cold meal", "neg")] * 10
     path = tmp_path / "train.csv"
-    path.write_text("sentence,sentiment\n" + "".join(f"{t},{l}\n" for t, l in rows))
-    args = DataArguments(train_file=str(path), text_column="sentence", label_column="sentiment",
-                         validation_split_percentage=25)
+    path.write_text("sentence,sentiment\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    args = DataArguments(
+        train_file=str(path), text_column="sentence", label_column="sentiment", validation_split_percentage=25
+    )
     raw = load_raw_datasets(args, seed=1)
     assert (len(raw["train"]), len(raw["validation"])) == (30, 10)
     labels = infer_label_names(raw, args)
@@ -71,7 +75,9 @@ def test_bad_data_arguments(tmp_path):
         load_raw_datasets(DataArguments(dataset_name="builtin:nope"))
     raw = load_raw_datasets(DataArguments(max_train_samples=10, max_eval_samples=10))
     with pytest.raises(ValueError, match=r"column\(s\) \['sentence'\] not in the data"):
-        tokenize_datasets(raw, load_tokenizer("tiny:bert"), "seq_cls", DataArguments(text_column="sentence"), ["a", "b"])
+        tokenize_datasets(
+            raw, load_tokenizer("tiny:bert"), "seq_cls", DataArguments(text_column="sentence"), ["a", "b"]
+        )
     with pytest.raises(ValueError, match="label column 'stars'"):
         infer_label_names(raw, DataArguments(label_column="stars"))
 
@@ -93,7 +99,8 @@ def test_causal_lm_loss_covers_the_response_only():
 def test_causal_lm_uses_the_chat_template_when_present():
     tokenizer = load_tokenizer("tiny:llama")
     tokenizer.chat_template = (
-        "{% for m in messages %}<s> question {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} answer :{% endif %}"
+        "{% for m in messages %}<s> question {{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %} answer :{% endif %}"
     )
     args = DataArguments(dataset_name="builtin:topic", max_train_samples=4, max_eval_samples=4)
     templated = tokenizer.decode(prepare_data(args, tokenizer, "causal_lm").train[0]["input_ids"])
@@ -127,9 +134,11 @@ def test_metrics():
 
 def test_collator_pads_classification_batches():
     tokenizer = load_tokenizer("tiny:bert")
-    batch = data_collator(tokenizer, "seq_cls")([
-        {"input_ids": [2, 10, 3], "attention_mask": [1, 1, 1], "labels": 1},
-        {"input_ids": [2, 3], "attention_mask": [1, 1], "labels": 0},
-    ])
+    batch = data_collator(tokenizer, "seq_cls")(
+        [
+            {"input_ids": [2, 10, 3], "attention_mask": [1, 1, 1], "labels": 1},
+            {"input_ids": [2, 3], "attention_mask": [1, 1], "labels": 0},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[2, 10, 3], [2, 3, tokenizer.pad_token_id]]
     assert batch["labels"].tolist() == [1, 0]

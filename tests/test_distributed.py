@@ -17,8 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def torchrun(script: str, *args: str, nproc: int = 2) -> None:
     """Run a test script under torchrun on the CPU with gloo, as the README describes."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--standalone", str(SCRIPTS / script), *args]  # an absolute script path is used as is
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--standalone",
+        str(SCRIPTS / script),
+        *args,
+    ]  # an absolute script path is used as is
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -26,8 +34,9 @@ def torchrun(script: str, *args: str, nproc: int = 2) -> None:
 @pytest.mark.multiprocess
 def test_two_process_statistics_equal_one_process(tmp_path):
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    result = subprocess.run([sys.executable, str(SCRIPTS / "input_statistics.py"), str(one)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "input_statistics.py"), str(one)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     torchrun("input_statistics.py", str(two))
     single, meta_one = load_tensors(one)
@@ -44,7 +53,9 @@ def _run(script: str, *args: str) -> None:
 
 
 def _run_path(script, *args: str) -> None:
-    result = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -75,7 +86,13 @@ def test_ddp_and_gradient_accumulation_match_one_big_batch(tmp_path, task_type):
 def test_two_process_warp_phase2_matches_one_process(tmp_path):
     """Same phase-1 basis, same global batch of 8: 2 ranks x 4 give the importance and masks of 1 x 8."""
     recipe, config = ROOT / "recipes" / "warp.py", ROOT / "recipes" / "configs" / "warp_tiny_llama.json"
-    common = ["max_train_samples=64", "max_eval_samples=16", "safety_epochs=1", "report_to=[]", "dataloader_drop_last=true"]
+    common = [
+        "max_train_samples=64",
+        "max_eval_samples=16",
+        "safety_epochs=1",
+        "report_to=[]",
+        "dataloader_drop_last=true",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     _run_path(recipe, config, f"output_dir={one}", "phase=1", *common)
     shutil.copytree(one, two)

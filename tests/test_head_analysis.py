@@ -34,7 +34,9 @@ def test_aggregate_matches_hand_computation(tmp_path):
     run = _write_run(tmp_path)
     stats = aggregate(run, top_k=2, thresholds=CaseThresholds(important=80, static=40, plastic=80, unimportant=40))
     rho, p = spearmanr(I_PRE.ravel(), URel.ravel())
-    assert stats["I_pre_vs_Urel"]["spearman_rho"] == pytest.approx(rho) and stats["I_pre_vs_Urel"]["p_value"] == pytest.approx(p)
+    assert stats["I_pre_vs_Urel"]["spearman_rho"] == pytest.approx(rho) and stats["I_pre_vs_Urel"][
+        "p_value"
+    ] == pytest.approx(p)
     # top-2 of I_pre: (0,0)=0.9, (1,2)=0.7; top-2 of Urel: (0,1)=0.9, (1,1)=0.8 -> no overlap
     assert stats["I_pre_vs_Urel"]["top2_overlap"] == 0.0
     # top-2 of G_pre: (0,0)=3.0, (1,2)=2.5 -> full overlap with I_pre
@@ -42,8 +44,10 @@ def test_aggregate_matches_hand_computation(tmp_path):
     # p80 of I_pre = 0.7 -> important (0,0),(1,2); p40 of Urel = 0.3 -> static (0,0),(0,2),(1,2)
     # p80 of Urel = 0.8 -> plastic (0,1),(1,1); p40 of I_pre = 0.3 -> unimportant (0,1),(1,0),(1,1)
     cases = json.loads((run / "cases.json").read_text())
-    assert cases == {"important_static": [{"layer": 0, "head": 0}, {"layer": 1, "head": 2}],
-                     "plastic_unimportant": [{"layer": 0, "head": 1}, {"layer": 1, "head": 1}]}
+    assert cases == {
+        "important_static": [{"layer": 0, "head": 0}, {"layer": 1, "head": 2}],
+        "plastic_unimportant": [{"layer": 0, "head": 1}, {"layer": 1, "head": 1}],
+    }
     assert stats["cases"] == {"important_static": 2, "plastic_unimportant": 2}
     rows = (run / "heads.csv").read_text().splitlines()
     assert rows[0] == "layer,head,I_pre,I_post,G_pre,F_pre,U,Urel,case" and len(rows) == 7
@@ -81,9 +85,16 @@ def test_seeds_aggregate_and_figures(tmp_path):
     for run in seeds:
         aggregate(run, top_k=2)
     summary = aggregate_seeds(tmp_path, seeds)
-    assert summary["seeds"] == ["seed-1", "seed-2"] and summary["I_pre_vs_Urel_spearman_rho"]["std"] == pytest.approx(0)
+    assert summary["seeds"] == ["seed-1", "seed-2"] and summary["I_pre_vs_Urel_spearman_rho"]["std"] == pytest.approx(
+        0
+    )
     header, first = (tmp_path / "heads_across_seeds.csv").read_text().splitlines()[:2]
     assert header.startswith("layer,head,I_pre_mean,I_pre_std") and first.startswith("0,0,1.35,0.45")
     paths = plot(seeds[0])
-    assert sorted(p.name for p in paths) == ["heatmaps.png", "scatter_I_pre_vs_G_pre.png", "scatter_I_pre_vs_Urel.png", "stats.png"]
+    assert sorted(p.name for p in paths) == [
+        "heatmaps.png",
+        "scatter_I_pre_vs_G_pre.png",
+        "scatter_I_pre_vs_Urel.png",
+        "stats.png",
+    ]
     assert all(p.stat().st_size > 1000 for p in paths)

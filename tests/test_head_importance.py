@@ -42,7 +42,9 @@ def test_ablation_of_one_head_matches_a_gated_forward_by_hand():
         for batch in batches:
             inputs = {k: v for k, v in batch.items() if k != "labels"}
             losses.append(per_example_loss(model(**inputs).logits, batch["labels"])[0])
-    assert result.loss_increase[1, 2].item() == pytest.approx(torch.cat(losses).mean().item() - result.base_loss, abs=1e-6)
+    assert result.loss_increase[1, 2].item() == pytest.approx(
+        torch.cat(losses).mean().item() - result.base_loss, abs=1e-6
+    )
 
 
 def test_gradient_importance_equals_per_example_backward():

@@ -5,17 +5,40 @@ from tb_events import read_events
 
 from hf_ext.cli import main as cli
 
-SEED_FILES = ["I_pre.jsonl", "I_post.jsonl", "G_pre.jsonl", "U.jsonl", "heads.csv", "stats.json", "cases.json",
-              "scatter_I_pre_vs_Urel.png", "scatter_I_pre_vs_G_pre.png", "stats.png", "heatmaps.png",
-              "initial/config.json", "final/config.json"]
+SEED_FILES = [
+    "I_pre.jsonl",
+    "I_post.jsonl",
+    "G_pre.jsonl",
+    "U.jsonl",
+    "heads.csv",
+    "stats.json",
+    "cases.json",
+    "scatter_I_pre_vs_Urel.png",
+    "scatter_I_pre_vs_G_pre.png",
+    "stats.png",
+    "heatmaps.png",
+    "initial/config.json",
+    "final/config.json",
+]
 
 
 def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
     runs = run_recipe(
-        "head_plasticity", "head_plasticity_minilm_topic.json", f"output_dir={tmp_path}", "model_name_or_path=tiny:qwen2",
-        "task_type=causal_lm", "dataset_name=builtin:topic", "seeds=[1,2]", "eval_subset_size=24", "max_train_samples=64",
-        "per_device_train_batch_size=16", "per_device_eval_batch_size=8", "learning_rate=3e-3", "top_k=3",
-        "log_head_importance_steps=2", "logging_steps=2",
+        "head_plasticity",
+        "head_plasticity_minilm_topic.json",
+        f"output_dir={tmp_path}",
+        "model_name_or_path=tiny:qwen2",
+        "task_type=causal_lm",
+        "dataset_name=builtin:topic",
+        "seeds=[1,2]",
+        "eval_subset_size=24",
+        "max_train_samples=64",
+        "per_device_train_batch_size=16",
+        "per_device_eval_batch_size=8",
+        "learning_rate=3e-3",
+        "top_k=3",
+        "log_head_importance_steps=2",
+        "logging_steps=2",
     )
     assert [r.name for r in runs] == ["seed-1", "seed-2"]
     for run in runs:

@@ -105,8 +105,10 @@ def test_update_size_slices_follow_grouped_query_attention():
     final[f"{a.o}.weight"][:, 0 : a.head_dim] += 0.5  # output columns of query head 0
     size, relative = head_update_sizes(initial, final, attention)
     assert (size[1] > 0).tolist() == [True, False, True, True]
-    norms = sum(initial[f"{getattr(a, r)}.weight"][s].norm() for r, s in
-                (("q", slice(0, a.head_dim)), ("k", slice(0, a.head_dim)), ("v", slice(0, a.head_dim))))
+    norms = sum(
+        initial[f"{getattr(a, r)}.weight"][s].norm()
+        for r, s in (("q", slice(0, a.head_dim)), ("k", slice(0, a.head_dim)), ("v", slice(0, a.head_dim)))
+    )
     norms += initial[f"{a.o}.weight"][:, : a.head_dim].norm()
     assert relative[1, 0].item() == pytest.approx(size[1, 0].item() / norms.item())
 

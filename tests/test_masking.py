@@ -51,4 +51,7 @@ def test_mask_of_wrong_shape_is_an_error_naming_expected_shapes(mask):
 
 def test_masks_must_cover_exactly_the_parameters():
     with pytest.raises(ValueError, match=r"no mask for \['b'\]; masks for unknown parameters \['c'\]"):
-        MaskedUpdate({"a": torch.zeros(2), "b": torch.zeros(2)}, {"a": torch.ones(2, dtype=torch.bool), "c": torch.ones(2, dtype=torch.bool)})
+        MaskedUpdate(
+            {"a": torch.zeros(2), "b": torch.zeros(2)},
+            {"a": torch.ones(2, dtype=torch.bool), "c": torch.ones(2, dtype=torch.bool)},
+        )

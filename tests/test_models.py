@@ -39,7 +39,9 @@ def test_tiny_models_run_both_task_types(tiny_architecture):
     out = classifier(**batch, labels=torch.tensor([0, 2]))
     assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
     if tiny_architecture in ("llama", "qwen2"):
-        lm = load_model(ModelArguments(model_name_or_path=f"tiny:{tiny_architecture}", task_type="causal_lm"), tokenizer)
+        lm = load_model(
+            ModelArguments(model_name_or_path=f"tiny:{tiny_architecture}", task_type="causal_lm"), tokenizer
+        )
         out = lm(**batch, labels=batch["input_ids"])
         assert out.logits.shape[-1] == len(tokenizer) and torch.isfinite(out.loss)
         assert lm.config.num_key_value_heads == 2
@@ -68,7 +70,9 @@ def test_tiny_tokenizer_covers_builtin_tasks_and_round_trips():
     assert llama("wash a car")["input_ids"][0] == llama.bos_token_id
     ids = bert("wash a car")["input_ids"]
     assert (ids[0], ids[-1]) == (bert.cls_token_id, bert.sep_token_id)
-    assert llama.decode(llama("How can I wash a car?", add_special_tokens=False)["input_ids"]) == "how can i wash a car ?"
+    assert (
+        llama.decode(llama("How can I wash a car?", add_special_tokens=False)["input_ids"]) == "how can i wash a car ?"
+    )
 
 
 def test_tiny_model_saves_and_reloads_with_plain_transformers(tmp_path):

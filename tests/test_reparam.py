@@ -22,13 +22,17 @@ def _batches(tokenizer, n=24, size=6):
 
 def test_reparameterized_forward_equals_original_at_init(tiny_architecture):
     """Tolerance: 1e-5 absolute on logits of order 1 (float32 rounding of C @ U.T)."""
-    model, tokenizer = tiny_model(tiny_architecture, "seq_cls" if tiny_architecture in ("bert", "deberta-v2") else "causal_lm", seed=0)
+    model, tokenizer = tiny_model(
+        tiny_architecture, "seq_cls" if tiny_architecture in ("bert", "deberta-v2") else "causal_lm", seed=0
+    )
     model.eval()
     batch = _batches(tokenizer)[0]
     with torch.no_grad():
         before = model(**batch).logits
     encoder = tiny_architecture in ("bert", "deberta-v2")
-    modules = select_linear(model, ["intermediate.dense", "layer.*.output.dense"] if encoder else ["mlp.*", "self_attn.*"])
+    modules = select_linear(
+        model, ["intermediate.dense", "layer.*.output.dense"] if encoder else ["mlp.*", "self_attn.*"]
+    )
     bases, eigenvalues, counts = compute_bases(model, modules, _batches(tokenizer), progress=False)
     reparameterize(model, bases)
     with torch.no_grad():

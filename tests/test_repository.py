@@ -21,7 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     "name, distributed_type",
-    [("cpu", "NO"), ("single_gpu", "NO"), ("multi_gpu", "MULTI_GPU"), ("fsdp2", "FSDP"), ("deepspeed_zero2", "DEEPSPEED")],
+    [
+        ("cpu", "NO"),
+        ("single_gpu", "NO"),
+        ("multi_gpu", "MULTI_GPU"),
+        ("fsdp2", "FSDP"),
+        ("deepspeed_zero2", "DEEPSPEED"),
+    ],
 )
 def test_accelerate_configs_load(name, distributed_type):
     config = load_config_from_file(str(ROOT / "accelerate_configs" / f"{name}.yaml"))
@@ -79,7 +85,9 @@ def test_type_checking_block_names_every_lazy_export():
     import hf_ext
 
     tree = ast.parse((ROOT / "hf_ext" / "__init__.py").read_text())
-    block = next(node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    block = next(
+        node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+    )
     imported = {(node.module, alias.name) for node in block.body for alias in node.names}
     exported = {(module, name) for module, names in hf_ext._EXPORTS.items() for name in names}
     assert imported == exported
@@ -87,8 +95,12 @@ def test_type_checking_block_names_every_lazy_export():
         assert getattr(hf_ext, name) is not None
 
 
-def test_ruff_passes():
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], capture_output=True, text=True)
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
+def test_ruff_passes(command):
+    """Style is enforced: ``ruff check`` and ``ruff format --check`` with the config in pyproject.toml."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "--no-cache", str(ROOT)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -114,3 +126,39 @@ def test_readme_starts_with_two_commands_and_ci_runs_the_second():
     demo, tests = commands
     assert "recipes/" in demo and "pytest" in tests
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def _declared_requirements() -> set[str]:
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    lines = config["options"]["install_requires"].splitlines()
+    lines += [line for value in config["options.extras_require"].values() for line in value.splitlines()]
+    return {
+        re.split(r"[<>=!\[; ]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+        for line in lines
+        if line.strip()
+    }
+
+
+def test_every_imported_package_is_declared_in_setup_cfg():
+    """A package hf_ext imports must be in install_requires or an extra, not arrive only transitively."""
+    from importlib.metadata import packages_distributions
+
+    distributions = packages_distributions()
+    imported = set()
+    for path in (ROOT / "hf_ext").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = sorted(m for m in imported - set(sys.stdlib_module_names) - {"hf_ext"})
+    declared = _declared_requirements()
+    undeclared = [
+        module
+        for module in third_party
+        if not {d.lower().replace("_", "-") for d in distributions.get(module, [module])} & declared
+    ]
+    assert undeclared == []

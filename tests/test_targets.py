@@ -73,7 +73,9 @@ def test_select_keeps_model_order_and_deduplicates():
     model, _ = tiny_model("llama")
     names = list(select_linear(model, ["mlp.down_proj", "layers.0.mlp.*", "layers.[0-1].mlp.down_proj"]))
     assert names == [
-        "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj",
+        "model.layers.0.mlp.gate_proj",
+        "model.layers.0.mlp.up_proj",
+        "model.layers.0.mlp.down_proj",
         "model.layers.1.mlp.down_proj",
     ]
 
@@ -106,7 +108,12 @@ def test_find_attention(architecture, heads, kv_heads, head_dim):
     assert [a.layer for a in found] == [0, 1]
     assert [a.o for a in found] == [f"{prefix}.{i}.{o_proj}" for i in range(2)]
     a = found[0]
-    assert (a.num_heads, a.num_kv_heads, a.head_dim, a.queries_per_kv) == (heads, kv_heads, head_dim, heads // kv_heads)
+    assert (a.num_heads, a.num_kv_heads, a.head_dim, a.queries_per_kv) == (
+        heads,
+        kv_heads,
+        head_dim,
+        heads // kv_heads,
+    )
     assert model.get_submodule(a.k).out_features == kv_heads * head_dim
 
 

@@ -33,8 +33,16 @@ def _setup(tmp_path, **overrides):
     tokenizer = load_tokenizer("tiny:bert")
     data = prepare_data(DataArguments(max_train_samples=64, max_eval_samples=16), tokenizer, "seq_cls")
     model = load_model(ModelArguments(model_name_or_path="tiny:bert"), tokenizer, data.labels)
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, logging_steps=2,
-                             report_to=["tensorboard"], save_strategy="no", use_cpu=True, **overrides)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        logging_steps=2,
+        report_to=["tensorboard"],
+        save_strategy="no",
+        use_cpu=True,
+        **overrides,
+    )
     return dict(model=model, args=args, train_dataset=data.train, data_collator=data.collator)
 
 

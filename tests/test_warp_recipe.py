@@ -14,13 +14,30 @@ from hf_ext.config import ConfigError
 from hf_ext.io import load_tensors, save_tensors
 
 # The embedded MiniLM: a random tiny BERT whose attention is frozen cannot learn these tasks in a few steps.
-MINILM = ("warp_minilm.json", 'targets=["layer.[4-5].output.dense"]', "max_train_samples=768", "max_eval_samples=128",
-          "warmup_steps=0", "logging_steps=2")
+MINILM = (
+    "warp_minilm.json",
+    'targets=["layer.[4-5].output.dense"]',
+    "max_train_samples=768",
+    "max_eval_samples=128",
+    "warmup_steps=0",
+    "logging_steps=2",
+)
 TINY_LLAMA = ("warp_tiny_llama.json", "max_train_samples=256", "max_eval_samples=64", "logging_steps=2")
-PHASE_FILES = ["config.json", "phase1/basis.safetensors", "phase1/metadata.json", "phase2/model/config.json",
-               "phase2/importance.safetensors", "phase2/masks.safetensors", "phase2/metadata.json",
-               "phase3/model/config.json", "phase3/coefficients.safetensors", "phase3/metadata.json",
-               "plain/model/config.json", "eval.json", "eval.md"]
+PHASE_FILES = [
+    "config.json",
+    "phase1/basis.safetensors",
+    "phase1/metadata.json",
+    "phase2/model/config.json",
+    "phase2/importance.safetensors",
+    "phase2/masks.safetensors",
+    "phase2/metadata.json",
+    "phase3/model/config.json",
+    "phase3/coefficients.safetensors",
+    "phase3/metadata.json",
+    "plain/model/config.json",
+    "eval.json",
+    "eval.md",
+]
 
 
 @pytest.fixture(scope="module")

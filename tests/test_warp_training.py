@@ -18,7 +18,9 @@ TARGETS = ["bert.encoder.layer.1.intermediate.dense", "bert.encoder.layer.1.outp
 
 
 def _reparameterized_model(seed=0):
-    model, tokenizer = tiny_model("bert", "seq_cls", seed=seed, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model, tokenizer = tiny_model(
+        "bert", "seq_cls", seed=seed, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     bases = {}
     for i, name in enumerate(TARGETS):
         d_in = model.get_submodule(name).in_features
@@ -33,12 +35,23 @@ def _reparameterized_model(seed=0):
 
 
 def _data(tokenizer, n):
-    return prepare_data(DataArguments(dataset_name="builtin:sentiment", max_train_samples=n, max_eval_samples=8), tokenizer, "seq_cls")
+    return prepare_data(
+        DataArguments(dataset_name="builtin:sentiment", max_train_samples=n, max_eval_samples=8), tokenizer, "seq_cls"
+    )
 
 
 def _args(tmp_path, **overrides):
-    fields = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2, use_cpu=True,
-                  report_to=[], logging_steps=1, seed=3, save_strategy="no", dataloader_drop_last=True)
+    fields = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        seed=3,
+        save_strategy="no",
+        dataloader_drop_last=True,
+    )
     return TrainingArguments(**(fields | overrides))
 
 
@@ -55,8 +68,13 @@ def test_importance_is_read_before_clipping_and_equals_hand_computation(tmp_path
 
     accumulator = ImportanceAccumulator(params)
     args = _args(tmp_path, max_steps=3, learning_rate=0.0, max_grad_norm=1e-4, optim="sgd")
-    HfExtTrainer(model=model, args=args, train_dataset=data.train, data_collator=data.collator,
-                 callbacks=[ImportanceCallback(accumulator)]).train()
+    HfExtTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        data_collator=data.collator,
+        callbacks=[ImportanceCallback(accumulator)],
+    ).train()
     assert accumulator.steps == 3
     for name, importance in accumulator.mean().items():
         torch.testing.assert_close(importance, expected[name], atol=1e-6, rtol=1e-4)
@@ -67,20 +85,35 @@ def _masked_run(tmp_path, masks, *, max_steps=6, resume=None, save_steps=None, b
     model, tokenizer, params = _reparameterized_model()
     initial = {name: p.detach().clone() for name, p in params.items()}
     masked = MaskedUpdate(params, masks)
-    args = _args(tmp_path, max_steps=max_steps, learning_rate=5e-2, weight_decay=0.1, optim="adamw_torch",
-                 save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
-                 report_to=["tensorboard"], bf16=bf16)
+    args = _args(
+        tmp_path,
+        max_steps=max_steps,
+        learning_rate=5e-2,
+        weight_decay=0.1,
+        optim="adamw_torch",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        report_to=["tensorboard"],
+        bf16=bf16,
+    )
     data = _data(tokenizer, 48)
-    trainer = HfExtTrainer(model=model, args=args, train_dataset=data.train, data_collator=data.collator,
-                           callbacks=[MaskedUpdateCallback(masked), CoefficientDriftCallback(params, masks)])
+    trainer = HfExtTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        data_collator=data.collator,
+        callbacks=[MaskedUpdateCallback(masked), CoefficientDriftCallback(params, masks)],
+    )
     trainer.train(resume_from_checkpoint=resume)
     return params, initial, masked, trainer
 
 
 def _masks():
     generator = torch.Generator().manual_seed(5)
-    return {TARGETS[0]: torch.rand(64, generator=generator) < 0.25,  # per input direction
-            TARGETS[1]: torch.rand(64, 128, generator=generator) < 0.25}  # per element
+    return {
+        TARGETS[0]: torch.rand(64, generator=generator) < 0.25,  # per input direction
+        TARGETS[1]: torch.rand(64, 128, generator=generator) < 0.25,
+    }  # per element
 
 
 def _frozen(mask, shape):
@@ -112,8 +145,13 @@ def test_resume_from_a_checkpoint_of_other_weights_is_refused(tmp_path):
     model, tokenizer, params = _reparameterized_model(seed=1)  # masks snapshot weights the checkpoint does not hold
     masked = MaskedUpdate(params, masks)
     data = _data(tokenizer, 48)
-    trainer = HfExtTrainer(model=model, args=_args(tmp_path, max_steps=6, save_strategy="no"), train_dataset=data.train,
-                           data_collator=data.collator, callbacks=[MaskedUpdateCallback(masked)])
+    trainer = HfExtTrainer(
+        model=model,
+        args=_args(tmp_path, max_steps=6, save_strategy="no"),
+        train_dataset=data.train,
+        data_collator=data.collator,
+        callbacks=[MaskedUpdateCallback(masked)],
+    )
     with pytest.raises(RuntimeError, match="frozen entries differ from their snapshot"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
 
@@ -124,8 +162,13 @@ def test_callbacks_refuse_a_plain_trainer(tmp_path):
     model, tokenizer, params = _reparameterized_model()
     data = _data(tokenizer, 8)
     callback = ImportanceCallback(ImportanceAccumulator(params))
-    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=data.train, data_collator=data.collator,
-                      callbacks=[callback])
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path, max_steps=1),
+        train_dataset=data.train,
+        data_collator=data.collator,
+        callbacks=[callback],
+    )
     with pytest.raises(TypeError, match="needs hf_ext.HfExtTrainer"):
         callback.bind(trainer)
 
@@ -170,11 +213,15 @@ def test_frozen_coefficients_bit_identical_under_bf16_autocast(tmp_path):
 def test_gradient_callbacks_refuse_deepspeed_and_fsdp_when_bound(tmp_path, launcher, name):
     model, tokenizer, params = _reparameterized_model()
     data = _data(tokenizer, 8)
-    trainer = HfExtTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=data.train,
-                           data_collator=data.collator)
+    trainer = HfExtTrainer(
+        model=model, args=_args(tmp_path, max_steps=1), train_dataset=data.train, data_collator=data.collator
+    )
     setattr(trainer, launcher, True)  # what accelerate sets on a trainer launched with DeepSpeed or FSDP
     masks = {n: torch.zeros(p.shape[1], dtype=torch.bool) for n, p in params.items()}
-    for callback in (MaskedUpdateCallback(MaskedUpdate(params, masks)), ImportanceCallback(ImportanceAccumulator(params))):
+    for callback in (
+        MaskedUpdateCallback(MaskedUpdate(params, masks)),
+        ImportanceCallback(ImportanceAccumulator(params)),
+    ):
         with pytest.raises(ValueError, match=f"cannot run under {name}"):
             trainer.add_callback(callback)
 
@@ -197,7 +244,12 @@ def test_only_gradient_callbacks_get_the_gradients_ready_event(tmp_path):
 
     model, tokenizer, _ = _reparameterized_model()
     data = _data(tokenizer, 16)
-    trainer = HfExtTrainer(model=model, args=_args(tmp_path, max_steps=2), train_dataset=data.train,
-                           data_collator=data.collator, callbacks=[Plain(), Reader()])
+    trainer = HfExtTrainer(
+        model=model,
+        args=_args(tmp_path, max_steps=2),
+        train_dataset=data.train,
+        data_collator=data.collator,
+        callbacks=[Plain(), Reader()],
+    )
     trainer.train()
     assert (Plain.calls, Reader.calls) == (0, 2)

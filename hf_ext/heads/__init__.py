@@ -15,6 +15,13 @@ from .importance import AblationResult, GradientImportance, ablation_importance,
 from .study import run_head_study
 
 __all__ = [
-    "AblationResult", "GradientImportance", "HeadGates", "HeadImportanceCallback", "HeadStudyArguments",
-    "ablation_importance", "gradient_importance", "head_update_sizes", "run_head_study",
+    "AblationResult",
+    "GradientImportance",
+    "HeadGates",
+    "HeadImportanceCallback",
+    "HeadStudyArguments",
+    "ablation_importance",
+    "gradient_importance",
+    "head_update_sizes",
+    "run_head_study",
 ]

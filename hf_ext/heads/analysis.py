@@ -44,8 +44,11 @@ def write_jsonl(path: str | Path, values: dict[str, np.ndarray]) -> None:
     """One line per head from ``[num_layers, num_heads]`` arrays of the same shape."""
     arrays = {k: np.asarray(v, dtype=float) for k, v in values.items()}
     layers, heads = next(iter(arrays.values())).shape
-    lines = [json.dumps({"layer": l, "head": h, **{k: float(a[l, h]) for k, a in arrays.items()}})
-             for l in range(layers) for h in range(heads)]
+    lines = [
+        json.dumps({"layer": layer, "head": h, **{k: float(a[layer, h]) for k, a in arrays.items()}})
+        for layer in range(layers)
+        for h in range(heads)
+    ]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -68,7 +71,7 @@ def read_jsonl(path: str | Path, field: str) -> np.ndarray:
         values[r["layer"], r["head"]] = r[field]
     missing = np.argwhere(np.isnan(values))
     if len(missing):
-        shown = ", ".join(f"({l}, {h})" for l, h in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        shown = ", ".join(f"({layer}, {h})" for layer, h in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ValueError(f"{path}: {len(missing)} of {layers * heads} heads missing (layer, head): {shown}")
     return values
 
@@ -107,7 +110,11 @@ def statistics(columns: dict[str, np.ndarray], cases: np.ndarray, top_k: int) ->
 
     def pair(x: str, y: str) -> dict:
         rho, p = spearmanr(columns[x].ravel(), columns[y].ravel())
-        return {"spearman_rho": float(rho), "p_value": float(p), f"top{top_k}_overlap": top_k_overlap(columns[x], columns[y], top_k)}
+        return {
+            "spearman_rho": float(rho),
+            "p_value": float(p),
+            f"top{top_k}_overlap": top_k_overlap(columns[x], columns[y], top_k),
+        }
 
     return {
         "heads": int(cases.size),
@@ -127,13 +134,18 @@ def aggregate(run: str | Path, *, top_k: int = 20, thresholds: CaseThresholds | 
     with open(run / "heads.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["layer", "head", *columns, "case"])
-        for l in range(layers):
+        for layer in range(layers):
             for h in range(heads):
-                writer.writerow([l, h, *(f"{columns[c][l, h]:.8g}" for c in columns), cases[l, h]])
+                writer.writerow([layer, h, *(f"{columns[c][layer, h]:.8g}" for c in columns), cases[layer, h]])
     stats = statistics(columns, cases, top_k) | {"thresholds_percentile": asdict(thresholds)}
     write_json(run / "stats.json", stats)
-    write_json(run / "cases.json", {name: [{"layer": int(l), "head": int(h)} for l, h in np.argwhere(cases == name)]
-                                    for name in (IMPORTANT_STATIC, PLASTIC_UNIMPORTANT)})
+    write_json(
+        run / "cases.json",
+        {
+            name: [{"layer": int(layer), "head": int(h)} for layer, h in np.argwhere(cases == name)]
+            for name in (IMPORTANT_STATIC, PLASTIC_UNIMPORTANT)
+        },
+    )
     return stats
 
 
@@ -149,9 +161,10 @@ def aggregate_seeds(root: str | Path, seed_dirs: list[Path]) -> dict:
     with open(root / "heads_across_seeds.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["layer", "head", *(f"{c}_{s}" for c in names for s in ("mean", "std"))])
-        for l in range(layers):
+        for layer in range(layers):
             for h in range(heads):
-                writer.writerow([l, h, *(f"{fn(stacked[c][:, l, h]):.8g}" for c in names for fn in (np.mean, np.std))])
+                row = [f"{fn(stacked[c][:, layer, h]):.8g}" for c in names for fn in (np.mean, np.std)]
+                writer.writerow([layer, h, *row])
     summary = {"seeds": list(stats), "per_seed": stats}
     for key in ("I_pre_vs_Urel", "I_pre_vs_G_pre"):
         rhos = np.array([s[key]["spearman_rho"] for s in stats.values()])
@@ -193,10 +206,9 @@ def figures(run: str | Path) -> dict:
         fig, ax = plt.subplots(figsize=(5, 4))
         other = ~(marked[IMPORTANT_STATIC] | marked[PLASTIC_UNIMPORTANT])
         ax.scatter(columns["I_pre"][other], columns[y][other], s=14, label="other heads")
-        ax.scatter(columns["I_pre"][marked[IMPORTANT_STATIC]], columns[y][marked[IMPORTANT_STATIC]], marker="^", s=40,
-                   label="important but static")
-        ax.scatter(columns["I_pre"][marked[PLASTIC_UNIMPORTANT]], columns[y][marked[PLASTIC_UNIMPORTANT]], marker="s",
-                   s=34, label="plastic but unimportant")
+        for case, marker, size in ((IMPORTANT_STATIC, "^", 40), (PLASTIC_UNIMPORTANT, "s", 34)):
+            label = case.replace("_", " but ", 1)
+            ax.scatter(columns["I_pre"][marked[case]], columns[y][marked[case]], marker=marker, s=size, label=label)
         rho = stats[f"I_pre_vs_{y}"]["spearman_rho"]
         ax.set(xlabel="ablation importance I_pre (loss increase)", ylabel=label, title=f"Spearman rho = {rho:.3f}")
         ax.ticklabel_format(style="sci", scilimits=(-2, 3))
@@ -211,7 +223,11 @@ def figures(run: str | Path) -> dict:
     ax.bar(x + 0.2, [stats[p][f"top{k}_overlap"] for p in pairs], 0.4, label=f"top-{k} overlap")
     ax.set_xticks(x, [p.replace("_vs_", " vs ") for p in pairs])
     ax.axhline(0, linewidth=0.8, color="black")
-    ax.set_title(f"{stats['cases'][IMPORTANT_STATIC]} important-but-static, {stats['cases'][PLASTIC_UNIMPORTANT]} plastic-but-unimportant heads", fontsize=8)
+    ax.set_title(
+        f"{stats['cases'][IMPORTANT_STATIC]} important-but-static, "
+        f"{stats['cases'][PLASTIC_UNIMPORTANT]} plastic-but-unimportant heads",
+        fontsize=8,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     out["stats"] = fig
@@ -223,4 +239,3 @@ def figures(run: str | Path) -> dict:
     fig.tight_layout()
     out["heatmaps"] = fig
     return out
-

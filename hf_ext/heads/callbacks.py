@@ -21,7 +21,9 @@ class HeadImportanceCallback(LoggingCallback):
         logger = self._require_bound()
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         result = gradient_importance(model, self.batches, progress=False)
-        logger.scalars({f"{self.prefix}/layer_{layer}": float(row.mean()) for layer, row in enumerate(result.gradient)})
+        logger.scalars(
+            {f"{self.prefix}/layer_{layer}": float(row.mean()) for layer, row in enumerate(result.gradient)}
+        )
         if logger.writer() is not None:
             import matplotlib
 

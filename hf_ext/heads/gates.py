@@ -36,7 +36,8 @@ class HeadGates:
             gates = torch.ones(self.shape, device=model_device(model))
         if tuple(gates.shape[-2:]) != self.shape or gates.ndim not in (2, 3):
             raise ValueError(
-                f"gates have shape {tuple(gates.shape)}; this model needs [num_layers, num_heads] = {list(self.shape)} "
+                f"gates have shape {tuple(gates.shape)}; this model "
+                f"needs [num_layers, num_heads] = {list(self.shape)} "
                 "or [batch, num_layers, num_heads]"
             )
         self.gates = gates

@@ -17,6 +17,7 @@ cross-entropy and accuracy over its labelled tokens.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -190,7 +191,7 @@ def ablation_importance(
                 group = list(range(first, min(first + ablations_per_pass, heads)))
                 patterns = ones.repeat(len(group), 1, 1)
                 patterns[torch.arange(len(group)), layer, group] = 0.0
-                run = lambda batch: evaluate(batch, patterns)  # noqa: E731
+                run = functools.partial(evaluate, patterns=patterns)
                 if start > 0:
                     results = prefix.run(start, cache, batches, run, repeat=len(group))
                 else:
@@ -231,7 +232,9 @@ class GradientImportance:
         return self.gradient / self.gradient.norm(dim=1, keepdim=True).clamp(min=1e-20)
 
 
-def gradient_importance(model: nn.Module, batches: Sequence[dict[str, Any]], *, progress: bool = True) -> GradientImportance:
+def gradient_importance(
+    model: nn.Module, batches: Sequence[dict[str, Any]], *, progress: bool = True
+) -> GradientImportance:
     """Per-example gate gradients over ``batches`` (eval mode, parameters' gradients untouched)."""
     device = model_device(model)
     shape = HeadGates(model).shape

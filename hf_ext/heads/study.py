@@ -56,7 +56,10 @@ def eval_subset(dataset, size: int, seed: int, path: Path) -> list[int]:
     if path.is_file():
         saved = read_json(path)
         if saved["size"] != min(size, len(dataset)) or saved["seed"] != seed:
-            raise ValueError(f"{path} holds a subset of size {saved['size']} seed {saved['seed']}; delete it or use another output_dir")
+            raise ValueError(
+                f"{path} holds a subset of size {saved['size']} seed "
+                f"{saved['seed']}; delete it or use another output_dir"
+            )
         return saved["indices"]
     generator = torch.Generator().manual_seed(seed)
     indices = sorted(torch.randperm(len(dataset), generator=generator)[: min(size, len(dataset))].tolist())
@@ -75,23 +78,41 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     data = prepare_data(data_args, tokenizer, model_args.task_type, seed=seed)
     model = load_model(model_args, tokenizer, data.labels, seed=seed).to(training_args.device)
-    indices = eval_subset(data.validation, study.eval_subset_size, study.subset_seed,
-                          Path(training_args.output_dir) / "eval_subset.json")
-    batches = list(DataLoader(data.validation.select(indices), batch_size=training_args.per_device_eval_batch_size,
-                              collate_fn=data.collator))
+    indices = eval_subset(
+        data.validation, study.eval_subset_size, study.subset_seed, Path(training_args.output_dir) / "eval_subset.json"
+    )
+    batches = list(
+        DataLoader(
+            data.validation.select(indices),
+            batch_size=training_args.per_device_eval_batch_size,
+            collate_fn=data.collator,
+        )
+    )
     main = distributed.is_main_process()
     if main:
         model.save_pretrained(run / "initial")
         tokenizer.save_pretrained(run / "initial")
         _measure_ablation(model, batches, run / "I_pre.jsonl")
         gradients = gradient_importance(model, batches, progress=True)
-        write_jsonl(run / "G_pre.jsonl", {"gradient": gradients.gradient.numpy(), "fisher": gradients.fisher.numpy(),
-                                          "gradient_layer_normalised": gradients.normalised().numpy()})
+        write_jsonl(
+            run / "G_pre.jsonl",
+            {
+                "gradient": gradients.gradient.numpy(),
+                "fisher": gradients.fisher.numpy(),
+                "gradient_layer_normalised": gradients.normalised().numpy(),
+            },
+        )
     # Only the main process measures the update size, so only it keeps the initial weights.
     initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if main else None
     args = dataclasses.replace(training_args, output_dir=str(run), seed=seed, **choose_precision(training_args))
-    callbacks = [HeadImportanceCallback(batches[:1], every=study.log_head_importance_steps)] if study.log_head_importance_steps else []
-    trainer = HfExtTrainer(model=model, args=args, processing_class=tokenizer, callbacks=callbacks, **data.trainer_kwargs())
+    callbacks = (
+        [HeadImportanceCallback(batches[:1], every=study.log_head_importance_steps)]
+        if study.log_head_importance_steps
+        else []
+    )
+    trainer = HfExtTrainer(
+        model=model, args=args, processing_class=tokenizer, callbacks=callbacks, **data.trainer_kwargs()
+    )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(str(run / "final"))
     if main:
@@ -104,18 +125,26 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
         logger = RunLogger(trainer)
         for name, figure in figures(run).items():
             logger.figure(f"heads/{name}", figure)
-        logger.scalars({"heads/I_pre_vs_Urel_spearman_rho": stats["I_pre_vs_Urel"]["spearman_rho"],
-                        "heads/I_pre_vs_G_pre_spearman_rho": stats["I_pre_vs_G_pre"]["spearman_rho"]}, now=True)
+        logger.scalars(
+            {
+                "heads/I_pre_vs_Urel_spearman_rho": stats["I_pre_vs_Urel"]["spearman_rho"],
+                "heads/I_pre_vs_G_pre_spearman_rho": stats["I_pre_vs_G_pre"]["spearman_rho"],
+            },
+            now=True,
+        )
         logger.close()
     distributed.barrier()
     print_run_locations(trainer)
     return run
 
 
-def run_head_study(model_args: ModelArguments, data_args: DataArguments, study: HeadStudyArguments,
-              training_args: TrainingArguments) -> list[Path]:
+def run_head_study(
+    model_args: ModelArguments, data_args: DataArguments, study: HeadStudyArguments, training_args: TrainingArguments
+) -> list[Path]:
     """Every seed, then the across-seeds aggregate when there are several."""
-    runs = [run_seed(model_args, data_args, study, training_args, seed) for seed in study.seeds or [training_args.seed]]
+    runs = [
+        run_seed(model_args, data_args, study, training_args, seed) for seed in study.seeds or [training_args.seed]
+    ]
     if len(runs) > 1 and distributed.is_main_process():
         aggregate_seeds(training_args.output_dir, runs)
     if distributed.is_main_process():

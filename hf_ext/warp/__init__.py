@@ -17,7 +17,21 @@ from .reparam import coefficient_parameters, coefficients, merge, merge_model, r
 from .study import WarpRun, run_warp_study
 
 __all__ = [
-    "CoefficientDriftCallback", "ImportanceAccumulator", "ImportanceCallback", "MaskInfo", "MaskedUpdate",
-    "MaskedUpdateCallback", "WarpArguments", "WarpLayout", "WarpRun", "build_masks", "coefficient_parameters",
-    "coefficients", "merge", "merge_model", "reparameterize", "run_warp_study", "top_k_masks",
+    "CoefficientDriftCallback",
+    "ImportanceAccumulator",
+    "ImportanceCallback",
+    "MaskInfo",
+    "MaskedUpdate",
+    "MaskedUpdateCallback",
+    "WarpArguments",
+    "WarpLayout",
+    "WarpRun",
+    "build_masks",
+    "coefficient_parameters",
+    "coefficients",
+    "merge",
+    "merge_model",
+    "reparameterize",
+    "run_warp_study",
+    "top_k_masks",
 ]

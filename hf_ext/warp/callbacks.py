@@ -43,7 +43,8 @@ class ImportanceCallback(GradientCallback):
             path = os.path.join(_checkpoint_dir(args, state), IMPORTANCE_STATE_FILE)
             if not os.path.exists(path):
                 raise FileNotFoundError(
-                    f"resuming at step {state.global_step} but {path} is missing: the importance so far cannot be recovered"
+                    f"resuming at step {state.global_step} but {path} is "
+                    "missing: the importance so far cannot be recovered"
                 )
             tensors, _ = load_tensors(path, device=next(iter(self.accumulator.sums.values())).device)
             self.accumulator.load_state_dict(tensors)
@@ -56,14 +57,19 @@ class ImportanceCallback(GradientCallback):
             logger = self._require_bound()
             values = {}
             for name, score in self.accumulator.mean().items():
-                values |= {f"{self.prefix}/{name}/mean": score.mean(), f"{self.prefix}/{name}/std": score.std(),
-                           f"{self.prefix}/{name}/max": score.max()}
+                values |= {
+                    f"{self.prefix}/{name}/mean": score.mean(),
+                    f"{self.prefix}/{name}/std": score.std(),
+                    f"{self.prefix}/{name}/max": score.max(),
+                }
             values[f"{self.prefix}/skipped_steps"] = self.accumulator.skipped_steps
             logger.scalars({k: float(v) for k, v in values.items()})
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            save_tensors(os.path.join(_checkpoint_dir(args, state), IMPORTANCE_STATE_FILE), self.accumulator.state_dict())
+            save_tensors(
+                os.path.join(_checkpoint_dir(args, state), IMPORTANCE_STATE_FILE), self.accumulator.state_dict()
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.accumulator.steps:
@@ -99,8 +105,13 @@ class CoefficientDriftCallback(LoggingCallback):
     ``C_0`` is copied to the CPU at construction. Without masks only the total drift is logged.
     """
 
-    def __init__(self, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None = None,
-                 *, prefix: str = "drift"):
+    def __init__(
+        self,
+        params: Mapping[str, torch.Tensor],
+        masks: Mapping[str, torch.Tensor] | None = None,
+        *,
+        prefix: str = "drift",
+    ):
         self.params = dict(params)
         self.initial = {name: p.detach().to("cpu", copy=True) for name, p in self.params.items()}
         self.masks = {name: m.detach().to(torch.bool) for name, m in (masks or {}).items()}

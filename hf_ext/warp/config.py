@@ -14,8 +14,10 @@ class WarpArguments:
 
     phase: Literal[1, 2, 3, "plain", "eval", "all"] = field(
         default="all",
-        metadata={"help": "1 basis, 2 safety fine-tune + importance + masks, 3 masked utility fine-tune, 'plain' "
-                          "the unmasked baseline, 'eval' the held-out table; 'all' runs 1, 2, 3, plain and eval."},
+        metadata={
+            "help": "1 basis, 2 safety fine-tune + importance + masks, 3 masked utility fine-tune, 'plain' "
+            "the unmasked baseline, 'eval' the held-out table; 'all' runs 1, 2, 3, plain and eval."
+        },
     )
     targets: list[str] = field(
         default_factory=lambda: ["mlp.down_proj"],
@@ -23,36 +25,49 @@ class WarpArguments:
     )
     layers: str | None = field(default=None, metadata={"help": "Keep only targets in these blocks, e.g. '28-31'."})
     basis_rank: int | None = field(
-        default=None, metadata={"help": "Keep the top-r basis directions; the rest of W is a frozen residual. None: all."}
+        default=None,
+        metadata={"help": "Keep the top-r basis directions; the rest of W is a frozen residual. None: all."},
     )
     centered: bool = field(default=False, metadata={"help": "Basis from the centred covariance instead of E[x x^T]."})
     basis_data: Literal["safety", "utility"] = field(default="safety", metadata={"help": "Data of the phase-1 basis."})
     safety_dataset_name: str | None = field(
-        default="builtin:safety", metadata={"help": "Safety data: 'builtin:safety', a hub name, or null with safety_*_file."}
+        default="builtin:safety",
+        metadata={"help": "Safety data: 'builtin:safety', a hub name, or null with safety_*_file."},
     )
-    safety_train_file: str | None = field(default=None, metadata={"help": "Local safety training data (.json/.jsonl/.csv)."})
+    safety_train_file: str | None = field(
+        default=None, metadata={"help": "Local safety training data (.json/.jsonl/.csv)."}
+    )
     safety_validation_file: str | None = field(default=None, metadata={"help": "Local safety validation data."})
     safety_test_file: str | None = field(default=None, metadata={"help": "Local safety test data."})
     safety_lr: float = field(default=1e-4, metadata={"help": "Phase-2 learning rate."})
     safety_weight_decay: float = field(default=0.0, metadata={"help": "Phase-2 AdamW weight decay."})
-    safety_epochs: float = field(default=1.0, metadata={"help": "Phase-2 epochs (num_train_epochs applies to phase 3)."})
-    keep_ratio: float = field(default=0.1, metadata={"help": "Share of coefficients frozen in phase 3 (the most important), in (0, 1)."})
+    safety_epochs: float = field(
+        default=1.0, metadata={"help": "Phase-2 epochs (num_train_epochs applies to phase 3)."}
+    )
+    keep_ratio: float = field(
+        default=0.1, metadata={"help": "Share of coefficients frozen in phase 3 (the most important), in (0, 1)."}
+    )
     granularity: Literal["input", "element"] = field(
         default="input", metadata={"help": "'input': one flag per basis direction; 'element': one per coefficient."}
     )
     threshold: Literal["per_layer", "global"] = field(
-        default="per_layer", metadata={"help": "Freeze keep_ratio of every layer, or one quantile over all target layers."}
+        default="per_layer",
+        metadata={"help": "Freeze keep_ratio of every layer, or one quantile over all target layers."},
     )
     importance: Literal["abs", "fisher"] = field(default="abs", metadata={"help": "Mean |dL/dC| or mean (dL/dC)^2."})
     extra_trainable: list[str] = field(
         default_factory=list,
-        metadata={"help": "Modules trained fully in phases 2, 3 and plain, e.g. ['classifier'] for a new seq_cls head."},
+        metadata={
+            "help": "Modules trained fully in phases 2, 3 and plain, e.g. ['classifier'] for a new seq_cls head."
+        },
     )
     max_new_tokens: int = field(default=16, metadata={"help": "causal_lm evaluation: greedy tokens per response."})
 
     def __post_init__(self):
         if not 0 < self.keep_ratio < 1:
-            raise ConfigError(f"keep_ratio must be in (0, 1) (the share of coefficients to freeze), got {self.keep_ratio}")
+            raise ConfigError(
+                f"keep_ratio must be in (0, 1) (the share of coefficients to freeze), got {self.keep_ratio}"
+            )
         if self.basis_rank is not None and self.basis_rank < 1:
             raise ConfigError(f"basis_rank must be >= 1 or null, got {self.basis_rank}")
         if not self.targets:

@@ -45,7 +45,10 @@ class ImportanceAccumulator:
             raise ValueError("no parameters to accumulate importance for")
         self.params = dict(params)
         self.kind, self.granularity = kind, granularity
-        self.sums = {name: torch.zeros(self._score_shape(p), dtype=torch.float32, device=p.device) for name, p in self.params.items()}
+        self.sums = {
+            name: torch.zeros(self._score_shape(p), dtype=torch.float32, device=p.device)
+            for name, p in self.params.items()
+        }
         self.steps = 0
         self.skipped_steps = 0
 
@@ -67,7 +70,9 @@ class ImportanceAccumulator:
         finite = torch.stack([torch.isfinite(g).all() for g in grads.values()]).all().item()
         if not finite:
             self.skipped_steps += 1
-            warnings.warn(f"non-finite gradient at importance step {self.steps + self.skipped_steps}: step skipped", stacklevel=2)
+            warnings.warn(
+                f"non-finite gradient at importance step {self.steps + self.skipped_steps}: step skipped", stacklevel=2
+            )
             return False
         for name, grad in grads.items():
             g = grad.float()
@@ -83,7 +88,8 @@ class ImportanceAccumulator:
         if self.steps == 0:
             raise RuntimeError(
                 f"no importance accumulated: {self.skipped_steps} step(s) had non-finite gradients and none was finite"
-                if self.skipped_steps else "no importance accumulated: no optimizer step ran"
+                if self.skipped_steps
+                else "no importance accumulated: no optimizer step ran"
             )
         return {name: total / self.steps for name, total in self.sums.items()}
 
@@ -97,7 +103,9 @@ class ImportanceAccumulator:
         for name, total in self.sums.items():
             saved = state[f"{name}.sum"]
             if saved.shape != total.shape:
-                raise ValueError(f"saved importance for {name!r} has shape {tuple(saved.shape)}, expected {tuple(total.shape)}")
+                raise ValueError(
+                    f"saved importance for {name!r} has shape {tuple(saved.shape)}, expected {tuple(total.shape)}"
+                )
             total.copy_(saved)
         self.steps, self.skipped_steps = int(state["steps"]), int(state["skipped_steps"])
 
@@ -117,8 +125,14 @@ class MaskInfo:
         return {name: self.frozen[name] / self.total[name] for name in self.total}
 
     def to_json(self) -> dict:
-        return {"keep_ratio": self.keep_ratio, "threshold": self.threshold, "frozen": self.frozen,
-                "total": self.total, "realised_ratio": self.realised, "thresholds": self.thresholds}
+        return {
+            "keep_ratio": self.keep_ratio,
+            "threshold": self.threshold,
+            "frozen": self.frozen,
+            "total": self.total,
+            "realised_ratio": self.realised,
+            "thresholds": self.thresholds,
+        }
 
 
 def _sortable_bits(scores: torch.Tensor) -> torch.Tensor:
@@ -160,7 +174,9 @@ def top_k_masks(scores: Mapping[str, torch.Tensor], k: int) -> tuple[dict[str, t
     return masks, threshold
 
 
-def build_masks(scores: Mapping[str, torch.Tensor], keep_ratio: float, threshold: str = "per_layer") -> tuple[dict[str, torch.Tensor], MaskInfo]:
+def build_masks(
+    scores: Mapping[str, torch.Tensor], keep_ratio: float, threshold: str = "per_layer"
+) -> tuple[dict[str, torch.Tensor], MaskInfo]:
     """Freeze the most important ``keep_ratio`` share of entries: ``True`` = frozen.
 
     ``threshold="per_layer"`` freezes ``round(keep_ratio * n)`` entries of every tensor;
@@ -182,6 +198,11 @@ def build_masks(scores: Mapping[str, torch.Tensor], keep_ratio: float, threshold
         total = sum(s.numel() for s in scores.values())
         masks, value = top_k_masks(scores, round(keep_ratio * total))
         thresholds = {"global": value}
-    info = MaskInfo(keep_ratio, threshold, {n: int(m.sum()) for n, m in masks.items()},
-                    {n: m.numel() for n, m in masks.items()}, thresholds)
+    info = MaskInfo(
+        keep_ratio,
+        threshold,
+        {n: int(m.sum()) for n, m in masks.items()},
+        {n: m.numel() for n, m in masks.items()},
+        thresholds,
+    )
     return masks, info

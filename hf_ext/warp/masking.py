@@ -102,4 +102,3 @@ class MaskedUpdate:
     def frozen_counts(self) -> dict[str, int]:
         """Frozen entries per parameter (a frozen column counts ``d_out`` entries)."""
         return {name: e.count for name, e in self.entries.items()}
-

@@ -71,14 +71,20 @@ def reparameterize(
     for name, basis in bases.items():
         module = module_names.get(name)
         if not isinstance(module, nn.Linear):
-            close = difflib.get_close_matches(name, [n for n, m in module_names.items() if isinstance(m, nn.Linear)], n=3)
+            close = difflib.get_close_matches(
+                name, [n for n, m in module_names.items() if isinstance(m, nn.Linear)], n=3
+            )
             found = "is not an nn.Linear" if module is not None else "does not exist in the model"
-            raise ValueError(f"basis given for module {name!r}, which {found}" + (f"; did you mean {close}?" if close else ""))
+            raise ValueError(
+                f"basis given for module {name!r}, which {found}" + (f"; did you mean {close}?" if close else "")
+            )
         if is_reparameterized(module):
             raise ValueError(f"module {name!r} is already reparameterized; merge() it first")
         shared = owners.get(id(module.weight), [])
         if len(shared) > 1:
-            raise ValueError(f"the weight of {name!r} is tied ({', '.join(shared)}); a tied weight cannot be reparameterized")
+            raise ValueError(
+                f"the weight of {name!r} is tied ({', '.join(shared)}); a tied weight cannot be reparameterized"
+            )
         d_in = module.in_features
         r = basis.shape[-1] if rank is None else rank
         if basis.ndim != 2 or basis.shape[0] != d_in or not 0 < r <= basis.shape[1]:

@@ -78,8 +78,11 @@ class WarpRun:
     def build(cls, model_args, data_args, warp_args, training_args) -> WarpRun:
         tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
         safety_args = dataclasses.replace(
-            data_args, dataset_name=warp_args.safety_dataset_name, dataset_config_name=None,
-            train_file=warp_args.safety_train_file, validation_file=warp_args.safety_validation_file,
+            data_args,
+            dataset_name=warp_args.safety_dataset_name,
+            dataset_config_name=None,
+            train_file=warp_args.safety_train_file,
+            validation_file=warp_args.safety_validation_file,
             test_file=warp_args.safety_test_file,
         )
         seed = training_args.seed
@@ -93,8 +96,18 @@ class WarpRun:
             utility = _shift_labels(utility, offset)
             safety = _restrict_eval(safety, safety_classes)
             utility = _restrict_eval(utility, utility_classes)
-        return cls(model_args, data_args, warp_args, training_args, tokenizer, safety, utility, labels,
-                   safety_classes, utility_classes)
+        return cls(
+            model_args,
+            data_args,
+            warp_args,
+            training_args,
+            tokenizer,
+            safety,
+            utility,
+            labels,
+            safety_classes,
+            utility_classes,
+        )
 
     @classmethod
     def from_dir(cls, run_dir: str | Path, **training_overrides) -> WarpRun:
@@ -103,18 +116,33 @@ class WarpRun:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {run_dir} the output_dir of a WaRP run?")
         saved = read_json(path)
-        training_args = TrainingArguments(output_dir=str(run_dir), report_to=[], seed=saved["seed"],
-                                          per_device_eval_batch_size=saved["eval_batch_size"], **training_overrides)
-        return cls.build(ModelArguments(**saved["model"]), DataArguments(**saved["data"]), WarpArguments(**saved["warp"]),
-                         training_args)
+        training_args = TrainingArguments(
+            output_dir=str(run_dir),
+            report_to=[],
+            seed=saved["seed"],
+            per_device_eval_batch_size=saved["eval_batch_size"],
+            **training_overrides,
+        )
+        return cls.build(
+            ModelArguments(**saved["model"]),
+            DataArguments(**saved["data"]),
+            WarpArguments(**saved["warp"]),
+            training_args,
+        )
 
     def save_config(self) -> None:
         if distributed.is_main_process():
-            write_json(self.layout.config, {
-                "model": dataclasses.asdict(self.model_args), "data": dataclasses.asdict(self.data_args),
-                "warp": dataclasses.asdict(self.warp_args), "seed": self.training_args.seed,
-                "eval_batch_size": self.training_args.per_device_eval_batch_size, "hf_ext_version": __version__,
-            })
+            write_json(
+                self.layout.config,
+                {
+                    "model": dataclasses.asdict(self.model_args),
+                    "data": dataclasses.asdict(self.data_args),
+                    "warp": dataclasses.asdict(self.warp_args),
+                    "seed": self.training_args.seed,
+                    "eval_batch_size": self.training_args.per_device_eval_batch_size,
+                    "hf_ext_version": __version__,
+                },
+            )
 
     def load_model(self, phase: str | None = None) -> PreTrainedModel:
         """The base model (``phase=None``) or a phase's saved model, on the training device."""
@@ -160,9 +188,18 @@ def restrict_classes(model: torch.nn.Module, class_ids: list[int]) -> torch.util
     leaves the other task's rows of the head without gradient. A second call replaces the first
     restriction instead of stacking on it.
     """
-    head = next((getattr(model, name) for name in _CLASSIFIER_HEADS if isinstance(getattr(model, name, None), torch.nn.Linear)), None)
+    head = next(
+        (
+            getattr(model, name)
+            for name in _CLASSIFIER_HEADS
+            if isinstance(getattr(model, name, None), torch.nn.Linear)
+        ),
+        None,
+    )
     if head is None:
-        raise ValueError(f"no classifier head found on {type(model).__name__} (looked for {', '.join(_CLASSIFIER_HEADS)})")
+        raise ValueError(
+            f"no classifier head found on {type(model).__name__} (looked for {', '.join(_CLASSIFIER_HEADS)})"
+        )
     others = torch.ones(head.out_features, dtype=torch.bool)
     others[class_ids] = False
 
@@ -184,8 +221,9 @@ def _trainer(run: WarpRun, model, phase: str, task: Task, callbacks, **overrides
     if run.labels is not None:
         restrict_classes(model, run.classes(task))
     args = dataclasses.replace(run.training_args, output_dir=str(run.layout.phase_dir(phase)), **overrides)
-    return HfExtTrainer(model=model, args=args, processing_class=run.tokenizer, callbacks=callbacks,
-                        **run.data(task).trainer_kwargs())
+    return HfExtTrainer(
+        model=model, args=args, processing_class=run.tokenizer, callbacks=callbacks, **run.data(task).trainer_kwargs()
+    )
 
 
 def _resume(run: WarpRun, phase) -> str | bool | None:
@@ -210,7 +248,8 @@ def _reparameterize_targets(run: WarpRun, model) -> dict[str, torch.nn.Parameter
     modules = run.targets(model)
     if set(modules) != set(bases):
         raise ValueError(
-            f"the basis covers {sorted(set(bases) - set(modules)) or 'no extra'} module(s) beyond the targets and lacks "
+            f"the basis covers {sorted(set(bases) - set(modules)) or 'no extra'} "
+            "module(s) beyond the targets and lacks "
             f"{sorted(set(modules) - set(bases)) or 'none'}: targets changed since phase 1; rerun phase 1"
         )
     reparameterize(model, bases, rank=run.warp_args.basis_rank)
@@ -225,16 +264,23 @@ def run_phase1(run: WarpRun) -> dict[str, torch.Tensor]:
     loader = DataLoader(data.train, batch_size=run.training_args.per_device_eval_batch_size, collate_fn=data.collator)
     batches = islice(loader, distributed.rank(), None, distributed.world_size())
     start = time.perf_counter()
-    bases, eigenvalues, counts = compute_bases(model, modules, batches, centered=run.warp_args.centered,
-                                               progress=distributed.is_main_process())
+    bases, eigenvalues, counts = compute_bases(
+        model, modules, batches, centered=run.warp_args.centered, progress=distributed.is_main_process()
+    )
     seconds = time.perf_counter() - start
     if distributed.is_main_process():
         tensors = {}
         for name in bases:
             tensors |= {f"{name}.U": bases[name], f"{name}.eigenvalues": eigenvalues[name]}
-        description = {"modules": list(bases), "tokens": counts, "examples": len(data.train),
-                       "basis_data": run.warp_args.basis_data, "centered": run.warp_args.centered,
-                       "model": run.model_args.model_name_or_path, "seconds": seconds}
+        description = {
+            "modules": list(bases),
+            "tokens": counts,
+            "examples": len(data.train),
+            "basis_data": run.warp_args.basis_data,
+            "centered": run.warp_args.centered,
+            "model": run.model_args.model_name_or_path,
+            "seconds": seconds,
+        }
         save_tensors(run.layout.basis, tensors, description)
         write_json(run.layout.metadata("phase1"), description)
     distributed.barrier()
@@ -249,26 +295,39 @@ def run_phase2(run: WarpRun) -> dict:
     trainable = set_trainable(model, params.values(), warp.extra_trainable)
     accumulator = ImportanceAccumulator(params, kind=warp.importance, granularity=warp.granularity)
     trainer = _trainer(
-        run, model, "phase2", "safety",
+        run,
+        model,
+        "phase2",
+        "safety",
         [ImportanceCallback(accumulator), CoefficientDriftCallback(params)],
-        learning_rate=warp.safety_lr, weight_decay=warp.safety_weight_decay, num_train_epochs=warp.safety_epochs,
+        learning_rate=warp.safety_lr,
+        weight_decay=warp.safety_weight_decay,
+        num_train_epochs=warp.safety_epochs,
         max_steps=-1,
     )
     result = trainer.train(resume_from_checkpoint=_resume(run, 2))
     importance = accumulator.mean()
     masks, info = build_masks(importance, warp.keep_ratio, warp.threshold)
     metadata = {
-        **info.to_json(), "granularity": warp.granularity, "importance": warp.importance,
-        "steps": accumulator.steps, "skipped_nonfinite_steps": accumulator.skipped_steps,
-        "samples": len(run.safety.train), "trainable_parameters": trainable, "train_loss": result.training_loss,
+        **info.to_json(),
+        "granularity": warp.granularity,
+        "importance": warp.importance,
+        "steps": accumulator.steps,
+        "skipped_nonfinite_steps": accumulator.skipped_steps,
+        "samples": len(run.safety.train),
+        "trainable_parameters": trainable,
+        "train_loss": result.training_loss,
         "basis_rank": warp.basis_rank,
     }
     RunLogger(trainer).scalars({f"masks/realised_ratio/{n}": r for n, r in info.realised.items()}, now=True)
     merge_model(model)
     trainer.save_model(str(run.layout.model("phase2")))
     if distributed.is_main_process():
-        save_tensors(run.layout.importance, importance,
-                     {"kind": warp.importance, "granularity": warp.granularity, "steps": accumulator.steps})
+        save_tensors(
+            run.layout.importance,
+            importance,
+            {"kind": warp.importance, "granularity": warp.granularity, "steps": accumulator.steps},
+        )
         save_tensors(run.layout.masks, masks, {"keep_ratio": warp.keep_ratio, "granularity": warp.granularity})
         write_json(run.layout.metadata("phase2"), metadata)
     distributed.barrier()
@@ -299,11 +358,18 @@ def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
     trainable = set_trainable(model, params.values(), run.warp_args.extra_trainable)
     trainer = _trainer(run, model, phase, "utility", callbacks)
     result = trainer.train(resume_from_checkpoint=_resume(run, 3 if masked else "plain"))
-    metadata = {"steps": trainer.state.global_step, "samples": len(run.utility.train), "trainable_parameters": trainable,
-                "train_loss": result.training_loss}
+    metadata = {
+        "steps": trainer.state.global_step,
+        "samples": len(run.utility.train),
+        "trainable_parameters": trainable,
+        "train_loss": result.training_loss,
+    }
     if masked:
-        metadata |= {"frozen_unchanged": masked_update.unchanged(), "frozen_max_deviation": masked_update.max_deviation(),
-                     "frozen_entries": masked_update.frozen_counts}
+        metadata |= {
+            "frozen_unchanged": masked_update.unchanged(),
+            "frozen_max_deviation": masked_update.max_deviation(),
+            "frozen_entries": masked_update.frozen_counts,
+        }
         if distributed.is_main_process():
             save_tensors(run.layout.coefficients, {n: p.detach() for n, p in params.items()})
         merge_model(model)
@@ -330,8 +396,14 @@ def score_model(run: WarpRun, model: PreTrainedModel) -> dict[str, float]:
         raw = data.raw["test"] if "test" in data.raw else data.raw["validation"]
         args = run.data_args
         prompts, references = raw[args.prompt_column], raw[args.response_column]
-        responses = generate_responses(model, run.tokenizer, prompts, use_chat_template=uses_chat_template(run.tokenizer, args),
-                                       max_new_tokens=run.warp_args.max_new_tokens, batch_size=batch_size)
+        responses = generate_responses(
+            model,
+            run.tokenizer,
+            prompts,
+            use_chat_template=uses_chat_template(run.tokenizer, args),
+            max_new_tokens=run.warp_args.max_new_tokens,
+            batch_size=batch_size,
+        )
         if task == "safety":
             scores["safety_accuracy"] = refusal_accuracy(responses, [is_refusal(r) for r in references])
         else:
@@ -358,7 +430,10 @@ def evaluate_run(run: WarpRun) -> dict[str, dict[str, float]]:
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     lines = ["| model | safety accuracy | safety retention | utility accuracy |", "| --- | --- | --- | --- |"]
     for phase, row in rows.items():
-        lines.append(f"| {PHASE_LABELS[phase]} | {row['safety_accuracy']:.3f} | {row['safety_retention']:.3f} | {row['utility_accuracy']:.3f} |")
+        lines.append(
+            f"| {PHASE_LABELS[phase]} | {row['safety_accuracy']:.3f} | "
+            f"{row['safety_retention']:.3f} | {row['utility_accuracy']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -366,8 +441,14 @@ def run_warp_study(run: WarpRun) -> dict | None:
     """Run the configured phase(s); 'all' runs 1, 2, 3, plain and eval and prints the table."""
     phase = run.warp_args.phase
     run.save_config()
-    steps = {1: [run_phase1], 2: [run_phase2], 3: [run_phase3], "plain": [lambda r: run_phase3(r, masked=False)],
-             "eval": [], "all": [run_phase1, run_phase2, run_phase3, lambda r: run_phase3(r, masked=False)]}[phase]
+    steps = {
+        1: [run_phase1],
+        2: [run_phase2],
+        3: [run_phase3],
+        "plain": [lambda r: run_phase3(r, masked=False)],
+        "eval": [],
+        "all": [run_phase1, run_phase2, run_phase3, lambda r: run_phase3(r, masked=False)],
+    }[phase]
     for step in steps:
         step(run)
     if phase not in ("eval", "all"):
@@ -375,7 +456,10 @@ def run_warp_study(run: WarpRun) -> dict | None:
     rows = evaluate_run(run) if distributed.is_main_process() else None
     distributed.barrier()
     if rows is not None:
-        print(f"\nWaRP on {run.model_args.model_name_or_path}: held-out scores\n\n{format_table(rows)}\n\n"
-              f"run directory: {run.dir.resolve()}  (check it: hf-ext warp verify --run {run.dir})\n"
-              f"tensorboard:   tensorboard --logdir {run.dir.resolve()}  (one run per phase)", flush=True)
+        print(
+            f"\nWaRP on {run.model_args.model_name_or_path}: held-out scores\n\n{format_table(rows)}\n\n"
+            f"run directory: {run.dir.resolve()}  (check it: hf-ext warp verify --run {run.dir})\n"
+            f"tensorboard:   tensorboard --logdir {run.dir.resolve()}  (one run per phase)",
+            flush=True,
+        )
     return rows

@@ -54,7 +54,9 @@ def verify_run(run_dir: str | Path) -> list[Check]:
         modules = reparameterize(model, bases, rank=rank)
         for name, module in modules.items():
             error = ((module.weight - originals[name]).abs().max() / originals[name].abs().max()).item()
-            checks.append(Check(f"{label} start: max |C U^T - W| / max |W|", name, f"{error:.2e}", error < RECONSTRUCTION_TOL))
+            checks.append(
+                Check(f"{label} start: max |C U^T - W| / max |W|", name, f"{error:.2e}", error < RECONSTRUCTION_TOL)
+            )
         starts[label] = {name: c.detach().clone() for name, c in coefficient_parameters(modules).items()}
 
     if run.layout.masks.is_file():
@@ -64,12 +66,24 @@ def verify_run(run_dir: str | Path) -> list[Check]:
         if info["threshold"] == "per_layer":
             for name, mask in masks.items():
                 frozen, n = int(mask.sum()), mask.numel()
-                checks.append(Check(f"mask ratio (keep_ratio {keep})", name, f"{frozen / n:.4f} ({frozen}/{n})",
-                                    abs(frozen - keep * n) <= 1))
+                checks.append(
+                    Check(
+                        f"mask ratio (keep_ratio {keep})",
+                        name,
+                        f"{frozen / n:.4f} ({frozen}/{n})",
+                        abs(frozen - keep * n) <= 1,
+                    )
+                )
         else:
             frozen, n = sum(int(m.sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
-            checks.append(Check(f"mask ratio, global (keep_ratio {keep})", "all", f"{frozen / n:.4f} ({frozen}/{n})",
-                                abs(frozen - keep * n) <= 1))
+            checks.append(
+                Check(
+                    f"mask ratio, global (keep_ratio {keep})",
+                    "all",
+                    f"{frozen / n:.4f} ({frozen}/{n})",
+                    abs(frozen - keep * n) <= 1,
+                )
+            )
 
         if run.layout.coefficients.is_file() and "phase 3" in starts:
             final, _ = load_tensors(run.layout.coefficients)
@@ -77,9 +91,14 @@ def verify_run(run_dir: str | Path) -> list[Check]:
                 frozen = _frozen(masks[name], start.shape)
                 deviation = (final[name][frozen] - start[frozen]).abs().max().item() if frozen.any() else 0.0
                 moved = (final[name][~frozen] - start[~frozen]).norm().item()
-                checks.append(Check("phase 3: frozen coefficients bit-identical", name,
-                                    f"max dev {deviation:.1e}, trainable moved {moved:.3g}",
-                                    torch.equal(final[name][frozen], start[frozen])))
+                checks.append(
+                    Check(
+                        "phase 3: frozen coefficients bit-identical",
+                        name,
+                        f"max dev {deviation:.1e}, trainable moved {moved:.3g}",
+                        torch.equal(final[name][frozen], start[frozen]),
+                    )
+                )
     return checks
 
 

@@ -27,8 +27,13 @@ def main(out: str) -> None:
     texts = load_builtin_task("topic")["validation"]["text"][:48]
     batches = [dict(tokenizer(texts[i : i + 6], padding=True, return_tensors="pt")) for i in range(0, 48, 6)]
     mine = batches[distributed.rank() :: distributed.world_size()]
-    stats = collect_input_statistics(model, select_linear(model, ["mlp.down_proj", "self_attn.q_proj"]), mine,
-                                     compute_dtype=torch.float64, progress=False)
+    stats = collect_input_statistics(
+        model,
+        select_linear(model, ["mlp.down_proj", "self_attn.q_proj"]),
+        mine,
+        compute_dtype=torch.float64,
+        progress=False,
+    )
     if distributed.is_main_process():
         tensors = {}
         for name, s in stats.items():

@@ -1,7 +1,7 @@
 """A few SGD steps of HfExtTrainer on a tiny model with dropout off; rank 0 saves the weights and losses.
 
-    python train_steps.py OUT.safetensors TASK_TYPE PER_DEVICE_BATCH GRAD_ACCUM
-    torchrun --standalone --nproc_per_node 2 train_steps.py OUT.safetensors TASK_TYPE PER_DEVICE_BATCH GRAD_ACCUM
+python train_steps.py OUT.safetensors TASK_TYPE PER_DEVICE_BATCH GRAD_ACCUM
+torchrun --standalone --nproc_per_node 2 train_steps.py OUT.safetensors TASK_TYPE PER_DEVICE_BATCH GRAD_ACCUM
 """
 
 import sys
@@ -19,12 +19,26 @@ from hf_ext.trainer import HfExtTrainer
 
 def main(out: str, task_type: str, batch_size: int, grad_accum: int) -> None:
     architecture, task = ("bert", "builtin:sentiment") if task_type == "seq_cls" else ("llama", "builtin:safety")
-    model, tokenizer = tiny_model(architecture, task_type, seed=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    data = prepare_data(DataArguments(dataset_name=task, max_train_samples=96, max_eval_samples=8), tokenizer, task_type)
+    model, tokenizer = tiny_model(
+        architecture, task_type, seed=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    data = prepare_data(
+        DataArguments(dataset_name=task, max_train_samples=96, max_eval_samples=8), tokenizer, task_type
+    )
     args = TrainingArguments(
-        output_dir="/tmp/hf_ext_train_steps", max_steps=3, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum, optim="sgd", learning_rate=0.5, max_grad_norm=0.0,
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=7, dataloader_drop_last=True,
+        output_dir="/tmp/hf_ext_train_steps",
+        max_steps=3,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        optim="sgd",
+        learning_rate=0.5,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=7,
+        dataloader_drop_last=True,
     )
     trainer = HfExtTrainer(model=model, args=args, train_dataset=data.train, data_collator=data.collator)
     trainer.train()
