@@ -21,14 +21,15 @@ _EXPORTS = {
         "eigenbasis",
         "orthonormality_error",
     ],
-    "config": ["ConfigError", "DataArguments", "ModelArguments", "given_keys", "parse_config"],
+    "config": ["DataArguments", "HfExtTrainingArguments", "ModelArguments", "given_keys", "parse_config"],
     "data": ["PreparedData", "prepare_data"],
     "heads.callbacks": ["HeadImportanceCallback"],
     "heads.config": ["HeadStudyArguments"],
     "heads.gates": ["HeadGates", "head_update_sizes"],
     "heads.importance": ["ablation_importance", "gradient_importance"],
     "heads.study": ["run_head_study"],
-    "io": ["FileFormatError", "load_tensors", "read_json", "save_tensors", "write_json"],
+    "errors": ["ConfigError", "DataError", "FileFormatError", "HfExtError", "RunDirectoryError", "exit_on_user_error"],
+    "io": ["load_tensors", "read_json", "save_tensors", "write_json"],
     "models": ["eval_mode", "load_model", "load_tokenizer", "model_device", "tiny_model"],
     "run_logger": ["LoggingCallback", "RunLogger"],
     "targets": ["AttentionModules", "find_attention", "find_blocks", "select_linear", "set_trainable"],
@@ -54,14 +55,15 @@ if TYPE_CHECKING:
         eigenbasis,
         orthonormality_error,
     )
-    from .config import ConfigError, DataArguments, ModelArguments, given_keys, parse_config
+    from .config import DataArguments, HfExtTrainingArguments, ModelArguments, given_keys, parse_config
     from .data import PreparedData, prepare_data
+    from .errors import ConfigError, DataError, FileFormatError, HfExtError, RunDirectoryError, exit_on_user_error
     from .heads.callbacks import HeadImportanceCallback
     from .heads.config import HeadStudyArguments
     from .heads.gates import HeadGates, head_update_sizes
     from .heads.importance import ablation_importance, gradient_importance
     from .heads.study import run_head_study
-    from .io import FileFormatError, load_tensors, read_json, save_tensors, write_json
+    from .io import load_tensors, read_json, save_tensors, write_json
     from .models import eval_mode, load_model, load_tokenizer, model_device, tiny_model
     from .run_logger import LoggingCallback, RunLogger
     from .targets import AttentionModules, find_attention, find_blocks, select_linear, set_trainable

@@ -216,15 +216,20 @@ def collect_input_statistics(
     mask_key: str = "attention_mask",
     max_batches: int | None = None,
     progress: bool = True,
+    total: int | None = None,
 ) -> dict[str, InputStatistics]:
     """Run ``model`` over ``batches`` (dicts of model inputs) and return each module's input statistics.
 
     Labels are dropped so that no loss is computed; the model's device is used for the inputs.
+    ``total`` (the number of batches, when ``batches`` has no length) gives the progress bar its ETA.
     Statistics are summed across ranks when a process group exists (every rank must call this).
     """
     device = model_device(model)
     with eval_mode(model), InputRecorder(modules, compute_dtype) as recorder:
-        for index, batch in enumerate(tqdm(batches, desc="input statistics", disable=not progress, total=max_batches)):
+        if max_batches is not None:
+            total = min(max_batches, total or max_batches)
+        bar = tqdm(batches, desc="input statistics", unit="batch", disable=not progress, total=total)
+        for index, batch in enumerate(bar):
             if max_batches is not None and index >= max_batches:
                 break
             inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
@@ -255,6 +260,7 @@ def compute_bases(
     centered: bool = False,
     compute_dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    total: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
     """Eigenbases of each module's input second moment (or covariance, ``centered=True``) over ``batches``.
 
@@ -265,7 +271,9 @@ def compute_bases(
         ``(bases, eigenvalues, token_counts)``; ``bases[name]`` is float32 of shape (d_in, d_in),
         columns sorted by decreasing eigenvalue.
     """
-    statistics = collect_input_statistics(model, modules, batches, compute_dtype=compute_dtype, progress=progress)
+    statistics = collect_input_statistics(
+        model, modules, batches, compute_dtype=compute_dtype, progress=progress, total=total
+    )
     bases, eigenvalues, counts = {}, {}, {}
     for name, stats in statistics.items():
         u, values = eigenbasis(stats.second_moment(centered=centered))

@@ -2,8 +2,9 @@
 
 A recipe is run as ``python recipe.py config.json [key=value ...]``: the JSON file holds the keys
 of every dataclass the recipe parses (ours and ``TrainingArguments``), and ``key=value`` pairs on
-the command line override single keys (values are read as JSON, else as strings). Unknown keys
-and values of the wrong type are errors that name the key.
+the command line override single keys (values are read as JSON, else as strings). Unknown keys,
+values of the wrong type and numbers out of range are errors that name the key and where it was
+given (the file or the command line), before any model or data is loaded.
 """
 
 from __future__ import annotations
@@ -12,18 +13,98 @@ import dataclasses
 import difflib
 import json
 import sys
+import textwrap
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
+
+from .errors import ConfigError
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used, with the reason and the fix."""
+@dataclass(frozen=True)
+class Bounds:
+    """The allowed range of a numeric key; ``None`` is always allowed (it means "unset")."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, value: Any) -> bool:
+        if value is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+            return True
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return "a number " + " and ".join(parts)
+
+
+POSITIVE = Bounds(0, low_open=True)
+NON_NEGATIVE = Bounds(0)
+AT_LEAST_ONE = Bounds(1)
+OPEN_UNIT = Bounds(0, 1, low_open=True, high_open=True)
+PERCENTILE = Bounds(0, 100)
+
+# Ranges of the TrainingArguments keys our recipes rely on (transformers checks few of them itself).
+TRAINING_BOUNDS = {
+    "learning_rate": POSITIVE,
+    "num_train_epochs": NON_NEGATIVE,
+    "max_steps": Bounds(-1),
+    "per_device_train_batch_size": AT_LEAST_ONE,
+    "per_device_eval_batch_size": AT_LEAST_ONE,
+    "gradient_accumulation_steps": AT_LEAST_ONE,
+    "warmup_steps": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE,
+    "max_grad_norm": NON_NEGATIVE,
+    "adam_beta1": Bounds(0, 1, high_open=True),
+    "adam_beta2": Bounds(0, 1, high_open=True),
+    "adam_epsilon": POSITIVE,
+    "logging_steps": POSITIVE,
+    "eval_steps": POSITIVE,
+    "save_steps": POSITIVE,
+    "save_total_limit": AT_LEAST_ONE,
+    "seed": NON_NEGATIVE,
+    "dataloader_num_workers": NON_NEGATIVE,
+    "label_smoothing_factor": Bounds(0, 1, high_open=True),
+}
+
+
+def bounds_of(owner: type, name: str) -> Bounds | None:
+    """The range of key ``name`` of dataclass ``owner``: its ``BOUNDS`` table, else :data:`TRAINING_BOUNDS`.
+
+    (Ranges live in a class table, not in field metadata: HfArgumentParser passes metadata to argparse.)"""
+    own = getattr(owner, "BOUNDS", {})
+    if name in own:
+        return own[name]
+    return TRAINING_BOUNDS.get(name) if issubclass(owner, TrainingArguments) else None
+
+
+def check_bounds(instance: Any) -> None:
+    """Raise :class:`ConfigError` for the first field of ``instance`` outside its range."""
+    for f in dataclasses.fields(instance):
+        bounds, value = bounds_of(type(instance), f.name), getattr(instance, f.name)
+        if bounds is not None and not bounds.allows(value):
+            raise ConfigError(_invalid(f.name, value, bounds.describe(), type(instance), f))
+
+
+def _invalid(key: str, value: Any, expected: str, owner: type, field_: dataclasses.Field) -> str:
+    return f"{key}={value!r} is invalid; expected {expected} ({owner.__name__}.{key}: {_help(field_)})"
+
+
+def _help(field_: dataclasses.Field) -> str:
+    return " ".join(str(field_.metadata.get("help", "")).split())
 
 
 @dataclass
@@ -46,7 +127,7 @@ class ModelArguments:
             )
         },
     )
-    dtype: str = field(
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = field(
         default="float32",
         metadata={
             "help": "Weights dtype at load: float32, bfloat16, float16 or auto. Mixed precision is set by bf16/fp16."
@@ -61,6 +142,13 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     """Where the data comes from and how it is tokenized."""
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {
+        "max_seq_length": AT_LEAST_ONE,
+        "validation_split_percentage": Bounds(1, 99),
+        "max_train_samples": AT_LEAST_ONE,
+        "max_eval_samples": AT_LEAST_ONE,
+    }
 
     dataset_name: str | None = field(
         default="builtin:sentiment",
@@ -89,26 +177,68 @@ class DataArguments:
             )
         },
     )
-    max_seq_length: int = field(default=128, metadata={"help": "Tokens per example after truncation."})
+    max_seq_length: int = field(
+        default=128,
+        metadata={
+            "help": "Tokens per example after truncation (lowered, with a warning, to what the model can take).",
+        },
+    )
     validation_split_percentage: int = field(
-        default=10, metadata={"help": "Percent of train held out as validation when the data has no validation split."}
+        default=10,
+        metadata={
+            "help": "Percent of train held out as validation when the data has no validation split.",
+        },
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Truncate the training set (debugging, quick runs)."}
+        default=None,
+        metadata={"help": "Truncate the training set (debugging, quick runs); null: all."},
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation and test sets."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Truncate the validation and test sets; null: all."},
+    )
+
+    def __post_init__(self):
+        check_bounds(self)
+        orphans = [key for key in ("validation_file", "test_file") if getattr(self, key) and not self.train_file]
+        if orphans:
+            raise ConfigError(
+                f"{' and '.join(orphans)} set but train_file is not: local files are used only together with "
+                "train_file (otherwise dataset_name would be trained and evaluated instead); set train_file"
+            )
+
+
+@dataclass
+class HfExtTrainingArguments(TrainingArguments):
+    """``transformers.TrainingArguments`` plus the run-directory keys our recipes honour."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the results of a finished run in output_dir instead of refusing to start."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_bounds(self)
+        if self.max_steps <= 0 and self.num_train_epochs == 0:
+            raise ConfigError(
+                "num_train_epochs=0 with max_steps unset trains nothing (and would save an untrained model); "
+                "set num_train_epochs > 0 or max_steps > 0"
+            )
 
 
 def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
     """Parse ``config.json [key=value ...]`` into instances of ``dataclass_types``.
 
+    ``-h``/``--help`` prints every key (type, default, help) and exits.
+
     Raises:
-        ConfigError: no file, unreadable JSON, an unknown key (with the closest known keys) or a
-            value of the wrong type.
+        ConfigError: no file, unreadable JSON, an unknown key (with the closest known keys), a
+            value of the wrong type or out of range; the message names the key and where it was given.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["-h"], ["--help"]):
-        print(_usage(dataclass_types) + "\n\n" + HfArgumentParser(list(dataclass_types)).format_help())
+        print(format_help(dataclass_types))
         sys.exit(0)
     if not argv or not argv[0].endswith(".json"):
         raise ConfigError(_usage(dataclass_types))
@@ -119,10 +249,13 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
         values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a UTF-8 text file: {err}") from err
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a JSON object of keys, found {type(values).__name__}")
-    values.update(parse_overrides(argv[1:]))
-    return parse_dict(dataclass_types, values, source=str(path))
+    overrides = parse_overrides(argv[1:])
+    origins = {key: str(path) for key in values} | {key: "the command line" for key in overrides}
+    return parse_dict(dataclass_types, values | overrides, source=origins)
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -131,7 +264,9 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"cannot read override {pair!r}: write key=value, e.g. learning_rate=1e-4")
+            raise ConfigError(
+                f"cannot read override {pair!r} on the command line: write key=value, e.g. learning_rate=1e-4"
+            )
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -139,32 +274,50 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def parse_dict(dataclass_types: Sequence[type], values: dict[str, Any], *, source: str = "config") -> tuple[Any, ...]:
-    """Like ``HfArgumentParser.parse_dict`` but every key must be known and every value well typed."""
+def parse_dict(
+    dataclass_types: Sequence[type], values: dict[str, Any], *, source: str | Mapping[str, str] = "config"
+) -> tuple[Any, ...]:
+    """Like ``HfArgumentParser.parse_dict`` but every key must be known, well typed and in range.
+
+    ``source`` names where the keys came from (one name, or one per key) for the error messages.
+    """
+    where = (lambda key: source.get(key, "config")) if isinstance(source, Mapping) else (lambda key: source)
     fields = {f.name: (f, t) for t in dataclass_types for f in dataclasses.fields(t) if f.init}
     unknown = [key for key in values if key not in fields]
     if unknown:
-        hints = []
+        by_origin: dict[str, list[str]] = {}
         for key in unknown:
             close = difflib.get_close_matches(key, list(fields), n=3)
-            hints.append(f"{key!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
-        raise ConfigError(f"unknown key(s) in {source}: {'; '.join(hints)}")
+            hint = f"{key!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
+            by_origin.setdefault(where(key), []).append(hint)
+        raise ConfigError(
+            "; ".join(f"unknown key(s) {_in(origin)}: {'; '.join(hints)}" for origin, hints in by_origin.items())
+        )
     for key, value in values.items():
         field_, owner = fields[key]
         annotation = typing.get_type_hints(owner).get(key, Any)
+        if key == "resume_from_checkpoint" and value is True:
+            continue  # true: the last checkpoint in output_dir, as Trainer.train(resume_from_checkpoint=True)
         if not _matches(value, annotation):
-            raise ConfigError(
-                f"{source}: {key}={value!r} is invalid; expected {_describe(annotation)} "
-                f"({owner.__name__}.{key}: {field_.metadata.get('help', '').strip()})"
-            )
+            raise ConfigError(f"{where(key)}: " + _invalid(key, value, _describe(annotation), owner, field_))
+        bounds = bounds_of(owner, key)
+        if bounds is not None and not bounds.allows(value):
+            raise ConfigError(f"{where(key)}: " + _invalid(key, value, bounds.describe(), owner, field_))
     try:
         parsed = HfArgumentParser(list(dataclass_types)).parse_dict(values)
+    except ConfigError as err:
+        origins = sorted({where(key) for key in values})
+        raise ConfigError(f"{' and '.join(origins) or 'config'}: {err}") from None
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{source}: {err}") from err
+        raise ConfigError(f"{' and '.join(sorted({where(key) for key in values})) or 'config'}: {err}") from err
     for instance in parsed:
         names = {f.name for f in dataclasses.fields(instance)}
         object.__setattr__(instance, _GIVEN_KEYS, frozenset(key for key in values if key in names))
     return parsed
+
+
+def _in(origin: str) -> str:
+    return "on the command line" if origin == "the command line" else f"in {origin}"
 
 
 _GIVEN_KEYS = "_hf_ext_given_keys"
@@ -176,6 +329,46 @@ def given_keys(arguments: Any) -> frozenset[str]:
     Empty for an instance that did not come from :func:`parse_config` / :func:`parse_dict`.
     """
     return getattr(arguments, _GIVEN_KEYS, frozenset())
+
+
+def format_help(dataclass_types: Sequence[type]) -> str:
+    """What a user can set: every key with its type, default and help, grouped by dataclass.
+
+    ``TrainingArguments`` keys get one line each (the first sentence of their help).
+    """
+    lines = [_usage(dataclass_types), ""]
+    for kind in dataclass_types:
+        doc = (kind.__doc__ or "").strip().splitlines()[0] if kind.__doc__ else ""
+        lines.append(f"{kind.__name__}: {doc}")
+        hints = typing.get_type_hints(kind)
+        brief = issubclass(kind, TrainingArguments)
+        own = (
+            {f.name for f in dataclasses.fields(TrainingArguments)}
+            if brief and kind is not TrainingArguments
+            else set()
+        )
+        for f in dataclasses.fields(kind):
+            if not f.init or f.name.startswith("_"):
+                continue
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+            )
+            bounds = bounds_of(kind, f.name)
+            kind_text = _describe(hints.get(f.name, Any)) + (f", {bounds.describe()}" if bounds else "")
+            if f.name == "resume_from_checkpoint":
+                kind_text = "true (the last checkpoint in output_dir), a checkpoint directory or null"
+            head = f"  {f.name} ({kind_text}, default {default!r})"
+            text = _help(f)
+            if brief and f.name in own:
+                first = text.split(". ")[0]
+                lines.append(f"{head}: {first[:100]}{'...' if len(first) > 100 else ''}")
+            else:
+                lines.append(head)
+                lines.extend(textwrap.wrap(text, 100, initial_indent="      ", subsequent_indent="      "))
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def _matches(value: Any, annotation: Any) -> bool:

@@ -7,10 +7,10 @@ Every recipe takes the same :class:`~hf_ext.config.DataArguments`: ``dataset_nam
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +20,13 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, EvalPr
 
 from . import tasks
 from .config import DataArguments
+from .data_files import check_data_file, data_format
+from .errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 PLAIN_PROMPT = "User: {prompt}\nAssistant:"
 BUILTIN_PREFIX = "builtin:"
-_FILE_LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv"}
 
 
 def load_raw_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
@@ -38,14 +39,22 @@ def load_raw_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
     elif args.dataset_name and args.dataset_name.startswith(BUILTIN_PREFIX):
         raw = tasks.load_builtin_task(args.dataset_name[len(BUILTIN_PREFIX) :], seed=args.task_seed)
     elif args.dataset_name:
-        raw = load_dataset(args.dataset_name, args.dataset_config_name)
+        try:
+            raw = load_dataset(args.dataset_name, args.dataset_config_name)
+        except (OSError, ValueError, ConnectionError) as err:  # not on the hub, not cached, or offline
+            raise DataError(
+                f"cannot load dataset {args.dataset_name!r}: {str(err).splitlines()[0]}; use 'builtin:<task>', a "
+                "dataset in the local cache, or local files with train_file"
+            ) from None
     else:
-        raise ValueError("no data given: set dataset_name ('builtin:sentiment', a hub name) or train_file")
+        raise ConfigError("no data given: set dataset_name ('builtin:sentiment', a hub name) or train_file")
     if "train" not in raw:
-        raise ValueError(f"the data has no 'train' split (found {list(raw)})")
+        raise DataError(f"the data has no 'train' split (found {list(raw)})")
     if "validation" not in raw:
-        if not 0 < args.validation_split_percentage < 100:
-            raise ValueError("the data has no validation split; set validation_split_percentage between 1 and 99")
+        if len(raw["train"]) < 2:
+            raise DataError(
+                f"the training data has {len(raw['train'])} example(s): too few to hold some out as validation"
+            )
         split = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100, seed=seed)
         raw = DatasetDict({**raw, "train": split["train"], "validation": split["test"]})
     limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
@@ -57,31 +66,45 @@ def load_raw_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
 def _load_files(args: DataArguments) -> DatasetDict:
     files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
     files = {split: path for split, path in files.items() if path}
-    kinds = set()
-    for path in files.values():
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"data file {path} not found")
-        suffix = Path(path).suffix.lower()
-        if suffix not in _FILE_LOADERS:
-            raise ValueError(f"data file {path}: expected a .json, .jsonl or .csv file")
-        kinds.add(_FILE_LOADERS[suffix])
+    kinds = {data_format(path) for path in files.values()}
     if len(kinds) > 1:
-        raise ValueError(f"data files mix formats {sorted(kinds)}; use one format for all splits")
+        raise DataError(f"data files mix formats {sorted(kinds)}; use one format for all splits")
+    for path in files.values():
+        check_data_file(path)
     return load_dataset(kinds.pop(), data_files=files)
 
 
 def infer_label_names(raw: DatasetDict, args: DataArguments) -> list[str]:
-    """Class names: a ClassLabel's names, else the sorted distinct values of the label column."""
+    """Class names: a ClassLabel's names, else the sorted distinct values of the training labels.
+
+    Raises :class:`DataError` for a missing label column, a null label, or a label that appears in
+    the validation or test split but never in train (the model would get a class it never trains on).
+    """
     train = raw["train"]
     if args.label_column not in train.column_names:
-        raise ValueError(f"label column {args.label_column!r} not in the data (columns: {train.column_names})")
+        raise DataError(
+            f"label column {args.label_column!r} not in the data (columns: {train.column_names}); set label_column"
+        )
     feature = train.features[args.label_column]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
-    values = set()
-    for split in raw.values():
-        values.update(split.unique(args.label_column))
-    return [str(v) for v in sorted(values)]
+    for name, split in raw.items():
+        values = split[args.label_column]
+        if None in values:
+            raise DataError(
+                f"{name} split: row {values.index(None) + 1} has no {args.label_column!r} (null); "
+                "every seq_cls example needs a label"
+            )
+    known = set(train.unique(args.label_column))
+    for name, split in raw.items():
+        unseen = sorted(set(split.unique(args.label_column)) - known, key=str)
+        if unseen:
+            count = sum(v in unseen for v in split[args.label_column])
+            raise DataError(
+                f"label(s) {unseen[:5]} appear in the {name} split ({count} row(s)) but never in train: the model "
+                "would get classes it never trains on; fix the labels or add training examples of them"
+            )
+    return [str(v) for v in sorted(known)]
 
 
 def tokenize_datasets(
@@ -232,11 +255,43 @@ class PreparedData:
         }
 
 
+REQUIRED_COLUMNS = {"seq_cls": ("text_column", "label_column"), "causal_lm": ("prompt_column", "response_column")}
+
+
+def check_columns(raw: DatasetDict, args: DataArguments, task_type: str) -> None:
+    """Every split holds the columns ``task_type`` reads and at least one example, or :class:`DataError`."""
+    for name, split in raw.items():
+        if len(split) == 0:
+            raise DataError(f"the {name} split is empty")
+        keys = REQUIRED_COLUMNS[task_type]
+        missing = [f"{key}={getattr(args, key)!r}" for key in keys if getattr(args, key) not in split.column_names]
+        if missing:
+            raise DataError(
+                f"{task_type} reads {', '.join(missing)}, not in the {name} split (columns: {split.column_names}); "
+                "set the *_column keys to the data's column names"
+            )
+
+
+def fit_max_seq_length(args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> DataArguments:
+    """``args`` with ``max_seq_length`` lowered, with a warning, to what the tokenizer's model can take."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < args.max_seq_length:
+        logger.warning(
+            "max_seq_length=%d is more than the model takes (%d); using %d", args.max_seq_length, limit, limit
+        )
+        return dataclasses.replace(args, max_seq_length=limit)
+    return args
+
+
 def prepare_data(
     args: DataArguments, tokenizer: PreTrainedTokenizerBase, task_type: str, seed: int = 42
 ) -> PreparedData:
-    """Load, label and tokenize the data named by ``args`` for ``task_type``."""
+    """Load, check, label and tokenize the data named by ``args`` for ``task_type``."""
+    if task_type not in REQUIRED_COLUMNS:
+        raise ConfigError(f"task_type must be one of {sorted(REQUIRED_COLUMNS)}, got {task_type!r}")
+    args = fit_max_seq_length(args, tokenizer)
     raw = load_raw_datasets(args, seed=seed)
+    check_columns(raw, args, task_type)
     labels = (
         infer_label_names(raw, args)
         if task_type == "seq_cls" or args.label_column in raw["train"].column_names

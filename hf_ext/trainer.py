@@ -3,11 +3,14 @@ callbacks that read gradients."""
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 
 from transformers import Trainer, TrainerCallback
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.trainer_utils import get_last_checkpoint
 
+from .errors import ConfigError, RunDirectoryError
 from .run_logger import LoggingCallback
 
 
@@ -73,6 +76,41 @@ class HfExtTrainer(Trainer):
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         super().add_callback(callback)
         self._bind(self.callback_handler.callbacks[-1])
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """``Trainer.train``; ``resume_from_checkpoint=True`` means the last checkpoint in ``output_dir``,
+        and a missing checkpoint is a :class:`~hf_ext.errors.RunDirectoryError` that says what to do."""
+        return super().train(self._checkpoint_to_resume(resume_from_checkpoint), *args, **kwargs)
+
+    def _checkpoint_to_resume(self, value: str | bool | None) -> str | None:
+        if value is None or value is False:
+            return None
+        if value is True:
+            out = self.args.output_dir
+            last = get_last_checkpoint(out) if os.path.isdir(out) else None
+            if last is None:
+                raise RunDirectoryError(
+                    f"resume_from_checkpoint=true but {out} holds no checkpoint-<step> directory; remove the key to "
+                    "start afresh, or name a checkpoint directory (checkpoints need save_strategy 'steps' or 'epoch')"
+                )
+            return last
+        if not os.path.isdir(value):
+            raise RunDirectoryError(
+                f"resume_from_checkpoint={value!r} is not a directory; name a checkpoint-<step> directory of an "
+                "earlier run, or true for the last one in output_dir"
+            )
+        return value
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        schedule = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
+        if 0 < num_training_steps <= warmup and schedule != "constant":
+            raise ConfigError(
+                f"warmup_steps={self.args.warmup_steps} covers all {num_training_steps} optimizer step(s) of this "
+                "run, so the learning rate never leaves warm-up (a single step runs at learning rate 0); lower "
+                "warmup_steps, or give a ratio below 1 (e.g. 0.1)"
+            )
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)

@@ -7,11 +7,19 @@ the statistics and figures that relate them (see hf_ext/heads/study.py for the f
 Redo the analysis from the saved JSONL files without the model: hf-ext heads aggregate|plot --run DIR
 """
 
-from transformers import TrainingArguments
+import sys
 
-from hf_ext import DataArguments, HeadStudyArguments, ModelArguments, parse_config, run_head_study
+from hf_ext import (
+    DataArguments,
+    HeadStudyArguments,
+    HfExtTrainingArguments,
+    ModelArguments,
+    exit_on_user_error,
+    parse_config,
+    run_head_study,
+)
 
-ARGUMENT_TYPES = (ModelArguments, DataArguments, HeadStudyArguments, TrainingArguments)
+ARGUMENT_TYPES = (ModelArguments, DataArguments, HeadStudyArguments, HfExtTrainingArguments)
 
 
 def main(argv=None):
@@ -19,4 +27,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_on_user_error(main))

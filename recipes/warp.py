@@ -7,11 +7,20 @@
 (the unmasked baseline), "eval" (held-out table) or "all". See hf_ext/warp/layout.py for the run layout.
 """
 
-from transformers import TrainingArguments
+import sys
 
-from hf_ext import DataArguments, ModelArguments, WarpArguments, WarpRun, parse_config, run_warp_study
+from hf_ext import (
+    DataArguments,
+    HfExtTrainingArguments,
+    ModelArguments,
+    WarpArguments,
+    WarpRun,
+    exit_on_user_error,
+    parse_config,
+    run_warp_study,
+)
 
-ARGUMENT_TYPES = (ModelArguments, DataArguments, WarpArguments, TrainingArguments)
+ARGUMENT_TYPES = (ModelArguments, DataArguments, WarpArguments, HfExtTrainingArguments)
 
 
 def main(argv=None):
@@ -20,4 +29,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_on_user_error(main))

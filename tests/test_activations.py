@@ -155,3 +155,15 @@ def test_collect_with_no_tokens_is_an_error():
         collect_input_statistics(model, select_linear(model, "mlp.down_proj"), [batch], progress=False)
     with pytest.raises(ValueError, match="at least one module"):
         InputRecorder({})
+
+
+def test_progress_bar_has_a_total_for_an_unsized_stream(capsys):
+    """A rank's share of the batches (an islice, no len) still shows N/N and an ETA when the total is given."""
+    from itertools import islice
+
+    model, tokenizer = tiny_model("bert", "seq_cls")
+    batches = [dict(tokenizer(["a short text", "another one"], padding=True, return_tensors="pt"))] * 6
+    modules = select_linear(model, "layer.0.output.dense")
+    collect_input_statistics(model, modules, islice(batches, 0, None, 2), progress=True, total=3)
+    err = capsys.readouterr().err
+    assert "input statistics: 100%" in err and "3/3" in err

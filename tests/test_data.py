@@ -13,6 +13,7 @@ from hf_ext.data import (
     prepare_data,
     tokenize_datasets,
 )
+from hf_ext.errors import DataError
 from hf_ext.models import load_tokenizer
 
 
@@ -66,7 +67,7 @@ def test_json_array_file(tmp_path):
 
 
 def test_bad_data_arguments(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.jsonl not found"):
+    with pytest.raises(DataError, match="missing.jsonl not found"):
         load_raw_datasets(DataArguments(train_file=str(tmp_path / "missing.jsonl")))
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(ValueError, match=r"expected a .json, .jsonl or .csv"):

@@ -36,6 +36,7 @@ def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
         "per_device_train_batch_size=16",
         "per_device_eval_batch_size=8",
         "learning_rate=3e-3",
+        "warmup_steps=0",
         "top_k=3",
         "log_head_importance_steps=2",
         "logging_steps=2",

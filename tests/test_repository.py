@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
-from transformers import TrainingArguments
 
-from hf_ext.config import ModelArguments, parse_config
+from hf_ext.config import HfExtTrainingArguments, ModelArguments, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +76,7 @@ def test_no_key_belongs_to_two_argument_dataclasses_of_a_recipe(recipe):
         for field in dataclasses.fields(kind):
             owners.setdefault(field.name, []).append(kind.__name__)
     assert {name: kinds for name, kinds in owners.items() if len(kinds) > 1} == {}
-    assert ModelArguments in _argument_types(recipe) and TrainingArguments in _argument_types(recipe)
+    assert ModelArguments in _argument_types(recipe) and HfExtTrainingArguments in _argument_types(recipe)
 
 
 def test_type_checking_block_names_every_lazy_export():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..io import write_json
 
 MEASUREMENTS = {  # column -> (file, field)
@@ -97,9 +98,16 @@ def classify(i_pre: np.ndarray, urel: np.ndarray, thresholds: CaseThresholds) ->
     return cases
 
 
+def check_top_k(k: int, heads: int) -> None:
+    """``k`` of a top-K overlap must be between 1 and the number of heads (at ``heads`` the overlap is 1
+    by construction, beyond it meaningless)."""
+    if not 1 <= k <= heads:
+        raise ConfigError(f"top_k={k} but there are {heads} heads; choose top_k between 1 and {heads}")
+
+
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     """Share of the ``k`` largest entries of ``a`` that are among the ``k`` largest of ``b``."""
-    k = min(k, a.size)
+    check_top_k(k, a.size)
     top_a = set(np.argsort(-a, axis=None, kind="stable")[:k])
     top_b = set(np.argsort(-b, axis=None, kind="stable")[:k])
     return len(top_a & top_b) / k
@@ -129,6 +137,7 @@ def aggregate(run: str | Path, *, top_k: int = 20, thresholds: CaseThresholds | 
     """Write ``heads.csv``, ``stats.json`` and ``cases.json`` of one run from its JSONL files."""
     run, thresholds = Path(run), thresholds or CaseThresholds()
     columns = load_measurements(run)
+    check_top_k(top_k, columns["I_pre"].size)  # before anything is written
     cases = classify(columns["I_pre"], columns["Urel"], thresholds)
     layers, heads = cases.shape
     with open(run / "heads.csv", "w", newline="", encoding="utf-8") as f:

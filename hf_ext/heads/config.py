@@ -3,41 +3,56 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from ..config import ConfigError
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, PERCENTILE, Bounds, check_bounds
+from ..errors import ConfigError
 from .analysis import CaseThresholds
+
+
+def _percentile(default: float, text: str) -> float:
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass
 class HeadStudyArguments:
     """What the head-plasticity study adds to the model, data and training arguments."""
 
+    BOUNDS: ClassVar[dict[str, Bounds]] = {
+        "eval_subset_size": AT_LEAST_ONE,
+        "top_k": AT_LEAST_ONE,
+        "important_percentile": PERCENTILE,
+        "static_percentile": PERCENTILE,
+        "plastic_percentile": PERCENTILE,
+        "unimportant_percentile": PERCENTILE,
+        "log_head_importance_steps": NON_NEGATIVE,
+    }
+
     seeds: list[int] = field(default_factory=list, metadata={"help": "Training seeds; empty: just the 'seed' key."})
     eval_subset_size: int = field(
-        default=1024, metadata={"help": "Examples of the validation split every measurement uses."}
+        default=1024,
+        metadata={"help": "Examples of the validation split every measurement uses."},
     )
     subset_seed: int = field(default=999, metadata={"help": "Seed that draws the evaluation subset."})
-    top_k: int = field(default=20, metadata={"help": "K of the top-K overlap statistics."})
-    important_percentile: float = field(
-        default=90.0, metadata={"help": "I_pre percentile at or above which a head is important."}
+    top_k: int = field(
+        default=20,
+        metadata={"help": "K of the top-K overlap statistics (at most the number of heads)."},
     )
-    static_percentile: float = field(
-        default=30.0, metadata={"help": "Urel percentile at or below which a head is static."}
-    )
-    plastic_percentile: float = field(
-        default=90.0, metadata={"help": "Urel percentile at or above which a head is plastic."}
-    )
-    unimportant_percentile: float = field(
-        default=30.0, metadata={"help": "I_pre percentile at or below which a head is unimportant."}
-    )
+    important_percentile: float = _percentile(90.0, "I_pre percentile at or above which a head is important.")
+    static_percentile: float = _percentile(30.0, "Urel percentile at or below which a head is static.")
+    plastic_percentile: float = _percentile(90.0, "Urel percentile at or above which a head is plastic.")
+    unimportant_percentile: float = _percentile(30.0, "I_pre percentile at or below which a head is unimportant.")
     log_head_importance_steps: int = field(
         default=0,
-        metadata={"help": "Log gradient head importance to TensorBoard every N steps during training (0: never)."},
+        metadata={
+            "help": "Log gradient head importance to TensorBoard every N steps during training (0: never).",
+        },
     )
 
     def __post_init__(self):
-        if self.eval_subset_size < 1:
-            raise ConfigError(f"eval_subset_size must be >= 1, got {self.eval_subset_size}")
+        check_bounds(self)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds {self.seeds} repeat a seed; each seed's run goes to its own seed-<s> directory")
 
     @property
     def thresholds(self) -> CaseThresholds:

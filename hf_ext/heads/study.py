@@ -11,6 +11,7 @@ and draw the figures. With several seeds, ``output_dir`` also gets ``heads_acros
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -20,15 +21,17 @@ from transformers import TrainingArguments
 from .. import distributed
 from ..config import DataArguments, ModelArguments, given_keys
 from ..data import prepare_data
+from ..errors import RunDirectoryError
 from ..io import read_json, write_json
 from ..models import load_model, load_tokenizer
+from ..outputs import check_output_dir
 from ..run_logger import RunLogger, print_run_locations
 from ..targets import find_attention
 from ..trainer import HfExtTrainer
-from .analysis import aggregate, aggregate_seeds, figures, plot, write_jsonl
+from .analysis import aggregate, aggregate_seeds, check_top_k, figures, plot, write_jsonl
 from .callbacks import HeadImportanceCallback
 from .config import HeadStudyArguments
-from .gates import head_update_sizes
+from .gates import HeadGates, head_update_sizes
 from .importance import ablation_importance, gradient_importance
 
 
@@ -56,7 +59,7 @@ def eval_subset(dataset, size: int, seed: int, path: Path) -> list[int]:
     if path.is_file():
         saved = read_json(path)
         if saved["size"] != min(size, len(dataset)) or saved["seed"] != seed:
-            raise ValueError(
+            raise RunDirectoryError(
                 f"{path} holds a subset of size {saved['size']} seed "
                 f"{saved['seed']}; delete it or use another output_dir"
             )
@@ -78,6 +81,7 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     data = prepare_data(data_args, tokenizer, model_args.task_type, seed=seed)
     model = load_model(model_args, tokenizer, data.labels, seed=seed).to(training_args.device)
+    check_top_k(study.top_k, math.prod(HeadGates(model).shape))  # before any measurement or training
     indices = eval_subset(
         data.validation, study.eval_subset_size, study.subset_seed, Path(training_args.output_dir) / "eval_subset.json"
     )
@@ -142,9 +146,14 @@ def run_head_study(
     model_args: ModelArguments, data_args: DataArguments, study: HeadStudyArguments, training_args: TrainingArguments
 ) -> list[Path]:
     """Every seed, then the across-seeds aggregate when there are several."""
-    runs = [
-        run_seed(model_args, data_args, study, training_args, seed) for seed in study.seeds or [training_args.seed]
-    ]
+    seeds = study.seeds or [training_args.seed]
+    check_output_dir(
+        training_args.output_dir,
+        finished=[f"seed-{seed}/heads.csv" for seed in seeds],
+        overwrite=getattr(training_args, "overwrite_output_dir", False),
+        resuming=bool(training_args.resume_from_checkpoint),
+    )
+    runs = [run_seed(model_args, data_args, study, training_args, seed) for seed in seeds]
     if len(runs) > 1 and distributed.is_main_process():
         aggregate_seeds(training_args.output_dir, runs)
     if distributed.is_main_process():

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from ..config import ConfigError
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, OPEN_UNIT, POSITIVE, Bounds, check_bounds
+from ..errors import ConfigError
 
 
 @dataclass
 class WarpArguments:
     """What the WaRP study adds to the model, data and training arguments."""
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {
+        "basis_rank": AT_LEAST_ONE,
+        "safety_lr": POSITIVE,
+        "safety_weight_decay": NON_NEGATIVE,
+        "safety_epochs": POSITIVE,
+        "keep_ratio": OPEN_UNIT,
+        "max_new_tokens": AT_LEAST_ONE,
+    }
 
     phase: Literal[1, 2, 3, "plain", "eval", "all"] = field(
         default="all",
@@ -26,7 +36,9 @@ class WarpArguments:
     layers: str | None = field(default=None, metadata={"help": "Keep only targets in these blocks, e.g. '28-31'."})
     basis_rank: int | None = field(
         default=None,
-        metadata={"help": "Keep the top-r basis directions; the rest of W is a frozen residual. None: all."},
+        metadata={
+            "help": "Keep the top-r basis directions; the rest of W is a frozen residual. None: all.",
+        },
     )
     centered: bool = field(default=False, metadata={"help": "Basis from the centred covariance instead of E[x x^T]."})
     basis_data: Literal["safety", "utility"] = field(default="safety", metadata={"help": "Data of the phase-1 basis."})
@@ -42,10 +54,14 @@ class WarpArguments:
     safety_lr: float = field(default=1e-4, metadata={"help": "Phase-2 learning rate."})
     safety_weight_decay: float = field(default=0.0, metadata={"help": "Phase-2 AdamW weight decay."})
     safety_epochs: float = field(
-        default=1.0, metadata={"help": "Phase-2 epochs (num_train_epochs applies to phase 3)."}
+        default=1.0,
+        metadata={"help": "Phase-2 epochs (num_train_epochs applies to phase 3)."},
     )
     keep_ratio: float = field(
-        default=0.1, metadata={"help": "Share of coefficients frozen in phase 3 (the most important), in (0, 1)."}
+        default=0.1,
+        metadata={
+            "help": "Share of coefficients frozen in phase 3 (the most important), in (0, 1).",
+        },
     )
     granularity: Literal["input", "element"] = field(
         default="input", metadata={"help": "'input': one flag per basis direction; 'element': one per coefficient."}
@@ -64,11 +80,12 @@ class WarpArguments:
     max_new_tokens: int = field(default=16, metadata={"help": "causal_lm evaluation: greedy tokens per response."})
 
     def __post_init__(self):
-        if not 0 < self.keep_ratio < 1:
+        check_bounds(self)
+        orphans = [k for k in ("safety_validation_file", "safety_test_file") if getattr(self, k)]
+        if orphans and not self.safety_train_file:
             raise ConfigError(
-                f"keep_ratio must be in (0, 1) (the share of coefficients to freeze), got {self.keep_ratio}"
+                f"{' and '.join(orphans)} set but safety_train_file is not: local safety files are used only "
+                "together with safety_train_file; set it"
             )
-        if self.basis_rank is not None and self.basis_rank < 1:
-            raise ConfigError(f"basis_rank must be >= 1 or null, got {self.basis_rank}")
         if not self.targets:
             raise ConfigError("targets is empty: name the linear modules to reparameterize, e.g. ['mlp.down_proj']")

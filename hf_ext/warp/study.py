@@ -27,13 +27,16 @@ from .. import __version__, distributed
 from ..activations import compute_bases
 from ..config import DataArguments, ModelArguments
 from ..data import PreparedData, prepare_data, uses_chat_template
+from ..errors import ConfigError, RunDirectoryError
 from ..evaluation import classification_accuracy, first_word_accuracy, generate_responses, refusal_accuracy
-from ..io import load_tensors, read_json, save_tensors, write_json
+from ..io import file_sha256, load_tensors, read_json, save_tensors, write_json
 from ..models import load_model, load_tokenizer
+from ..outputs import check_output_dir, tensorboard_writer
 from ..run_logger import RunLogger, print_run_locations
 from ..targets import select_linear, set_trainable
 from ..tasks import is_refusal
 from ..trainer import HfExtTrainer
+from . import lineage
 from .callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
 from .config import WarpArguments
 from .importance import ImportanceAccumulator, build_masks
@@ -75,7 +78,17 @@ class WarpRun:
         return {"safety": self.safety_classes, "utility": self.utility_classes}[task]
 
     @classmethod
-    def build(cls, model_args, data_args, warp_args, training_args) -> WarpRun:
+    def build(cls, model_args, data_args, warp_args, training_args, *, check_output: bool = True) -> WarpRun:
+        """Load the tokenizer and both tasks' data. With ``check_output`` the output directory is checked
+        first: writable, and holding no finished result of the phases to run (unless ``overwrite_output_dir``)."""
+        if check_output:
+            layout = WarpLayout(training_args.output_dir)
+            check_output_dir(
+                layout.root,
+                finished=[layout.metadata(phase) for phase in PHASE_STEPS[warp_args.phase]],
+                overwrite=getattr(training_args, "overwrite_output_dir", False),
+                resuming=bool(training_args.resume_from_checkpoint),
+            )
         tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
         safety_args = dataclasses.replace(
             data_args,
@@ -94,8 +107,9 @@ class WarpRun:
             labels = [f"safety:{name}" for name in safety.labels] + [f"utility:{name}" for name in utility.labels]
             safety_classes, utility_classes = list(range(offset)), list(range(offset, len(labels)))
             utility = _shift_labels(utility, offset)
-            safety = _restrict_eval(safety, safety_classes)
-            utility = _restrict_eval(utility, utility_classes)
+            argmax = _argmax_within_label_task([safety_classes, utility_classes])
+            safety = dataclasses.replace(safety, preprocess_logits_for_metrics=argmax)
+            utility = dataclasses.replace(utility, preprocess_logits_for_metrics=argmax)
         return cls(
             model_args,
             data_args,
@@ -114,7 +128,9 @@ class WarpRun:
         """Rebuild a run from its ``config.json`` (for verification and evaluation after the fact)."""
         path = WarpLayout(run_dir).config
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: is {run_dir} the output_dir of a WaRP run?")
+            raise RunDirectoryError(
+                f"{path} not found: {run_dir} is not the output_dir of a WaRP run, or no phase of it has finished"
+            )
         saved = read_json(path)
         training_args = TrainingArguments(
             output_dir=str(run_dir),
@@ -123,26 +139,24 @@ class WarpRun:
             per_device_eval_batch_size=saved["eval_batch_size"],
             **training_overrides,
         )
-        return cls.build(
-            ModelArguments(**saved["model"]),
-            DataArguments(**saved["data"]),
-            WarpArguments(**saved["warp"]),
-            training_args,
-        )
+        model_args, data_args = ModelArguments(**saved["model"]), DataArguments(**saved["data"])
+        return cls.build(model_args, data_args, WarpArguments(**saved["warp"]), training_args, check_output=False)
+
+    def config_record(self) -> dict[str, Any]:
+        """The arguments that produced the run's files (``config.json``, and each phase's metadata)."""
+        return {
+            "model": dataclasses.asdict(self.model_args),
+            "data": dataclasses.asdict(self.data_args),
+            "warp": dataclasses.asdict(self.warp_args),
+            "seed": self.training_args.seed,
+            "eval_batch_size": self.training_args.per_device_eval_batch_size,
+            "hf_ext_version": __version__,
+        }
 
     def save_config(self) -> None:
+        """Write ``config.json``; called once a phase has succeeded, so a failed invocation leaves it as it was."""
         if distributed.is_main_process():
-            write_json(
-                self.layout.config,
-                {
-                    "model": dataclasses.asdict(self.model_args),
-                    "data": dataclasses.asdict(self.data_args),
-                    "warp": dataclasses.asdict(self.warp_args),
-                    "seed": self.training_args.seed,
-                    "eval_batch_size": self.training_args.per_device_eval_batch_size,
-                    "hf_ext_version": __version__,
-                },
-            )
+            write_json(self.layout.config, self.config_record())
 
     def load_model(self, phase: str | None = None) -> PreTrainedModel:
         """The base model (``phase=None``) or a phase's saved model, on the training device."""
@@ -150,7 +164,7 @@ class WarpRun:
         if phase is not None:
             path = self.layout.model(phase)
             if not path.is_dir():
-                raise FileNotFoundError(f"{path} not found: run phase {phase.removeprefix('phase')} first")
+                raise RunDirectoryError(f"{path} not found: run phase {phase.removeprefix('phase')} first")
             args = dataclasses.replace(args, model_name_or_path=str(path))
         model = load_model(args, self.tokenizer, self.labels, seed=self.training_args.seed)
         return model.to(self.training_args.device)
@@ -166,26 +180,32 @@ def _shift_labels(data: PreparedData, offset: int) -> PreparedData:
     return dataclasses.replace(data, **shifted)
 
 
-def _restrict_eval(data: PreparedData, class_ids: list[int]) -> PreparedData:
-    """Trainer evaluation on one task scores the argmax over that task's classes only."""
-    ids = torch.tensor(class_ids)
+def _argmax_within_label_task(groups: list[list[int]]):
+    """``preprocess_logits_for_metrics``: each example's prediction is the argmax over the classes of the
+    task its label belongs to, so one Trainer evaluates the safety and the utility data side by side."""
+    size = sum(len(g) for g in groups)
+    same_task = torch.zeros(size, size, dtype=torch.bool)
+    for group in groups:
+        same_task[torch.tensor(group)[:, None], torch.tensor(group)[None, :]] = True
 
-    def argmax_over_task(logits, labels):
+    def argmax_within_task(logits, labels):
         logits = logits[0] if isinstance(logits, tuple) else logits
-        return ids.to(logits.device)[logits[:, ids.to(logits.device)].argmax(-1)]
+        allowed = same_task.to(logits.device)[labels]
+        return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min).argmax(-1)
 
-    return dataclasses.replace(data, preprocess_logits_for_metrics=argmax_over_task)
+    return argmax_within_task
 
 
 _CLASSIFIER_HEADS = ("classifier", "score")
 
 
 def restrict_classes(model: torch.nn.Module, class_ids: list[int]) -> torch.utils.hooks.RemovableHandle:
-    """Make a classifier train and predict among ``class_ids`` only: the other logits are pushed to
-    the dtype's minimum by a forward hook on the head, so the model's own cross-entropy ignores them.
+    """Make a classifier train among ``class_ids`` only: in training mode the other logits are pushed
+    to the dtype's minimum by a forward hook on the head, so the model's own cross-entropy ignores them.
 
     One head holds both tasks' classes side by side; each phase trains on its task's classes and
-    leaves the other task's rows of the head without gradient. A second call replaces the first
+    leaves the other task's rows of the head without gradient. In eval mode the logits are left
+    whole (evaluation picks among a task's classes itself). A second call replaces the first
     restriction instead of stacking on it.
     """
     head = next(
@@ -197,13 +217,15 @@ def restrict_classes(model: torch.nn.Module, class_ids: list[int]) -> torch.util
         None,
     )
     if head is None:
-        raise ValueError(
+        raise ConfigError(
             f"no classifier head found on {type(model).__name__} (looked for {', '.join(_CLASSIFIER_HEADS)})"
         )
     others = torch.ones(head.out_features, dtype=torch.bool)
     others[class_ids] = False
 
     def mask_other_classes(module, inputs, logits):
+        if not module.training:
+            return logits
         return logits.masked_fill(others.to(logits.device), torch.finfo(logits.dtype).min)
 
     previous = head.__dict__.pop(_RESTRICTION, None)
@@ -218,12 +240,14 @@ _RESTRICTION = "_hf_ext_class_restriction"  # the head's current restrict_classe
 
 
 def _trainer(run: WarpRun, model, phase: str, task: Task, callbacks, **overrides) -> HfExtTrainer:
+    """The phase's Trainer: trains on ``task``; evaluates (at ``eval_steps``) on the validation split of
+    ``task`` and, after phase 2, of safety too, so the safety retention curve is logged during training."""
     if run.labels is not None:
         restrict_classes(model, run.classes(task))
     args = dataclasses.replace(run.training_args, output_dir=str(run.layout.phase_dir(phase)), **overrides)
-    return HfExtTrainer(
-        model=model, args=args, processing_class=run.tokenizer, callbacks=callbacks, **run.data(task).trainer_kwargs()
-    )
+    kwargs = run.data(task).trainer_kwargs()
+    kwargs["eval_dataset"] = {t: run.data(t).validation for t in dict.fromkeys([task, "safety"])}
+    return HfExtTrainer(model=model, args=args, processing_class=run.tokenizer, callbacks=callbacks, **kwargs)
 
 
 def _resume(run: WarpRun, phase) -> str | bool | None:
@@ -235,7 +259,7 @@ def load_basis(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     """``(U per module, eigenvalues per module, metadata)`` from ``phase1/basis.safetensors``."""
     path = WarpLayout(run_dir).basis
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run phase 1 first")
+        raise RunDirectoryError(f"{path} not found: run phase 1 first")
     tensors, metadata = load_tensors(path)
     bases = {key[: -len(".U")]: t for key, t in tensors.items() if key.endswith(".U")}
     eigenvalues = {key[: -len(".eigenvalues")]: t for key, t in tensors.items() if key.endswith(".eigenvalues")}
@@ -247,7 +271,7 @@ def _reparameterize_targets(run: WarpRun, model) -> dict[str, torch.nn.Parameter
     bases, _, _ = load_basis(run.dir)
     modules = run.targets(model)
     if set(modules) != set(bases):
-        raise ValueError(
+        raise RunDirectoryError(
             f"the basis covers {sorted(set(bases) - set(modules)) or 'no extra'} "
             "module(s) beyond the targets and lacks "
             f"{sorted(set(modules) - set(bases)) or 'none'}: targets changed since phase 1; rerun phase 1"
@@ -262,10 +286,16 @@ def run_phase1(run: WarpRun) -> dict[str, torch.Tensor]:
     modules = run.targets(model)
     data = run.safety if run.warp_args.basis_data == "safety" else run.utility
     loader = DataLoader(data.train, batch_size=run.training_args.per_device_eval_batch_size, collate_fn=data.collator)
-    batches = islice(loader, distributed.rank(), None, distributed.world_size())
+    rank, world = distributed.rank(), distributed.world_size()
+    batches = islice(loader, rank, None, world)
     start = time.perf_counter()
     bases, eigenvalues, counts = compute_bases(
-        model, modules, batches, centered=run.warp_args.centered, progress=distributed.is_main_process()
+        model,
+        modules,
+        batches,
+        centered=run.warp_args.centered,
+        progress=distributed.is_main_process(),
+        total=len(range(rank, len(loader), world)),
     )
     seconds = time.perf_counter() - start
     if distributed.is_main_process():
@@ -282,14 +312,28 @@ def run_phase1(run: WarpRun) -> dict[str, torch.Tensor]:
             "seconds": seconds,
         }
         save_tensors(run.layout.basis, tensors, description)
-        write_json(run.layout.metadata("phase1"), description)
+        write_json(run.layout.metadata("phase1"), description | {"config": run.config_record()})
+        _log_spectra(run, eigenvalues)
     distributed.barrier()
     return bases
+
+
+def _log_spectra(run: WarpRun, eigenvalues: dict[str, torch.Tensor]) -> None:
+    """TensorBoard (run ``phase1``): each target's eigenvalue spectrum, ``basis/<module>/log10_eigenvalue``
+    against the direction's rank (step), largest first."""
+    writer = tensorboard_writer(run.training_args, run.layout.phase_dir("phase1"))
+    if writer is None:
+        return
+    for name, values in eigenvalues.items():
+        for index, value in enumerate(values.double().clamp(min=1e-30).log10().tolist()):
+            writer.add_scalar(f"basis/{name}/log10_eigenvalue", value, index)
+    writer.close()
 
 
 def run_phase2(run: WarpRun) -> dict:
     """Safety fine-tune of the coefficients with importance accumulation; masks and merged model in ``phase2/``."""
     warp = run.warp_args
+    basis_sha256 = file_sha256(run.layout.basis) if run.layout.basis.is_file() else None
     model = run.load_model()
     params = _reparameterize_targets(run, model)
     trainable = set_trainable(model, params.values(), warp.extra_trainable)
@@ -318,6 +362,7 @@ def run_phase2(run: WarpRun) -> dict:
         "trainable_parameters": trainable,
         "train_loss": result.training_loss,
         "basis_rank": warp.basis_rank,
+        "config": run.config_record(),
     }
     RunLogger(trainer).scalars({f"masks/realised_ratio/{n}": r for n, r in info.realised.items()}, now=True)
     merge_model(model)
@@ -328,7 +373,12 @@ def run_phase2(run: WarpRun) -> dict:
             importance,
             {"kind": warp.importance, "granularity": warp.granularity, "steps": accumulator.steps},
         )
-        save_tensors(run.layout.masks, masks, {"keep_ratio": warp.keep_ratio, "granularity": warp.granularity})
+        save_tensors(
+            run.layout.masks,
+            masks,
+            {"keep_ratio": warp.keep_ratio, "granularity": warp.granularity, "basis_sha256": basis_sha256},
+        )
+        metadata["lineage"] = lineage.phase2_record(run.layout, basis_sha256)
         write_json(run.layout.metadata("phase2"), metadata)
     distributed.barrier()
     print_run_locations(trainer)
@@ -339,13 +389,16 @@ def load_masks(run_dir: str | Path) -> dict[str, torch.Tensor]:
     """``{module name: bool mask}`` (True = frozen) from ``phase2/masks.safetensors``."""
     path = WarpLayout(run_dir).masks
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run phase 2 first")
+        raise RunDirectoryError(f"{path} not found: run phase 2 first")
     return load_tensors(path)[0]
 
 
 def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
     """Utility fine-tune from the phase-2 model: with the masks in the basis (``phase3/``), or plain (``plain/``)."""
     phase = "phase3" if masked else "plain"
+    if not run.layout.metadata("phase2").is_file():
+        raise RunDirectoryError(f"{run.layout.metadata('phase2')} not found: run phase 2 first")
+    inputs = lineage.check_inputs(run.layout, phase)  # before anything is trained or written
     model = run.load_model("phase2")
     if masked:
         masks = load_masks(run.dir)
@@ -363,6 +416,8 @@ def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
         "samples": len(run.utility.train),
         "trainable_parameters": trainable,
         "train_loss": result.training_loss,
+        "lineage": inputs,
+        "config": run.config_record(),
     }
     if masked:
         metadata |= {
@@ -418,12 +473,16 @@ def evaluate_run(run: WarpRun) -> dict[str, dict[str, float]]:
         if run.layout.model(phase).is_dir():
             rows[phase] = score_model(run, run.load_model(phase))
     if "phase2" not in rows:
-        raise FileNotFoundError(f"{run.layout.model('phase2')} not found: nothing to evaluate before phase 2")
+        raise RunDirectoryError(f"{run.layout.model('phase2')} not found: nothing to evaluate before phase 2")
     reference = rows["phase2"]["safety_accuracy"]
     for row in rows.values():
         row["safety_retention"] = row["safety_accuracy"] / reference if reference else float("nan")
     write_json(run.layout.eval_json, rows)
     run.layout.eval_md.write_text(format_table(rows) + "\n", encoding="utf-8")
+    writer = tensorboard_writer(run.training_args, run.layout.phase_dir("eval"))
+    if writer is not None:
+        writer.add_text("eval/held_out", format_table(rows))
+        writer.close()
     return rows
 
 
@@ -437,20 +496,31 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+PHASE_STEPS: dict[Any, tuple[str, ...]] = {
+    1: ("phase1",),
+    2: ("phase2",),
+    3: ("phase3",),
+    "plain": ("plain",),
+    "eval": (),
+    "all": ("phase1", "phase2", "phase3", "plain"),
+}
+_RUNNERS = {
+    "phase1": run_phase1,
+    "phase2": run_phase2,
+    "phase3": run_phase3,
+    "plain": lambda run: run_phase3(run, masked=False),
+}
+
+
 def run_warp_study(run: WarpRun) -> dict | None:
-    """Run the configured phase(s); 'all' runs 1, 2, 3, plain and eval and prints the table."""
+    """Run the configured phase(s); 'all' runs 1, 2, 3, plain and eval and prints the table.
+
+    ``config.json`` is written after each phase that succeeds, never by a failed invocation.
+    """
     phase = run.warp_args.phase
-    run.save_config()
-    steps = {
-        1: [run_phase1],
-        2: [run_phase2],
-        3: [run_phase3],
-        "plain": [lambda r: run_phase3(r, masked=False)],
-        "eval": [],
-        "all": [run_phase1, run_phase2, run_phase3, lambda r: run_phase3(r, masked=False)],
-    }[phase]
-    for step in steps:
-        step(run)
+    for step in PHASE_STEPS[phase]:
+        _RUNNERS[step](run)
+        run.save_config()
     if phase not in ("eval", "all"):
         return None
     rows = evaluate_run(run) if distributed.is_main_process() else None

@@ -4,7 +4,10 @@
 - reparameterizing reproduces the weights at the start of phases 2 and 3;
 - the masks freeze ``keep_ratio`` of the coefficients (within one entry per layer, or in total
   for a global threshold);
-- the frozen coefficients after phase 3 equal, bit for bit, those at its start.
+- the frozen coefficients after phase 3 equal, bit for bit, those at its start;
+- the basis, masks and phase-2 model that phase 3 and the plain arm used are the files phase 2
+  recorded (SHA-256), and they are still the files on disk;
+- phases 2 and 3 have run: a missing phase is a failed check, not a silent pass.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 
 from ..activations import orthonormality_error
 from ..io import load_tensors, read_json
+from . import lineage
+from .layout import WarpLayout
 from .reparam import coefficient_parameters, reparameterize
 from .study import WarpRun, load_basis, load_masks
 
@@ -40,7 +45,7 @@ def verify_run(run_dir: str | Path) -> list[Check]:
     run = WarpRun.from_dir(run_dir, use_cpu=True)
     bases, _, _ = load_basis(run.dir)
     rank = run.warp_args.basis_rank
-    checks = []
+    checks = _missing_phases(run.layout)
     for name, u in bases.items():
         error = orthonormality_error(u[:, :rank] if rank else u)
         checks.append(Check("U orthonormal: max |U^T U - I|", name, f"{error:.2e}", error < ORTHONORMALITY_TOL))
@@ -85,6 +90,9 @@ def verify_run(run_dir: str | Path) -> list[Check]:
                 )
             )
 
+        for phase in ("phase3", "plain"):
+            if run.layout.metadata(phase).is_file():
+                checks += _lineage_checks(run.layout, phase)
         if run.layout.coefficients.is_file() and "phase 3" in starts:
             final, _ = load_tensors(run.layout.coefficients)
             for name, start in starts["phase 3"].items():
@@ -99,6 +107,36 @@ def verify_run(run_dir: str | Path) -> list[Check]:
                         torch.equal(final[name][frozen], start[frozen]),
                     )
                 )
+    return checks
+
+
+def _missing_phases(layout: WarpLayout) -> list[Check]:
+    """A failed check per phase whose files are missing: a partial run must not read as verified."""
+    expected = {
+        "phase 2": [layout.model("phase2"), layout.masks, layout.metadata("phase2")],
+        "phase 3": [layout.model("phase3"), layout.coefficients, layout.metadata("phase3")],
+    }
+    checks = []
+    for label, paths in expected.items():
+        missing = [str(p.relative_to(layout.root)) for p in paths if not p.exists()]
+        if missing:
+            checks.append(Check(f"{label} files present", "-", f"missing: {', '.join(missing)}", False))
+    return checks
+
+
+def _lineage_checks(layout: WarpLayout, phase: str) -> list[Check]:
+    """The files ``phase`` used are those phase 2 recorded, and those ``phase`` recorded are still there."""
+    used = read_json(layout.metadata(phase)).get("lineage", {})
+    checks = []
+    for link in lineage.links(layout, phase):
+        ok = link.ok and used.get(link.name) == link.found
+        value = (
+            "matches phase 2's record"
+            if ok
+            else link.describe()
+            + ("" if used.get(link.name) == link.found else f"; {phase} recorded {str(used.get(link.name))[:12]}")
+        )
+        checks.append(Check(f"{phase} input is phase 2's file", link.name, value, ok))
     return checks
 
 

@@ -1,0 +1,50 @@
+"""Errors a user can fix, and the one-line report recipes and the CLI give for them.
+
+Every :class:`HfExtError` says what was expected, what was found and how to fix it. Recipes run
+their ``main`` through :func:`exit_on_user_error`: such an error prints one line and exits with
+code 2, while any other exception (a bug) keeps its traceback. The subclasses also derive from the
+built-in exception a caller would catch for that kind of problem.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class HfExtError(Exception):
+    """A problem with the user's input (config, data, files, run directory) rather than a bug."""
+
+
+class ConfigError(HfExtError, ValueError):
+    """A config key or value that cannot be used, with the reason and the fix."""
+
+
+class DataError(HfExtError, ValueError):
+    """A data file or dataset that cannot be used: missing, empty, unparseable, or with bad labels or columns."""
+
+
+class FileFormatError(HfExtError, RuntimeError):
+    """A file written by hf_ext is missing, truncated, corrupted or does not match what was asked for."""
+
+
+class RunDirectoryError(HfExtError, RuntimeError):
+    """An output or run directory that cannot be used: not writable, holding a finished run, a phase not run
+    yet, or files that do not belong together."""
+
+
+def exit_on_user_error(main: Callable[[], Any], prog: str | None = None) -> int:
+    """Run ``main()``; on an :class:`HfExtError` print ``prog: error: message`` (first rank only) and return 2.
+
+    Returns 0 when ``main`` succeeds. Other exceptions propagate with their traceback.
+    """
+    try:
+        main()
+    except HfExtError as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{prog or Path(sys.argv[0]).name}: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0

@@ -1,0 +1,289 @@
+"""The bad-input catalogue: inputs a researcher gets wrong, each a clear error (or a documented warning),
+never a silent wrong result, and nothing half-written or overwritten."""
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from recipes_util import ROOT, run_recipe
+
+from hf_ext.cli import main as cli
+from hf_ext.config import DataArguments, HfExtTrainingArguments, ModelArguments, format_help, parse_config
+from hf_ext.data import prepare_data
+from hf_ext.errors import ConfigError, DataError, RunDirectoryError, exit_on_user_error
+from hf_ext.models import load_tokenizer
+from hf_ext.warp.config import WarpArguments
+
+TYPES = (ModelArguments, DataArguments, WarpArguments, HfExtTrainingArguments)
+
+
+def _config(tmp_path, **values) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"output_dir": str(tmp_path / "out"), "report_to": [], **values}))
+    return str(path)
+
+
+def _parse(tmp_path, *overrides, **values):
+    return parse_config(TYPES, [_config(tmp_path, **values), *overrides])
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+# ---- config values, checked before any model or data is loaded ----
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("max_train_samples=0", r"the command line: max_train_samples=0 is invalid; expected a number >= 1"),
+        ("max_eval_samples=0", r"max_eval_samples=0 is invalid; expected a number >= 1"),
+        ("learning_rate=-0.001", r"learning_rate=-0.001 is invalid; expected a number > 0"),
+        ("per_device_train_batch_size=0", r"per_device_train_batch_size=0 is invalid; expected a number >= 1"),
+        ("gradient_accumulation_steps=0", r"gradient_accumulation_steps=0 is invalid"),
+        ("keep_ratio=1.5", r"keep_ratio=1.5 is invalid; expected a number > 0 and < 1"),
+        ("safety_epochs=0", r"safety_epochs=0 is invalid; expected a number > 0"),
+        ("dtype=float8", r"dtype='float8' is invalid; expected one of 'float32', 'bfloat16', 'float16', 'auto'"),
+        ("max_seq_length=0", r"max_seq_length=0 is invalid"),
+        ("warmup_steps=-1", r"warmup_steps=-1 is invalid"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_command_line(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        _parse(tmp_path, override)
+
+
+def test_a_bad_value_in_the_file_is_blamed_on_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"config.json: max_train_samples=0 is invalid"):
+        _parse(tmp_path, max_train_samples=0)
+
+
+def test_unknown_keys_are_blamed_where_they_were_given(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) on the command line: 'learning_rat'") as err:
+        _parse(tmp_path, "learning_rat=1")
+    assert "config.json" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in .*config.json: 'zzz'"):
+        _parse(tmp_path, zzz=1)
+
+
+def test_zero_epochs_is_refused_instead_of_saving_an_untrained_model(tmp_path):
+    with pytest.raises(ConfigError, match="num_train_epochs=0 with max_steps unset trains nothing"):
+        _parse(tmp_path, "num_train_epochs=0")
+    assert _parse(tmp_path, "num_train_epochs=0", "max_steps=3")[-1].max_steps == 3
+
+
+@pytest.mark.parametrize("key", ["validation_file", "test_file"])
+def test_local_validation_or_test_file_without_train_file_is_refused(tmp_path, key):
+    with pytest.raises(ConfigError, match=f"{key} set but train_file is not"):
+        _parse(tmp_path, f"{key}=v.jsonl")
+    with pytest.raises(ConfigError, match=f"safety_{key} set but safety_train_file is not"):
+        _parse(tmp_path, f"safety_{key}=v.jsonl")
+
+
+def test_overwrite_output_dir_and_resume_true_parse(tmp_path):
+    *_, training = _parse(tmp_path, "overwrite_output_dir=true", "resume_from_checkpoint=true")
+    assert training.overwrite_output_dir is True and training.resume_from_checkpoint is True
+
+
+def test_recipe_help_is_a_readable_key_list(capsys):
+    text = format_help(TYPES)
+    assert len(text.splitlines()) < 260
+    assert "keep_ratio (float, a number > 0 and < 1, default 0.1)" in text
+    assert "max_train_samples (int or null, a number >= 1, default None)" in text
+    assert "overwrite_output_dir (bool, default False)" in text
+    assert "--per_device_train_batch_size" not in text  # no argparse flags that would then be rejected
+
+
+# ---- the one line a recipe prints ----
+
+
+def test_recipe_prints_one_line_and_exits_2_on_a_user_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "warp.py"), _config(tmp_path), "keep_ratio=1.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "warp.py: error: the command line: keep_ratio=1.5 is invalid; expected a number > 0 and < 1 "
+        "(WarpArguments.keep_ratio: Share of coefficients frozen in phase 3 (the most important), in (0, 1).)"
+    ]
+
+
+def test_exit_on_user_error_keeps_the_traceback_of_a_bug(capsys):
+    def user_error():
+        raise DataError("data file x.jsonl is empty")
+
+    assert exit_on_user_error(user_error, "recipe") == 2
+    assert capsys.readouterr().err == "recipe: error: data file x.jsonl is empty\n"
+
+    def bug():
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        exit_on_user_error(bug, "recipe")
+
+
+# ---- data files, checked where they are read ----
+
+
+def _data(tmp_path, train: str, validation: str | None = None, suffix=".jsonl", **args):
+    (tmp_path / f"train{suffix}").write_text(train)
+    files = {"train_file": str(tmp_path / f"train{suffix}")}
+    if validation is not None:
+        (tmp_path / f"validation{suffix}").write_text(validation)
+        files["validation_file"] = str(tmp_path / f"validation{suffix}")
+    return prepare_data(DataArguments(**files, **args), load_tokenizer("tiny:bert"), "seq_cls")
+
+
+def _rows(*rows) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+GOOD = _rows(
+    *[{"text": f"a fine film {i}", "label": "pos"} for i in range(4)],
+    *[{"text": f"a dull film {i}", "label": "neg"} for i in range(4)],
+)
+
+
+def test_empty_data_file(tmp_path):
+    with pytest.raises(DataError, match=r"train.jsonl is empty: it holds no examples"):
+        _data(tmp_path, "\n\n")
+
+
+def test_unparseable_line_is_named_by_file_and_line(tmp_path):
+    with pytest.raises(DataError, match=r"train.jsonl:3: not valid JSON"):
+        _data(tmp_path, _rows({"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}) + '{"text": "c", label}\n')
+
+
+def test_null_label(tmp_path):
+    with pytest.raises(DataError, match=r"train split: row 5 has no 'label' \(null\)"):
+        _data(tmp_path, GOOD.replace('"label": "neg"', '"label": null', 1), GOOD)
+
+
+def test_label_types_mixed_across_rows(tmp_path):
+    mixed = _rows({"text": "a", "label": 1}, {"text": "b", "label": "pos"})
+    with pytest.raises(DataError, match=r"column 'label' holds number on line 1 but text on line 2"):
+        _data(tmp_path, mixed)
+
+
+def test_label_only_in_validation_is_not_a_new_class(tmp_path):
+    validation = GOOD + _rows({"text": "a so-so film", "label": "meh"})
+    with pytest.raises(
+        DataError, match=r"label\(s\) \['meh'\] appear in the validation split \(1 row\(s\)\) but never"
+    ):
+        _data(tmp_path, GOOD, validation)
+
+
+def test_text_column_that_does_not_exist(tmp_path):
+    with pytest.raises(DataError, match=r"seq_cls reads text_column='sentence', not in the train split"):
+        _data(tmp_path, GOOD, GOOD, text_column="sentence")
+
+
+def test_csv_row_with_the_wrong_number_of_fields(tmp_path):
+    with pytest.raises(DataError, match=r"train.csv:3: 3 fields, but the header has 2"):
+        _data(tmp_path, "text,label\na film,pos\na film, sadly,neg\n", suffix=".csv")
+
+
+def test_max_seq_length_beyond_the_model_is_lowered_with_a_warning(tmp_path, caplog):
+    tokenizer = load_tokenizer("tiny:bert")
+    with caplog.at_level(logging.WARNING):
+        data = prepare_data(
+            DataArguments(max_seq_length=100_000, max_train_samples=4, max_eval_samples=4), tokenizer, "seq_cls"
+        )
+    assert f"more than the model takes ({tokenizer.model_max_length})" in caplog.text
+    assert max(len(ids) for ids in data.train["input_ids"]) <= tokenizer.model_max_length
+
+
+def test_unknown_model_name_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot load model 'no-such-org/no-such-model'.*check model_name_or_path"):
+        load_tokenizer("no-such-org/no-such-model")
+    with pytest.raises(ConfigError, match=r"holds no config.json: it is not a saved model"):
+        load_tokenizer(str(tmp_path))
+
+
+# ---- output directories ----
+
+
+def _finetune(tmp_path, out, *overrides):
+    return run_recipe(
+        "finetune",
+        "finetune_minilm_sentiment.json",
+        f"output_dir={out}",
+        "model_name_or_path=tiny:bert",
+        "max_train_samples=16",
+        "max_eval_samples=8",
+        "max_steps=1",
+        "warmup_steps=0",
+        "report_to=[]",
+        *overrides,
+    )
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    (tmp_path / "out").write_text("not a directory")
+    with pytest.raises(RunDirectoryError, match="is a file, not a directory"):
+        _finetune(tmp_path, tmp_path / "out")
+
+
+def test_output_dir_that_cannot_be_written(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirectoryError, match="cannot be written"):
+        _finetune(tmp_path, tmp_path / "file" / "out")
+
+
+def test_finished_run_is_not_replaced_without_overwrite_output_dir(tmp_path):
+    out = tmp_path / "out"
+    _finetune(tmp_path, out)
+    before = _hashes(out)
+    with pytest.raises(RunDirectoryError, match=r"already holds a finished run .*set overwrite_output_dir=true"):
+        _finetune(tmp_path, out)
+    assert _hashes(out) == before
+    _finetune(tmp_path, out, "overwrite_output_dir=true")
+
+
+def test_resume_true_without_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(RunDirectoryError, match="resume_from_checkpoint=true but .* holds no checkpoint-<step>"):
+        _finetune(tmp_path, tmp_path / "out", "resume_from_checkpoint=true")
+
+
+def test_resume_true_means_the_last_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    _finetune(tmp_path, out, "max_steps=2", "save_strategy=steps", "save_steps=1")
+    trainer = _finetune(
+        tmp_path, out, "max_steps=3", "save_strategy=steps", "save_steps=1", "resume_from_checkpoint=true"
+    )
+    assert trainer.state.global_step == 3
+
+
+def test_warmup_covering_every_step_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"warmup_steps=10 covers all 1 optimizer step\(s\) of this run"):
+        _finetune(tmp_path, tmp_path / "out", "warmup_steps=10")
+
+
+# ---- analysis ----
+
+
+def test_heads_aggregate_top_k_beyond_the_number_of_heads(tmp_path, capsys):
+    from hf_ext.heads.analysis import write_jsonl
+
+    values = {"a": [[1.0, 2.0], [3.0, 4.0]]}
+    for name, fields in {
+        "I_pre": ("loss_increase",),
+        "I_post": ("loss_increase",),
+        "G_pre": ("gradient", "fisher"),
+        "U": ("U", "Urel"),
+    }.items():
+        write_jsonl(tmp_path / f"{name}.jsonl", {f: values["a"] for f in fields})
+    assert cli(["heads", "aggregate", "--run", str(tmp_path), "--top-k", "1000"]) == 2
+    assert "top_k=1000 but there are 4 heads; choose top_k between 1 and 4" in capsys.readouterr().err
+    assert not (tmp_path / "stats.json").exists() and not (tmp_path / "heads.csv").exists()
