@@ -9,12 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from recipes_util import ROOT, run_recipe
+from warp_runs import copy_run, rotate_basis, run_phase
 
 from hf_ext.cli import main as cli
 from hf_ext.config import DataArguments, HfExtTrainingArguments, ModelArguments, format_help, parse_config
 from hf_ext.data import prepare_data
 from hf_ext.errors import ConfigError, DataError, RunDirectoryError, exit_on_user_error
+from hf_ext.io import file_sha256, load_tensors, save_tensors
 from hf_ext.models import load_tokenizer
 from hf_ext.warp.config import WarpArguments
 
@@ -287,3 +290,111 @@ def test_heads_aggregate_top_k_beyond_the_number_of_heads(tmp_path, capsys):
     assert cli(["heads", "aggregate", "--run", str(tmp_path), "--top-k", "1000"]) == 2
     assert "top_k=1000 but there are 4 heads; choose top_k between 1 and 4" in capsys.readouterr().err
     assert not (tmp_path / "stats.json").exists() and not (tmp_path / "heads.csv").exists()
+
+
+# ---- WaRP run directories: files that do not belong together ----
+
+
+def test_masks_of_wrong_shape_are_refused_before_phase3_writes(bert_run, tmp_path):
+    out, _ = bert_run
+    run = tmp_path / "run"
+    copy_run(out, run)
+    masks, _ = load_tensors(run / "phase2" / "masks.safetensors")
+    masks["bert.encoder.layer.4.output.dense"] = torch.ones(5, dtype=torch.bool)
+    save_tensors(run / "phase2" / "masks.safetensors", masks)
+    with pytest.raises(RunDirectoryError, match=r"phase2/masks.safetensors: recorded \w+, found \w+"):
+        run_phase(run, 3)  # the file is not the one phase 2 wrote
+    metadata = json.loads((run / "phase2" / "metadata.json").read_text())
+    metadata["lineage"]["masks"] = file_sha256(run / "phase2" / "masks.safetensors")
+    (run / "phase2" / "metadata.json").write_text(json.dumps(metadata))  # as if phase 2 had written them
+    with pytest.raises(ValueError, match=r"mask for 'bert.encoder.layer.4.output.dense' has shape \(5,\)"):
+        run_phase(run, 3)
+    assert not (run / "phase3").exists()
+
+
+def test_targets_changed_after_phase1_is_refused_before_phase2_writes(bert_run, tmp_path):
+    out, _ = bert_run
+    run = tmp_path / "run"
+    (run / "phase1").mkdir(parents=True)
+    for name in ("basis.safetensors", "basis.json"):
+        (run / "phase1" / name).write_bytes((out / "phase1" / name).read_bytes())
+    with pytest.raises(RunDirectoryError, match="rerun phase 1"):
+        run_phase(run, 2, 'targets=["layer.[4-5].intermediate.dense"]')
+    assert not (run / "phase2").exists()
+
+
+def test_basis_for_a_module_that_does_not_exist_is_refused(bert_run, tmp_path):
+    out, _ = bert_run
+    run = tmp_path / "run"
+    tensors, _ = load_tensors(out / "phase1" / "basis.safetensors")
+    renamed = {key.replace("layer.4.", "layer.7."): t for key, t in tensors.items()}
+    save_tensors(run / "phase1" / "basis.safetensors", renamed)
+    with pytest.raises(RunDirectoryError, match=r"covers \['bert.encoder.layer.7.output.dense'\] module\(s\) beyond"):
+        run_phase(run, 2)
+    assert not (run / "phase2").exists()
+
+
+@pytest.mark.parametrize("keep_ratio", ["0", "1", "1.5"])
+def test_keep_ratio_outside_open_interval_is_a_config_error(tmp_path, keep_ratio):
+    with pytest.raises(ConfigError, match=rf"keep_ratio={keep_ratio} is invalid; expected a number > 0 and < 1"):
+        run_phase(tmp_path, 2, f"keep_ratio={keep_ratio}")
+    assert not any(tmp_path.iterdir())
+
+
+def test_phase3_before_phase2_says_what_to_run(tmp_path):
+    with pytest.raises(RunDirectoryError, match="run phase 2 first"):
+        run_phase(tmp_path, 3)
+
+
+def test_basis_replaced_after_phase2_is_refused_by_phase3_and_leaves_the_record(bert_run, tmp_path):
+    out, _ = bert_run
+    run = tmp_path / "run"
+    copy_run(out, run)
+    rotate_basis(run)
+    config = (run / "config.json").read_bytes()
+    with pytest.raises(RunDirectoryError, match=r"phase1/basis.safetensors: recorded \w+, found \w+"):
+        run_phase(run, 3)
+    assert not (run / "phase3").exists() and (run / "config.json").read_bytes() == config
+
+
+def test_failed_phase_does_not_rewrite_the_run_record(bert_run, tmp_path):
+    out, _ = bert_run
+    run = tmp_path / "run"
+    copy_run(out, run)
+    config = (run / "config.json").read_bytes()
+    with pytest.raises(RunDirectoryError, match="targets changed since phase 1"):
+        run_phase(run, 3, 'targets=["layer.[4-5].intermediate.dense"]')
+    assert (run / "config.json").read_bytes() == config
+
+
+def test_verify_fails_on_a_replaced_basis_and_on_missing_phases(bert_run, tmp_path, capsys):
+    out, _ = bert_run
+    run = tmp_path / "run"
+    copy_run(out, run, ("config.json", "phase1", "phase2", "phase3"))
+    rotate_basis(run)
+    assert cli(["warp", "verify", "--run", str(run)]) == 1
+    printed = capsys.readouterr().out
+    assert "FAIL  phase3 input is phase 2's file" in printed and "phase1/basis.safetensors: recorded" in printed
+    only_phase1 = tmp_path / "only_phase1"
+    copy_run(out, only_phase1, ("config.json", "phase1"))
+    assert cli(["warp", "verify", "--run", str(only_phase1)]) == 1
+    printed = capsys.readouterr().out
+    assert "FAIL  phase 2 files present" in printed and "missing: phase2/model" in printed
+    assert "FAIL  phase 3 files present" in printed
+
+
+def test_verify_fails_when_a_frozen_coefficient_moved(bert_run, tmp_path, capsys):
+    out, _ = bert_run
+    coefficients, _ = load_tensors(out / "phase3" / "coefficients.safetensors")
+    masks, _ = load_tensors(out / "phase2" / "masks.safetensors")
+    name = "bert.encoder.layer.4.output.dense"
+    column = int(masks[name].nonzero()[0])
+    original = coefficients[name].clone()
+    coefficients[name][0, column] += 1e-3
+    try:
+        save_tensors(out / "phase3" / "coefficients.safetensors", coefficients)
+        assert cli(["warp", "verify", "--run", str(out)]) == 1
+        assert "FAIL  phase 3: frozen coefficients bit-identical" in capsys.readouterr().out
+    finally:
+        coefficients[name] = original
+        save_tensors(out / "phase3" / "coefficients.safetensors", coefficients)

@@ -28,7 +28,13 @@ def torchrun(script: str, *args: str, nproc: int = 2) -> None:
         *args,
     ]  # an absolute script path is used as is
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, _failure(result)
+
+
+def _failure(result: subprocess.CompletedProcess) -> str:
+    """The first traceback of a failed run (progress bars would push it out of a plain tail)."""
+    start = result.stderr.find("Traceback")
+    return result.stderr[start : start + 6000] if start >= 0 else result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.multiprocess
@@ -56,7 +62,7 @@ def _run_path(script, *args: str) -> None:
     result = subprocess.run(
         [sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=600
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, _failure(result)
 
 
 def _assert_same_training(reference, other):

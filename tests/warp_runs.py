@@ -1,0 +1,75 @@
+"""A WaRP run on the embedded MiniLM shared by the tests (conftest's ``bert_run``), and helpers to copy
+and tamper with run directories (test helper)."""
+
+import shutil
+
+import torch
+from recipes_util import run_recipe
+
+from hf_ext.io import load_tensors, save_tensors
+
+# The embedded MiniLM: a random tiny BERT whose attention is frozen cannot learn these tasks in a few steps.
+MINILM = (
+    "warp_minilm.json",
+    'targets=["layer.[4-5].output.dense"]',
+    "max_train_samples=768",
+    "max_eval_samples=128",
+    "warmup_steps=0",
+    "logging_steps=2",
+    "eval_strategy=steps",
+    "eval_steps=12",
+)
+TINY_LLAMA = (
+    "warp_tiny_llama.json",
+    "max_train_samples=256",
+    "max_eval_samples=64",
+    "logging_steps=2",
+    "warmup_steps=0",
+)
+PHASE_FILES = [
+    "config.json",
+    "phase1/basis.safetensors",
+    "phase1/metadata.json",
+    "phase2/model/config.json",
+    "phase2/importance.safetensors",
+    "phase2/masks.safetensors",
+    "phase2/metadata.json",
+    "phase3/model/config.json",
+    "phase3/coefficients.safetensors",
+    "phase3/metadata.json",
+    "plain/model/config.json",
+    "eval.json",
+    "eval.md",
+]
+
+
+def make_bert_run(tmp_path_factory):
+    """All phases of warp_minilm.json on a small share of the data; ``(output_dir, eval rows)``."""
+    out = tmp_path_factory.mktemp("warp_bert")
+    rows = run_recipe("warp", *MINILM[:1], f"output_dir={out}", *MINILM[1:])
+    return out, rows
+
+
+def run_phase(out, phase, *extra):
+    """One phase of the MiniLM recipe into ``out``, with extra ``key=value`` overrides."""
+    return run_recipe("warp", *MINILM[:1], f"output_dir={out}", *MINILM[1:], f"phase={phase}", *extra)
+
+
+def copy_run(out, run, names=("config.json", "phase1", "phase2")):
+    """Copy the named files and phase directories of run ``out`` into ``run``."""
+    for name in names:
+        if (out / name).is_dir():
+            shutil.copytree(out / name, run / name)
+        else:
+            run.mkdir(parents=True, exist_ok=True)
+            shutil.copy(out / name, run / name)
+
+
+def rotate_basis(run):
+    """Replace phase 1's basis by another valid one (same targets and shapes, orthonormal): another run's."""
+    basis, metadata = load_tensors(run / "phase1" / "basis.safetensors")
+    for key in [k for k in basis if k.endswith(".U")]:
+        d = basis[key].shape[0]
+        rotation = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0)))[0]
+        basis[key] = basis[key] @ rotation
+    save_tensors(run / "phase1" / "basis.safetensors", basis, metadata)
