@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+
+from .errors import HfExtError
 
 
 def _targets(args: argparse.Namespace) -> None:
@@ -34,6 +37,8 @@ def _export(args: argparse.Namespace) -> None:
 
     splits = load_builtin_task(args.task, seed=args.seed)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; name a directory")
     out.mkdir(parents=True, exist_ok=True)
     for split, dataset in splits.items():
         path = out / f"{split}.jsonl"
@@ -61,8 +66,15 @@ def _warp_eval(args: argparse.Namespace) -> int:
 def _heads_runs(run: str):
     from pathlib import Path
 
+    from .errors import RunDirectoryError
+
     root = Path(run)
     seeds = sorted(p for p in root.glob("seed-*") if p.is_dir())
+    if not seeds and not (root / "I_pre.jsonl").is_file():
+        raise RunDirectoryError(
+            f"{root} holds neither seed-* directories nor I_pre.jsonl: point --run at a head-plasticity output_dir "
+            "or one of its seed directories"
+        )
     return root, seeds or [root]
 
 
@@ -72,7 +84,9 @@ def _heads_aggregate(args: argparse.Namespace) -> int:
     root, runs = _heads_runs(args.run)
     thresholds = CaseThresholds(args.important, args.static, args.plastic, args.unimportant)
     for run in runs:
-        stats = aggregate(run, top_k=args.top_k, thresholds=thresholds)
+        saved = run / "stats.json"
+        top_k = args.top_k or (json.loads(saved.read_text())["top_k"] if saved.is_file() else 20)
+        stats = aggregate(run, top_k=top_k, thresholds=thresholds)
         print(
             f"{run}: I_pre vs Urel rho {stats['I_pre_vs_Urel']['spearman_rho']:.3f} "
             f"(p {stats['I_pre_vs_Urel']['p_value']:.3g}), I_pre vs "
@@ -136,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument(
         "--run", required=True, help="a seed directory, or the output_dir holding seed-* directories"
     )
-    aggregate.add_argument("--top-k", type=int, default=20, help="K of the top-K overlap")
+    aggregate.add_argument(
+        "--top-k", type=int, default=None, help="K of the top-K overlap (default: the run's own, else 20)"
+    )
     for name, default in (("important", 90.0), ("static", 30.0), ("plastic", 90.0), ("unimportant", 30.0)):
         aggregate.add_argument(
             f"--{name}", type=float, default=default, help=f"{name} percentile (default {default:g})"
@@ -152,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run_command(args) or 0
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (HfExtError, ValueError, OSError, RuntimeError) as err:
         print(f"hf-ext {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import json
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.integrations import get_reporting_integration_callbacks
 
 from .errors import ConfigError
 
@@ -100,7 +102,15 @@ def check_bounds(instance: Any) -> None:
 
 
 def _invalid(key: str, value: Any, expected: str, owner: type, field_: dataclasses.Field) -> str:
-    return f"{key}={value!r} is invalid; expected {expected} ({owner.__name__}.{key}: {_help(field_)})"
+    return f"{key}={_text(value)} is invalid; expected {expected} ({owner.__name__}.{key}: {_help(field_)})"
+
+
+def _text(value: Any) -> str:
+    """A value as the user wrote it: JSON (``null``, ``true``, ``"text"``) where it can be."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _help(field_: dataclasses.Field) -> str:
@@ -218,8 +228,14 @@ class HfExtTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.output_dir is None:  # transformers would fall back to ./trainer_output
+            raise ConfigError("output_dir is not set: name the directory the run writes to")
         super().__post_init__()
         check_bounds(self)
+        try:
+            get_reporting_integration_callbacks(self.report_to)
+        except ValueError as err:
+            raise ConfigError(f"report_to={self.report_to!r}: {err}") from None
         if self.max_steps <= 0 and self.num_train_epochs == 0:
             raise ConfigError(
                 "num_train_epochs=0 with max_steps unset trains nothing (and would save an untrained model); "
@@ -246,7 +262,10 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise ConfigError(f"config file {path} is empty: it must hold a JSON object of keys")
+        values = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from err
     except UnicodeDecodeError as err:
@@ -305,11 +324,10 @@ def parse_dict(
             raise ConfigError(f"{where(key)}: " + _invalid(key, value, bounds.describe(), owner, field_))
     try:
         parsed = HfArgumentParser(list(dataclass_types)).parse_dict(values)
-    except ConfigError as err:
-        origins = sorted({where(key) for key in values})
+    except (TypeError, ValueError) as err:  # a dataclass's own check, naming the keys it is about
+        named = [key for key in values if key in str(err) or _text(values[key]) in str(err)]
+        origins = sorted({where(key) for key in named or values})
         raise ConfigError(f"{' and '.join(origins) or 'config'}: {err}") from None
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{' and '.join(sorted({where(key) for key in values})) or 'config'}: {err}") from err
     for instance in parsed:
         names = {f.name for f in dataclasses.fields(instance)}
         object.__setattr__(instance, _GIVEN_KEYS, frozenset(key for key in values if key in names))
@@ -379,6 +397,9 @@ def _matches(value: Any, annotation: Any) -> bool:
     if annotation is type(None):
         return value is None
     if origin in (typing.Union, types.UnionType):
+        choices = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if choices and isinstance(value, str):  # e.g. SchedulerType | str: the string must name a member
+            return any(value in {m.value for m in kind} for kind in choices)
         return any(_matches(value, a) for a in args)
     if origin is Literal:
         return value in args
@@ -402,9 +423,16 @@ def _matches(value: Any, annotation: Any) -> bool:
 def _describe(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(annotation))
+        args = typing.get_args(annotation)
+        if any(isinstance(a, type) and issubclass(a, enum.Enum) for a in args):
+            args = tuple(a for a in args if a is not str)  # the str alternative only spells a member by name
+        return " or ".join(_describe(a) for a in args)
     if origin is Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(annotation)))
+    if origin in (list, tuple) and typing.get_args(annotation):
+        return f"a list of {_describe(typing.get_args(annotation)[0])}"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in annotation)
     return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
 

@@ -19,7 +19,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, EvalPrediction, PreTrainedTokenizerBase
 
 from . import tasks
-from .config import DataArguments
+from .config import DataArguments, given_keys
 from .data_files import check_data_file, data_format
 from .errors import ConfigError, DataError
 
@@ -55,6 +55,10 @@ def load_raw_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
             raise DataError(
                 f"the training data has {len(raw['train'])} example(s): too few to hold some out as validation"
             )
+        logger.warning(
+            "the data has no validation split: holding out %d%% of train (validation_split_percentage)",
+            args.validation_split_percentage,
+        )
         split = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100, seed=seed)
         raw = DatasetDict({**raw, "train": split["train"], "validation": split["test"]})
     limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
@@ -69,8 +73,15 @@ def _load_files(args: DataArguments) -> DatasetDict:
     kinds = {data_format(path) for path in files.values()}
     if len(kinds) > 1:
         raise DataError(f"data files mix formats {sorted(kinds)}; use one format for all splits")
-    for path in files.values():
-        check_data_file(path)
+    columns = {split: check_data_file(path) for split, path in files.items()}
+    for split, names in columns.items():
+        if set(names) != set(columns["train"]):
+            raise DataError(
+                f"{files[split]} has columns {names} but {files['train']} has {columns['train']}: "
+                "every split needs the same columns"
+            )
+    if args.dataset_name and "dataset_name" in given_keys(args):
+        logger.warning("train_file is set: dataset_name %r is not used", args.dataset_name)
     return load_dataset(kinds.pop(), data_files=files)
 
 

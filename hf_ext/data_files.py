@@ -29,8 +29,8 @@ def data_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
-def check_data_file(path: str | Path) -> int:
-    """Parse ``path`` (JSON lines, a JSON array of objects, or CSV with a header) and return its row count.
+def check_data_file(path: str | Path) -> list[str]:
+    """Parse ``path`` (JSON lines, a JSON array of objects, or CSV with a header) and return its column names.
 
     Raises:
         DataError: the file is empty, a line is not a JSON object, a CSV row has the wrong number of
@@ -48,7 +48,7 @@ def check_data_file(path: str | Path) -> int:
         raise DataError(f"data file {path} holds no examples")
     if data_format(path) == "json":
         _check_column_kinds(path, rows)
-    return len(rows)
+    return list(dict.fromkeys(column for _, row in rows for column in row))
 
 
 def _json_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:

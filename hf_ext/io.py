@@ -168,7 +168,10 @@ def load_tensors(
             "the file is truncated or was replaced; re-create it"
         )
     if verify_checksum and file_sha256(path) != info["sha256"]:
-        raise FileFormatError(f"{path} does not match the SHA-256 in {sidecar_path(path).name}: the file is corrupt")
+        raise FileFormatError(
+            f"{path} does not match the SHA-256 in {sidecar_path(path).name}: the file is corrupt or was replaced "
+            "without its sidecar; re-create it"
+        )
     try:
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:

@@ -40,6 +40,10 @@ AUTO_CLASSES = {"seq_cls": AutoModelForSequenceClassification, "causal_lm": Auto
 EMBEDDED_PREFIX = "embedded:"
 TINY_PREFIX = "tiny:"
 TINY_ARCHITECTURES = ("llama", "qwen2", "deberta-v2", "bert")
+# Encoders that transformers can still load as a causal LM (BertLMHeadModel ...), which trains nothing sensible.
+ENCODER_ONLY = frozenset(
+    {"bert", "deberta", "deberta-v2", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet"}
+)
 _DECODERS = ("llama", "qwen2")
 _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>")
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -66,7 +70,7 @@ def resolve_model_path(name: str) -> str:
 def _tiny_architecture(name: str) -> str:
     architecture = name[len(TINY_PREFIX) :]
     if architecture not in TINY_ARCHITECTURES:
-        raise ValueError(
+        raise ConfigError(
             f"unknown tiny model {name!r}; choose one of " + ", ".join(TINY_PREFIX + a for a in TINY_ARCHITECTURES)
         )
     return architecture
@@ -157,6 +161,8 @@ def _auto_class(task_type: str):
 def _loading(name: str) -> Iterator[None]:
     """Turn the hub's chained "not found / offline / not a model" tracebacks into one :class:`ConfigError`."""
     path = Path(resolve_model_path(name))
+    if name.startswith(("/", "./", "../", "~")) and not path.expanduser().exists():
+        raise ConfigError(f"model directory {name} does not exist; check model_name_or_path")
     if path.is_dir() and not (path / "config.json").is_file():
         raise ConfigError(
             f"model directory {path} holds no config.json: it is not a saved model; check model_name_or_path"
@@ -221,6 +227,11 @@ def load_model(
                     **label_config,
                     **extra,
                 )
+    if args.task_type == "causal_lm" and model.config.model_type in ENCODER_ONLY:
+        raise ConfigError(
+            f"{name} is an encoder ({model.config.model_type}); task_type causal_lm needs a decoder such as "
+            "Llama or Qwen2 (tiny:llama, tiny:qwen2), or use task_type seq_cls"
+        )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -23,7 +23,7 @@ from .errors import RunDirectoryError
 def check_output_dir(
     output_dir: str | os.PathLike, *, finished: Iterable[str | os.PathLike], overwrite: bool, resuming: bool
 ) -> Path:
-    """Create ``output_dir`` if needed and make sure it can be used; returns it as a ``Path``.
+    """Make sure ``output_dir`` can be used, without creating it (a run that fails later leaves no empty folder).
 
     Args:
         finished: files whose presence means a run already finished there (absolute, or relative
@@ -37,9 +37,11 @@ def check_output_dir(
     root = Path(output_dir)
     if root.exists() and not root.is_dir():
         raise RunDirectoryError(f"output_dir {root} is a file, not a directory; choose another output_dir")
+    existing = next(p for p in (root, *root.absolute().parents) if p.exists())
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as err:
         raise RunDirectoryError(
@@ -49,7 +51,8 @@ def check_output_dir(
     if done and not overwrite and not resuming:
         raise RunDirectoryError(
             f"output_dir {root} already holds a finished run ({', '.join(done)}); set overwrite_output_dir=true "
-            "to replace it, resume_from_checkpoint=true to continue it, or choose another output_dir"
+            "to replace it, resume_from_checkpoint=true to continue it (if it saved checkpoints), or choose "
+            "another output_dir"
         )
     return root
 

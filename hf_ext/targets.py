@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import ConfigError
+
 _INT_SET = re.compile(r"\[\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*\]")
 
 
@@ -34,13 +36,13 @@ def parse_int_set(spec: str) -> list[int]:
             continue
         lo, sep, hi = part.partition("-")
         if not lo.strip().isdigit() or (sep and not hi.strip().isdigit()):
-            raise ValueError(f"cannot read {spec!r} as a set of integers; write it like '28-31' or '0,2,5-7'")
+            raise ConfigError(f"cannot read {spec!r} as a set of integers; write it like '28-31' or '0,2,5-7'")
         first, last = int(lo), int(hi) if sep else int(lo)
         if last < first:
-            raise ValueError(f"range {part!r} in {spec!r} runs backwards")
+            raise ConfigError(f"range {part!r} in {spec!r} runs backwards")
         values.update(range(first, last + 1))
     if not values:
-        raise ValueError(f"{spec!r} names no integers")
+        raise ConfigError(f"{spec!r} names no integers")
     return sorted(values)
 
 
@@ -61,9 +63,9 @@ def pattern_to_regex(pattern: str) -> re.Pattern[str]:
         try:
             return re.compile(pattern[3:])
         except re.error as err:
-            raise ValueError(f"invalid regular expression in target pattern {pattern!r}: {err}") from err
+            raise ConfigError(f"invalid regular expression in target pattern {pattern!r}: {err}") from None
     if not pattern or pattern.startswith(".") or pattern.endswith(".") or ".." in pattern:
-        raise ValueError(
+        raise ConfigError(
             f"invalid target pattern {pattern!r}: expected dotted names like 'layers.[28-31].mlp.down_proj'"
         )
     parts = pattern.split(".")
@@ -99,7 +101,7 @@ def select_linear(
     """
     patterns = _as_list(patterns)
     if not patterns:
-        raise ValueError("no target patterns given; pass e.g. 'mlp.down_proj' or 'layers.[28-31].mlp.*'")
+        raise ConfigError("no target patterns given; pass e.g. 'mlp.down_proj' or 'layers.[28-31].mlp.*'")
     block_of = _block_index_fn(model) if layers is not None else None
     wanted_layers = set(parse_int_set(layers) if isinstance(layers, str) else layers or [])
     linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -111,7 +113,7 @@ def select_linear(
         if block_of is not None:
             hits = [n for n in hits if block_of(n) in wanted_layers]
         if not hits:
-            raise ValueError(_no_match_message(model, pattern, matched, linear_names, layers))
+            raise ConfigError(_no_match_message(model, pattern, matched, linear_names, layers))
         selected.update((n, model.get_submodule(n)) for n in hits)
     order = {n: i for i, n in enumerate(linear_names)}
     return dict(sorted(selected.items(), key=lambda item: order[item[0]]))
@@ -126,7 +128,7 @@ def set_trainable(model: nn.Module, params: Iterable[nn.Parameter], extra_patter
     extra_patterns = _as_list(extra_patterns)
     extra = match_modules(model, extra_patterns) if extra_patterns else {}
     if extra_patterns and not extra:
-        raise ValueError(
+        raise ConfigError(
             f"extra trainable module pattern(s) {extra_patterns} match no module of {type(model).__name__}"
         )
     for p in model.parameters():

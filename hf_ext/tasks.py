@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import datasets
 
+from .errors import ConfigError
+
 TASK_NAMES: tuple[str, ...] = ("safety", "sentiment", "topic")
 REFUSAL_PREFIXES: tuple[str, ...] = ("I cannot help", "I can't help", "Sorry, I cannot", "I won't help")
 
@@ -509,7 +511,7 @@ _BUILDERS: dict[str, Callable[[], list[_Example]]] = {
 
 def _check_name(name: str) -> None:
     if name not in TASK_NAMES:
-        raise ValueError(f"unknown built-in task {name!r}; choose one of {', '.join(TASK_NAMES)}")
+        raise ConfigError(f"unknown built-in task {name!r}; choose one of {', '.join(TASK_NAMES)}")
 
 
 @functools.cache

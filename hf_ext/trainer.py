@@ -3,11 +3,15 @@ callbacks that read gradients."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections import defaultdict
+from pathlib import Path
 
 from transformers import Trainer, TrainerCallback
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from .errors import ConfigError, RunDirectoryError
@@ -87,19 +91,36 @@ class HfExtTrainer(Trainer):
             return None
         if value is True:
             out = self.args.output_dir
-            last = get_last_checkpoint(out) if os.path.isdir(out) else None
-            if last is None:
+            value = get_last_checkpoint(out) if os.path.isdir(out) else None
+            if value is None:
                 raise RunDirectoryError(
                     f"resume_from_checkpoint=true but {out} holds no checkpoint-<step> directory; remove the key to "
                     "start afresh, or name a checkpoint directory (checkpoints need save_strategy 'steps' or 'epoch')"
                 )
-            return last
-        if not os.path.isdir(value):
+        state = os.path.join(value, TRAINER_STATE_NAME)
+        if not os.path.isfile(state):
             raise RunDirectoryError(
-                f"resume_from_checkpoint={value!r} is not a directory; name a checkpoint-<step> directory of an "
-                "earlier run, or true for the last one in output_dir"
+                f"resume_from_checkpoint={value!r} is not a checkpoint (no {TRAINER_STATE_NAME}); name a "
+                "checkpoint-<step> directory of an earlier run, or true for the last one in output_dir"
+            )
+        step, planned = json.loads(Path(state).read_text())["global_step"], self._planned_steps()
+        if planned is not None and step >= planned:
+            raise RunDirectoryError(
+                f"{value} is at step {step} and this run has {planned} steps: nothing is left to train, and resuming "
+                "would only rewrite the results; raise max_steps or num_train_epochs to continue it"
             )
         return value
+
+    def _planned_steps(self) -> int | None:
+        """The optimizer steps this run will take, as the Trainer counts them (None if the data has no length)."""
+        if self.args.max_steps > 0:
+            return self.args.max_steps
+        try:
+            batches = len(self.get_train_dataloader())
+        except TypeError:
+            return None
+        per_epoch = max(-(-batches // self.args.gradient_accumulation_steps), 1)
+        return math.ceil(self.args.num_train_epochs * per_epoch)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         warmup = self.args.get_warmup_steps(num_training_steps)

@@ -53,14 +53,29 @@ def _hashes(root: Path) -> dict[str, str]:
         ("gradient_accumulation_steps=0", r"gradient_accumulation_steps=0 is invalid"),
         ("keep_ratio=1.5", r"keep_ratio=1.5 is invalid; expected a number > 0 and < 1"),
         ("safety_epochs=0", r"safety_epochs=0 is invalid; expected a number > 0"),
-        ("dtype=float8", r"dtype='float8' is invalid; expected one of 'float32', 'bfloat16', 'float16', 'auto'"),
+        ("dtype=float8", r"dtype=\"float8\" is invalid; expected one of 'float32', 'bfloat16', 'float16', 'auto'"),
         ("max_seq_length=0", r"max_seq_length=0 is invalid"),
         ("warmup_steps=-1", r"warmup_steps=-1 is invalid"),
+        ("learning_rate=null", r"learning_rate=null is invalid; expected float"),
+        ("lr_scheduler_type=cosinee", r"lr_scheduler_type=\"cosinee\" is invalid; expected one of 'linear', 'cosine'"),
+        ("report_to=nothing", r"the command line: report_to=\['nothing'\]: nothing is not supported"),
+        ("output_dir=null", r"output_dir is not set"),
     ],
 )
 def test_out_of_range_values_name_the_key_and_the_command_line(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         _parse(tmp_path, override)
+
+
+def test_empty_config_file_and_list_element_types(tmp_path):
+    from hf_ext.heads.config import HeadStudyArguments
+
+    (tmp_path / "empty.json").write_text("\n")
+    with pytest.raises(ConfigError, match="empty.json is empty: it must hold a JSON object"):
+        parse_config(TYPES, [str(tmp_path / "empty.json")])
+    types = (ModelArguments, DataArguments, HeadStudyArguments, HfExtTrainingArguments)
+    with pytest.raises(ConfigError, match=r'seeds=\["a"\] is invalid; expected a list of int'):
+        parse_config(types, [_config(tmp_path), 'seeds=["a"]'])
 
 
 def test_a_bad_value_in_the_file_is_blamed_on_the_file(tmp_path):
@@ -329,7 +344,10 @@ def test_basis_for_a_module_that_does_not_exist_is_refused(bert_run, tmp_path):
     tensors, _ = load_tensors(out / "phase1" / "basis.safetensors")
     renamed = {key.replace("layer.4.", "layer.7."): t for key, t in tensors.items()}
     save_tensors(run / "phase1" / "basis.safetensors", renamed)
-    with pytest.raises(RunDirectoryError, match=r"covers \['bert.encoder.layer.7.output.dense'\] module\(s\) beyond"):
+    with pytest.raises(
+        RunDirectoryError,
+        match=r"the basis covers \['bert.encoder.layer.7.output.dense'\], not targets; it lacks targets",
+    ):
         run_phase(run, 2)
     assert not (run / "phase2").exists()
 
@@ -342,7 +360,7 @@ def test_keep_ratio_outside_open_interval_is_a_config_error(tmp_path, keep_ratio
 
 
 def test_phase3_before_phase2_says_what_to_run(tmp_path):
-    with pytest.raises(RunDirectoryError, match="run phase 2 first"):
+    with pytest.raises(RunDirectoryError, match="run phases 1 and 2 first"):
         run_phase(tmp_path, 3)
 
 
@@ -398,3 +416,157 @@ def test_verify_fails_when_a_frozen_coefficient_moved(bert_run, tmp_path, capsys
     finally:
         coefficients[name] = original
         save_tensors(out / "phase3" / "coefficients.safetensors", coefficients)
+
+
+# ---- names that resolve to nothing, and follow-ups of the first new-user trial ----
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: load_tokenizer("tiny:gpt9"), "unknown tiny model 'tiny:gpt9'; choose one of tiny:llama"),
+        (lambda: load_tokenizer("/no/such/model"), "model directory /no/such/model does not exist"),
+        (
+            lambda: prepare_data(DataArguments(dataset_name="builtin:nope"), load_tokenizer("tiny:bert"), "seq_cls"),
+            "unknown built-in task 'nope'; choose one of safety, sentiment, topic",
+        ),
+    ],
+    ids=["tiny", "path", "builtin"],
+)
+def test_names_that_resolve_to_nothing_are_config_errors(call, message):
+    with pytest.raises(ConfigError, match=message):
+        call()
+
+
+def test_an_encoder_is_refused_for_causal_lm():
+    from hf_ext.models import load_model
+
+    with pytest.raises(ConfigError, match=r"tiny:bert is an encoder \(bert\); task_type causal_lm needs a decoder"):
+        load_model(ModelArguments(model_name_or_path="tiny:bert", task_type="causal_lm"), load_tokenizer("tiny:bert"))
+
+
+def test_target_patterns_that_match_nothing_are_config_errors():
+    from hf_ext.models import tiny_model
+    from hf_ext.targets import select_linear
+
+    model, _ = tiny_model("bert", "seq_cls")
+    with pytest.raises(ConfigError, match="target pattern 'foo.bar' matches no nn.Linear"):
+        select_linear(model, "foo.bar")
+    with pytest.raises(ConfigError, match="invalid regular expression in target pattern 're:\\[abc'"):
+        select_linear(model, "re:[abc")
+
+
+def test_files_with_different_columns(tmp_path):
+    validation = _rows({"sentence": "a fine film", "label": "pos"}, {"sentence": "a dull film", "label": "neg"})
+    with pytest.raises(DataError, match=r"validation.jsonl has columns \['sentence', 'label'\] but .*train.jsonl has"):
+        _data(tmp_path, GOOD, validation)
+
+
+def test_a_failed_run_leaves_no_empty_output_dir(tmp_path):
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(DataError):
+        _finetune(tmp_path, tmp_path / "out", "dataset_name=null", f"train_file={tmp_path / 'train.jsonl'}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_from_a_directory_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "not_a_checkpoint").mkdir()
+    with pytest.raises(RunDirectoryError, match=r"is not a checkpoint \(no trainer_state.json\)"):
+        _finetune(tmp_path, tmp_path / "out", f"resume_from_checkpoint={tmp_path / 'not_a_checkpoint'}")
+
+
+def test_resuming_a_run_with_nothing_left_to_train_keeps_its_results(tmp_path):
+    out = tmp_path / "out"
+    _finetune(tmp_path, out, "max_steps=2", "save_strategy=steps", "save_steps=1")
+    before = _hashes(out)
+    with pytest.raises(
+        RunDirectoryError, match=r"checkpoint-2 is at step 2 and this run has 2 steps: nothing is left"
+    ):
+        _finetune(tmp_path, out, "max_steps=2", "save_strategy=steps", "save_steps=1", "resume_from_checkpoint=true")
+    assert _hashes(out) == before
+
+
+def _head_run(tmp_path) -> Path:
+    from hf_ext.heads.analysis import write_jsonl
+
+    values = [[1.0, 2.0], [3.0, 4.0]]
+    for name, fields in {
+        "I_pre": ("loss_increase",),
+        "I_post": ("loss_increase",),
+        "G_pre": ("gradient", "fisher"),
+        "U": ("U", "Urel"),
+    }.items():
+        write_jsonl(tmp_path / f"{name}.jsonl", {f: values for f in fields})
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--important", "150"], "important percentile 150 is outside 0..100"),
+        (["--static", "-5"], "static percentile -5 is outside 0..100"),
+        (["--important", "10"], "important percentile 10 is not above unimportant percentile 30"),
+        (["--top-k", "1000"], "top_k=1000 but there are 4 heads; choose top_k between 1 and 4"),
+    ],
+)
+def test_heads_aggregate_options_out_of_range(tmp_path, capsys, options, message):
+    run = _head_run(tmp_path)
+    assert cli(["heads", "aggregate", "--run", str(run), "--top-k", "2", *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not (run / "stats.json").exists() and not (run / "heads.csv").exists()
+
+
+def test_heads_aggregate_uses_the_runs_own_top_k_by_default(tmp_path, capsys):
+    run = _head_run(tmp_path)
+    assert cli(["heads", "aggregate", "--run", str(run), "--top-k", "3"]) == 0
+    assert cli(["heads", "aggregate", "--run", str(run)]) == 0  # 4 heads: the default 20 would be refused
+    assert json.loads((run / "stats.json").read_text())["top_k"] == 3
+
+
+def test_heads_analysis_names_a_truncated_line_and_a_wrong_directory(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    run = _head_run(tmp_path / "run")
+    with open(run / "I_pre.jsonl", "a") as f:
+        f.write('{"layer": 0, "head": 0, "value": ')
+    assert cli(["heads", "aggregate", "--run", str(run)]) == 2
+    assert "I_pre.jsonl:5: not valid JSON" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli(["heads", "plot", "--run", str(tmp_path / "empty")]) == 2
+    assert "holds neither seed-* directories nor I_pre.jsonl" in capsys.readouterr().err
+
+
+def test_data_export_into_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert cli(["data", "export", "sentiment", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file; name a directory" in capsys.readouterr().err
+
+
+def test_eval_subset_larger_than_the_data_says_so(tmp_path, caplog):
+    from datasets import Dataset
+
+    from hf_ext.heads.study import eval_subset
+
+    with caplog.at_level(logging.WARNING):
+        indices = eval_subset(Dataset.from_dict({"x": list(range(5))}), 100, 0, tmp_path / "subset.json")
+    assert len(indices) == 5 and "eval_subset_size=100 is more than the 5 validation examples" in caplog.text
+
+
+def test_rerunning_phase1_with_overwrite_removes_the_phases_computed_from_it(bert_run, tmp_path, capsys):
+    out, _ = bert_run
+    run = tmp_path / "run"
+    copy_run(out, run)
+    with pytest.raises(RunDirectoryError, match="already holds a finished run"):
+        run_phase(run, 1)
+    assert (run / "phase2" / "metadata.json").exists()
+    run_phase(run, 1, "overwrite_output_dir=true")
+    assert "rerunning phase1: removing results computed from it: phase2" in capsys.readouterr().out
+    assert not (run / "phase2").exists() and (run / "phase1" / "basis.safetensors").exists()
+
+
+def test_verify_fails_when_the_basis_is_not_phase2s_even_without_phase3(bert_run, tmp_path, capsys):
+    out, _ = bert_run
+    run = tmp_path / "run"
+    copy_run(out, run)
+    rotate_basis(run)
+    assert cli(["warp", "verify", "--run", str(run)]) == 1
+    assert "FAIL  phase 2 trained in this basis" in capsys.readouterr().out

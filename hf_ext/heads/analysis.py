@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..io import write_json
 
 MEASUREMENTS = {  # column -> (file, field)
@@ -40,6 +40,17 @@ class CaseThresholds:
     plastic: float = 90.0
     unimportant: float = 30.0
 
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not 0 <= value <= 100:
+                raise ConfigError(f"{name} percentile {value:g} is outside 0..100")
+        for high, low, of in (("important", "unimportant", "I_pre"), ("plastic", "static", "Urel")):
+            if getattr(self, high) <= getattr(self, low):
+                raise ConfigError(
+                    f"{high} percentile {getattr(self, high):g} is not above {low} percentile {getattr(self, low):g}: "
+                    f"both cut {of}, and the {high} heads must be its top share"
+                )
+
 
 def write_jsonl(path: str | Path, values: dict[str, np.ndarray]) -> None:
     """One line per head from ``[num_layers, num_heads]`` arrays of the same shape."""
@@ -57,10 +68,18 @@ def read_jsonl(path: str | Path, field: str) -> np.ndarray:
     """``[num_layers, num_heads]`` array of ``field``; every head must appear exactly once."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise DataError(f"{path} not found: is {path.parent} a head-plasticity seed directory?")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(
+                    f"{path}:{number}: not valid JSON ({err.msg}); the file is truncated or edited"
+                ) from None
     if not rows:
-        raise ValueError(f"{path} is empty")
+        raise DataError(f"{path} is empty")
     missing_keys = [r for r in rows if not {"layer", "head", field} <= set(r)]
     if missing_keys:
         raise ValueError(f"{path}: line {rows.index(missing_keys[0]) + 1} lacks 'layer', 'head' or {field!r}")

@@ -11,6 +11,7 @@ and draw the figures. With several seeds, ``output_dir`` also gets ``heads_acros
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from .callbacks import HeadImportanceCallback
 from .config import HeadStudyArguments
 from .gates import HeadGates, head_update_sizes
 from .importance import ablation_importance, gradient_importance
+
+logger = logging.getLogger(__name__)
 
 
 def mixed_precision() -> dict[str, bool]:
@@ -64,6 +67,10 @@ def eval_subset(dataset, size: int, seed: int, path: Path) -> list[int]:
                 f"{saved['seed']}; delete it or use another output_dir"
             )
         return saved["indices"]
+    if size > len(dataset):
+        logger.warning(
+            "eval_subset_size=%d is more than the %d validation examples; using all of them", size, len(dataset)
+        )
     generator = torch.Generator().manual_seed(seed)
     indices = sorted(torch.randperm(len(dataset), generator=generator)[: min(size, len(dataset))].tolist())
     if distributed.is_main_process():

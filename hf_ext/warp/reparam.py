@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..activations import orthonormality_error
+from ..errors import ConfigError
 
 
 class BasisParametrization(nn.Module):
@@ -87,6 +88,11 @@ def reparameterize(
             )
         d_in = module.in_features
         r = basis.shape[-1] if rank is None else rank
+        if rank is not None and not 0 < rank <= min(basis.shape[-1], d_in):
+            raise ConfigError(
+                f"rank {rank} asked for {name!r}, whose basis has {basis.shape[-1]} directions (input width {d_in}); "
+                f"choose basis_rank between 1 and {min(basis.shape[-1], d_in)}"
+            )
         if basis.ndim != 2 or basis.shape[0] != d_in or not 0 < r <= basis.shape[1]:
             raise ValueError(
                 f"basis for {name!r} has shape {tuple(basis.shape)}; expected ({d_in}, r) with rank r in 1..{d_in}"

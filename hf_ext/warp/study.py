@@ -13,6 +13,7 @@ The files of a run are listed in :mod:`hf_ext.warp.layout`.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -85,7 +86,7 @@ class WarpRun:
             layout = WarpLayout(training_args.output_dir)
             check_output_dir(
                 layout.root,
-                finished=[layout.metadata(phase) for phase in PHASE_STEPS[warp_args.phase]],
+                finished=[layout.metadata(phase).relative_to(layout.root) for phase in PHASE_STEPS[warp_args.phase]],
                 overwrite=getattr(training_args, "overwrite_output_dir", False),
                 resuming=bool(training_args.resume_from_checkpoint),
             )
@@ -271,11 +272,13 @@ def _reparameterize_targets(run: WarpRun, model) -> dict[str, torch.nn.Parameter
     bases, _, _ = load_basis(run.dir)
     modules = run.targets(model)
     if set(modules) != set(bases):
-        raise RunDirectoryError(
-            f"the basis covers {sorted(set(bases) - set(modules)) or 'no extra'} "
-            "module(s) beyond the targets and lacks "
-            f"{sorted(set(modules) - set(bases)) or 'none'}: targets changed since phase 1; rerun phase 1"
+        extra, lacking = sorted(set(bases) - set(modules)), sorted(set(modules) - set(bases))
+        found = "; ".join(
+            part
+            for part in (extra and f"the basis covers {extra}, not targets", lacking and f"it lacks targets {lacking}")
+            if part
         )
+        raise RunDirectoryError(f"{found}: targets changed since phase 1; keep phase 1's targets or rerun phase 1")
     reparameterize(model, bases, rank=run.warp_args.basis_rank)
     return coefficient_parameters(modules)
 
@@ -396,6 +399,8 @@ def load_masks(run_dir: str | Path) -> dict[str, torch.Tensor]:
 def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
     """Utility fine-tune from the phase-2 model: with the masks in the basis (``phase3/``), or plain (``plain/``)."""
     phase = "phase3" if masked else "plain"
+    if not run.layout.basis.is_file():
+        raise RunDirectoryError(f"{run.layout.basis} not found: run phases 1 and 2 first")
     if not run.layout.metadata("phase2").is_file():
         raise RunDirectoryError(f"{run.layout.metadata('phase2')} not found: run phase 2 first")
     inputs = lineage.check_inputs(run.layout, phase)  # before anything is trained or written
@@ -496,6 +501,27 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _remove_stale_results(run: WarpRun, *, after: str) -> None:
+    """Rerunning a phase (``overwrite_output_dir``) invalidates what later phases computed from it: remove them,
+    and say so, rather than leave results that no longer belong to this run."""
+    later = PHASE_STEPS["all"][PHASE_STEPS["all"].index(after) + 1 :]
+    if after == "phase3":
+        later = ()  # the plain arm does not depend on phase 3
+    stale = [run.layout.phase_dir(p) for p in later if run.layout.phase_dir(p).exists()]
+    stale += [path for path in (run.layout.eval_json, run.layout.eval_md) if path.exists()]
+    if (
+        not stale
+        or not run.layout.metadata(after).exists()
+        or not getattr(run.training_args, "overwrite_output_dir", False)
+    ):
+        return
+    if distributed.is_main_process():
+        print(f"rerunning {after}: removing results computed from it: {', '.join(p.name for p in stale)}", flush=True)
+        for path in stale:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    distributed.barrier()
+
+
 PHASE_STEPS: dict[Any, tuple[str, ...]] = {
     1: ("phase1",),
     2: ("phase2",),
@@ -519,6 +545,7 @@ def run_warp_study(run: WarpRun) -> dict | None:
     """
     phase = run.warp_args.phase
     for step in PHASE_STEPS[phase]:
+        _remove_stale_results(run, after=step)
         _RUNNERS[step](run)
         run.save_config()
     if phase not in ("eval", "all"):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..activations import orthonormality_error
-from ..io import load_tensors, read_json
+from ..io import file_sha256, load_tensors, read_json
 from . import lineage
 from .layout import WarpLayout
 from .reparam import coefficient_parameters, reparameterize
@@ -46,6 +46,8 @@ def verify_run(run_dir: str | Path) -> list[Check]:
     bases, _, _ = load_basis(run.dir)
     rank = run.warp_args.basis_rank
     checks = _missing_phases(run.layout)
+    if run.layout.metadata("phase2").is_file():
+        checks.append(_phase2_basis_check(run.layout))
     for name, u in bases.items():
         error = orthonormality_error(u[:, :rank] if rank else u)
         checks.append(Check("U orthonormal: max |U^T U - I|", name, f"{error:.2e}", error < ORTHONORMALITY_TOL))
@@ -122,6 +124,14 @@ def _missing_phases(layout: WarpLayout) -> list[Check]:
         if missing:
             checks.append(Check(f"{label} files present", "-", f"missing: {', '.join(missing)}", False))
     return checks
+
+
+def _phase2_basis_check(layout: WarpLayout) -> Check:
+    """The basis on disk is the one phase 2 trained in (and built its masks in)."""
+    recorded = read_json(layout.metadata("phase2")).get("lineage", {}).get("basis")
+    found = file_sha256(layout.basis)
+    value = "matches phase 2's record" if recorded == found else f"recorded {str(recorded)[:12]}, found {found[:12]}"
+    return Check("phase 2 trained in this basis", "phase1/basis.safetensors", value, recorded == found)
 
 
 def _lineage_checks(layout: WarpLayout, phase: str) -> list[Check]:
