@@ -505,7 +505,7 @@ def _head_run(tmp_path) -> Path:
     [
         (["--important", "150"], "important percentile 150 is outside 0..100"),
         (["--static", "-5"], "static percentile -5 is outside 0..100"),
-        (["--important", "10"], "important percentile 10 is not above unimportant percentile 30"),
+        (["--important", "10"], "important percentile 10 is below unimportant percentile 30"),
         (["--top-k", "1000"], "top_k=1000 but there are 4 heads; choose top_k between 1 and 4"),
     ],
 )

@@ -45,9 +45,9 @@ class CaseThresholds:
             if not 0 <= value <= 100:
                 raise ConfigError(f"{name} percentile {value:g} is outside 0..100")
         for high, low, of in (("important", "unimportant", "I_pre"), ("plastic", "static", "Urel")):
-            if getattr(self, high) <= getattr(self, low):
+            if getattr(self, high) < getattr(self, low):
                 raise ConfigError(
-                    f"{high} percentile {getattr(self, high):g} is not above {low} percentile {getattr(self, low):g}: "
+                    f"{high} percentile {getattr(self, high):g} is below {low} percentile {getattr(self, low):g}: "
                     f"both cut {of}, and the {high} heads must be its top share"
                 )
 
