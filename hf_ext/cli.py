@@ -85,7 +85,11 @@ def _heads_aggregate(args: argparse.Namespace) -> int:
     thresholds = CaseThresholds(args.important, args.static, args.plastic, args.unimportant)
     for run in runs:
         saved = run / "stats.json"
-        top_k = args.top_k or (json.loads(saved.read_text())["top_k"] if saved.is_file() else 20)
+        top_k = (
+            args.top_k
+            if args.top_k is not None
+            else (json.loads(saved.read_text())["top_k"] if saved.is_file() else None)
+        )
         stats = aggregate(run, top_k=top_k, thresholds=thresholds)
         print(
             f"{run}: I_pre vs Urel rho {stats['I_pre_vs_Urel']['spearman_rho']:.3f} "
@@ -151,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--run", required=True, help="a seed directory, or the output_dir holding seed-* directories"
     )
     aggregate.add_argument(
-        "--top-k", type=int, default=None, help="K of the top-K overlap (default: the run's own, else 20)"
+        "--top-k", type=int, default=None, help="K of the top-K overlap (default: the run's own, else 20 or all heads)"
     )
     for name, default in (("important", 90.0), ("static", 30.0), ("plastic", 90.0), ("unimportant", 30.0)):
         aggregate.add_argument(

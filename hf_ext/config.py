@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import enum
 import json
+import re
 import sys
 import textwrap
 import types
@@ -235,7 +236,7 @@ class HfExtTrainingArguments(TrainingArguments):
         try:
             get_reporting_integration_callbacks(self.report_to)
         except ValueError as err:
-            raise ConfigError(f"report_to={self.report_to!r}: {err}") from None
+            raise ConfigError(f"report_to={self.report_to!r}: {err} ('none' or [] reports nowhere)") from None
         if self.max_steps <= 0 and self.num_train_epochs == 0:
             raise ConfigError(
                 "num_train_epochs=0 with max_steps unset trains nothing (and would save an untrained model); "
@@ -265,7 +266,7 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
         text = path.read_text(encoding="utf-8")
         if not text.strip():
             raise ConfigError(f"config file {path} is empty: it must hold a JSON object of keys")
-        values = json.loads(text)
+        values = json.loads(text, object_pairs_hook=_refuse_duplicates(path))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from err
     except UnicodeDecodeError as err:
@@ -275,6 +276,17 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     overrides = parse_overrides(argv[1:])
     origins = {key: str(path) for key in values} | {key: "the command line" for key in overrides}
     return parse_dict(dataclass_types, values | overrides, source=origins)
+
+
+def _refuse_duplicates(path: Path):
+    def object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise ConfigError(f"{path} gives key(s) {repeated} more than once; keep one value for each")
+        return dict(pairs)
+
+    return object_pairs
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -325,7 +337,7 @@ def parse_dict(
     try:
         parsed = HfArgumentParser(list(dataclass_types)).parse_dict(values)
     except (TypeError, ValueError) as err:  # a dataclass's own check, naming the keys it is about
-        named = [key for key in values if key in str(err) or _text(values[key]) in str(err)]
+        named = [key for key in values if re.search(rf"\b{re.escape(key)}\b", str(err))]
         origins = sorted({where(key) for key in named or values})
         raise ConfigError(f"{' and '.join(origins) or 'config'}: {err}") from None
     for instance in parsed:

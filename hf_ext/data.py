@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, EvalPrediction, PreTrainedTokenizerBase
 
 from . import tasks
@@ -99,6 +99,11 @@ def infer_label_names(raw: DatasetDict, args: DataArguments) -> list[str]:
     feature = train.features[args.label_column]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
+    if not isinstance(feature, Value):
+        raise DataError(
+            f"label column {args.label_column!r} holds {type(feature).__name__} values (e.g. lists); "
+            "a label must be one text or number per example"
+        )
     for name, split in raw.items():
         values = split[args.label_column]
         if None in values:
@@ -115,6 +120,10 @@ def infer_label_names(raw: DatasetDict, args: DataArguments) -> list[str]:
                 f"label(s) {unseen[:5]} appear in the {name} split ({count} row(s)) but never in train: the model "
                 "would get classes it never trains on; fix the labels or add training examples of them"
             )
+    if len(known) < 2:
+        raise DataError(
+            f"the training labels hold {len(known)} class ({sorted(known, key=str)}): a classifier needs at least two"
+        )
     return [str(v) for v in sorted(known)]
 
 
@@ -281,10 +290,26 @@ def check_columns(raw: DatasetDict, args: DataArguments, task_type: str) -> None
                 f"{task_type} reads {', '.join(missing)}, not in the {name} split (columns: {split.column_names}); "
                 "set the *_column keys to the data's column names"
             )
+        for key in keys[:1] if task_type == "seq_cls" else keys:
+            column = getattr(args, key)
+            feature = split.features[column]
+            if getattr(feature, "dtype", None) not in ("string", "large_string"):
+                raise DataError(
+                    f"{key}={column!r} holds {getattr(feature, 'dtype', type(feature).__name__)} in the {name} split, "
+                    "expected text; point it at the column with the text"
+                )
+            if not any(text.strip() for text in split[column] if text):
+                raise DataError(f"every {column!r} in the {name} split is empty: there is no text to learn from")
 
 
 def fit_max_seq_length(args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> DataArguments:
     """``args`` with ``max_seq_length`` lowered, with a warning, to what the tokenizer's model can take."""
+    reserved = tokenizer.num_special_tokens_to_add(pair=False)
+    if args.max_seq_length <= reserved:
+        raise ConfigError(
+            f"max_seq_length={args.max_seq_length} leaves no room for text: the tokenizer adds {reserved} special "
+            "token(s) to every example; use a larger value (e.g. 128)"
+        )
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < args.max_seq_length:
         logger.warning(

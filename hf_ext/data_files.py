@@ -22,7 +22,9 @@ def data_format(path: str | Path) -> str:
     """``"json"`` or ``"csv"`` by the file's suffix; a missing file or another suffix is a :class:`DataError`."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file {path} not found" + (" (it is a directory)" if path.is_dir() else ""))
+        raise DataError(
+            f"data file {path} is a directory, not a file" if path.is_dir() else f"data file {path} not found"
+        )
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise DataError(f"data file {path}: expected a .json, .jsonl or .csv file, got {suffix or 'no suffix'}")
@@ -82,6 +84,11 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
         raise DataError(f"data file {path} has no header line naming its columns")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DataError(
+            f"{path}: the header names column(s) {repeated} more than once; give every column its own name"
+        )
     rows = []
     for row in reader:
         if not row:

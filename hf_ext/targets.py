@@ -104,6 +104,11 @@ def select_linear(
         raise ConfigError("no target patterns given; pass e.g. 'mlp.down_proj' or 'layers.[28-31].mlp.*'")
     block_of = _block_index_fn(model) if layers is not None else None
     wanted_layers = set(parse_int_set(layers) if isinstance(layers, str) else layers or [])
+    if layers is not None:
+        count = len(find_blocks(model)[1])
+        absent = sorted(wanted_layers - set(range(count)))
+        if absent:
+            raise ConfigError(f"layers {absent} do not exist: {type(model).__name__} has blocks 0-{count - 1}")
     linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     selected: dict[str, nn.Linear] = {}
     for pattern in patterns:

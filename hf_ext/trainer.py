@@ -103,6 +103,7 @@ class HfExtTrainer(Trainer):
                 f"resume_from_checkpoint={value!r} is not a checkpoint (no {TRAINER_STATE_NAME}); name a "
                 "checkpoint-<step> directory of an earlier run, or true for the last one in output_dir"
             )
+        self._check_same_model(value)
         step, planned = json.loads(Path(state).read_text())["global_step"], self._planned_steps()
         if planned is not None and step >= planned:
             raise RunDirectoryError(
@@ -110,6 +111,23 @@ class HfExtTrainer(Trainer):
                 "would only rewrite the results; raise max_steps or num_train_epochs to continue it"
             )
         return value
+
+    def _check_same_model(self, checkpoint: str) -> None:
+        """A checkpoint of another model cannot be resumed (its weights and optimizer state do not fit)."""
+        path = Path(checkpoint) / "config.json"
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        if config is None or not path.is_file():
+            return
+        saved, current = json.loads(path.read_text()), config.to_dict()
+        keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "num_labels")
+        differ = [
+            f"{k} {saved.get(k)} vs {current.get(k)}" for k in keys if k in saved and saved.get(k) != current.get(k)
+        ]
+        if differ:
+            raise RunDirectoryError(
+                f"{checkpoint} was written by another model ({', '.join(differ)}, checkpoint vs this run); resume "
+                "with the model that wrote it, or start afresh without resume_from_checkpoint"
+            )
 
     def _planned_steps(self) -> int | None:
         """The optimizer steps this run will take, as the Trainer counts them (None if the data has no length)."""

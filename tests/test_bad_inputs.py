@@ -346,7 +346,7 @@ def test_basis_for_a_module_that_does_not_exist_is_refused(bert_run, tmp_path):
     save_tensors(run / "phase1" / "basis.safetensors", renamed)
     with pytest.raises(
         RunDirectoryError,
-        match=r"the basis covers \['bert.encoder.layer.7.output.dense'\], not targets; it lacks targets",
+        match=r"the basis holds \['bert.encoder.layer.7.output.dense'\], which are no longer targets; it has no",
     ):
         run_phase(run, 2)
     assert not (run / "phase2").exists()
@@ -380,7 +380,7 @@ def test_failed_phase_does_not_rewrite_the_run_record(bert_run, tmp_path):
     run = tmp_path / "run"
     copy_run(out, run)
     config = (run / "config.json").read_bytes()
-    with pytest.raises(RunDirectoryError, match="targets changed since phase 1"):
+    with pytest.raises(ConfigError, match="phase2 ran with other arguments: targets="):
         run_phase(run, 3, 'targets=["layer.[4-5].intermediate.dense"]')
     assert (run / "config.json").read_bytes() == config
 
@@ -570,3 +570,84 @@ def test_verify_fails_when_the_basis_is_not_phase2s_even_without_phase3(bert_run
     rotate_basis(run)
     assert cli(["warp", "verify", "--run", str(run)]) == 1
     assert "FAIL  phase 2 trained in this basis" in capsys.readouterr().out
+
+
+# ---- follow-ups of the second new-user trial ----
+
+
+def test_a_key_given_twice_in_the_config_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"output_dir": "out", "learning_rate": 5e-5, "learning_rate": 0.5}')
+    with pytest.raises(ConfigError, match=r"gives key\(s\) \['learning_rate'\] more than once"):
+        parse_config(TYPES, [str(path)])
+
+
+def test_csv_header_naming_a_column_twice(tmp_path):
+    with pytest.raises(DataError, match=r"names column\(s\) \['text'\] more than once"):
+        _data(tmp_path, "text,label,text\na,pos,b\n", suffix=".csv")
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        (_rows({"text": "a", "label": ["pos"]}, {"text": "b", "label": ["neg"]}), "holds List values"),
+        (_rows({"text": "a", "label": "pos"}, {"text": "b", "label": "pos"}), "hold 1 class"),
+        (_rows({"text": {"a": 1}, "label": "pos"}, {"text": {"a": 2}, "label": "neg"}), "expected text"),
+        (_rows({"text": "", "label": "pos"}, {"text": " ", "label": "neg"}), "is empty: there is no text"),
+    ],
+    ids=["label-lists", "one-class", "text-not-text", "empty-texts"],
+)
+def test_labels_and_texts_a_classifier_cannot_use(tmp_path, train, message):
+    with pytest.raises(DataError, match=message):
+        _data(tmp_path, train, train)
+
+
+def test_max_seq_length_too_small_for_the_special_tokens():
+    with pytest.raises(ConfigError, match="max_seq_length=2 leaves no room for text"):
+        prepare_data(DataArguments(max_seq_length=2), load_tokenizer("tiny:bert"), "seq_cls")
+
+
+def test_layers_that_do_not_exist():
+    from hf_ext.models import tiny_model
+    from hf_ext.targets import select_linear
+
+    with pytest.raises(
+        ConfigError, match=r"layers \[2, 3\] do not exist: BertForSequenceClassification has blocks 0-1"
+    ):
+        select_linear(tiny_model("bert", "seq_cls")[0], "output.dense", layers="1-3")
+
+
+def test_heads_aggregate_top_k_zero_is_refused(tmp_path, capsys):
+    assert cli(["heads", "aggregate", "--run", str(_head_run(tmp_path)), "--top-k", "0"]) == 2
+    assert "top_k=0 but there are 4 heads" in capsys.readouterr().err
+
+
+def test_warp_commands_on_a_directory_that_is_not_a_warp_run(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    for command in ("verify", "eval"):
+        assert cli(["warp", command, "--run", str(tmp_path)]) == 2
+        assert "is not the record of a WaRP run" in capsys.readouterr().err
+
+
+def test_resume_from_a_checkpoint_of_another_model(tmp_path):
+    out = tmp_path / "out"
+    _finetune(tmp_path, out, "max_steps=1", "save_strategy=steps", "save_steps=1")
+    with pytest.raises(RunDirectoryError, match=r"was written by another model \(model_type bert vs llama"):
+        _finetune(
+            tmp_path,
+            tmp_path / "other",
+            "model_name_or_path=tiny:llama",
+            "max_steps=2",
+            f"resume_from_checkpoint={out / 'checkpoint-1'}",
+        )
+
+
+def test_later_phases_refuse_arguments_that_change_earlier_results(bert_run, tmp_path):
+    out, _ = bert_run
+    run = tmp_path / "run"
+    copy_run(out, run)
+    with pytest.raises(ConfigError, match=r"phase2 ran with other arguments: keep_ratio=0.5 \(it used 0.1\)"):
+        run_phase(run, 3, "keep_ratio=0.5")
+    with pytest.raises(ConfigError, match=r"phase1 ran with other arguments: safety_dataset_name='builtin:topic'"):
+        run_phase(run, 2, "safety_dataset_name=builtin:topic", "overwrite_output_dir=true")
+    assert not (run / "phase3").exists() and (run / "phase2" / "metadata.json").exists()

@@ -152,10 +152,11 @@ def statistics(columns: dict[str, np.ndarray], cases: np.ndarray, top_k: int) ->
     }
 
 
-def aggregate(run: str | Path, *, top_k: int = 20, thresholds: CaseThresholds | None = None) -> dict:
+def aggregate(run: str | Path, *, top_k: int | None = 20, thresholds: CaseThresholds | None = None) -> dict:
     """Write ``heads.csv``, ``stats.json`` and ``cases.json`` of one run from its JSONL files."""
     run, thresholds = Path(run), thresholds or CaseThresholds()
     columns = load_measurements(run)
+    top_k = min(20, columns["I_pre"].size) if top_k is None else top_k
     check_top_k(top_k, columns["I_pre"].size)  # before anything is written
     cases = classify(columns["I_pre"], columns["Urel"], thresholds)
     layers, heads = cases.shape

@@ -133,6 +133,8 @@ class WarpRun:
                 f"{path} not found: {run_dir} is not the output_dir of a WaRP run, or no phase of it has finished"
             )
         saved = read_json(path)
+        if not isinstance(saved, dict) or not {"model", "data", "warp", "seed"} <= set(saved):
+            raise RunDirectoryError(f"{path} is not the record of a WaRP run (no model/data/warp/seed keys)")
         training_args = TrainingArguments(
             output_dir=str(run_dir),
             report_to=[],
@@ -275,12 +277,59 @@ def _reparameterize_targets(run: WarpRun, model) -> dict[str, torch.nn.Parameter
         extra, lacking = sorted(set(bases) - set(modules)), sorted(set(modules) - set(bases))
         found = "; ".join(
             part
-            for part in (extra and f"the basis covers {extra}, not targets", lacking and f"it lacks targets {lacking}")
+            for part in (
+                extra and f"the basis holds {extra}, which are no longer targets",
+                lacking and f"it has no direction for targets {lacking}",
+            )
             if part
         )
         raise RunDirectoryError(f"{found}: targets changed since phase 1; keep phase 1's targets or rerun phase 1")
     reparameterize(model, bases, rank=run.warp_args.basis_rank)
     return coefficient_parameters(modules)
+
+
+# The arguments whose values a phase's files depend on; a later phase must use the same ones.
+_PHASE1_KEYS = (
+    ("model", "model_name_or_path"),
+    ("model", "task_type"),
+    ("warp", "targets"),
+    ("warp", "layers"),
+    ("warp", "centered"),
+    ("warp", "basis_data"),
+    ("warp", "safety_dataset_name"),
+    ("warp", "safety_train_file"),
+    ("data", "dataset_name"),
+    ("data", "train_file"),
+    ("data", "task_seed"),
+)
+_PHASE2_KEYS = (
+    *_PHASE1_KEYS,
+    ("warp", "keep_ratio"),
+    ("warp", "granularity"),
+    ("warp", "threshold"),
+    ("warp", "importance"),
+    ("warp", "basis_rank"),
+)
+
+
+def _check_same_arguments(run: WarpRun, earlier: str, keys) -> None:
+    """Refuse to continue a run with arguments that change what an earlier phase computed."""
+    recorded = (
+        read_json(run.layout.metadata(earlier)).get("config") if run.layout.metadata(earlier).is_file() else None
+    )
+    if recorded is None:
+        return
+    now = run.config_record()
+    changed = [
+        f"{key}={now[part][key]!r} (it used {recorded[part].get(key)!r})"
+        for part, key in keys
+        if recorded[part].get(key) != now[part][key]
+    ]
+    if changed:
+        raise ConfigError(
+            f"{earlier} ran with other arguments: {'; '.join(changed)}. Its files depend on them: keep its values, "
+            f"or rerun from {earlier} (overwrite_output_dir=true)"
+        )
 
 
 def run_phase1(run: WarpRun) -> dict[str, torch.Tensor]:
@@ -336,6 +385,7 @@ def _log_spectra(run: WarpRun, eigenvalues: dict[str, torch.Tensor]) -> None:
 def run_phase2(run: WarpRun) -> dict:
     """Safety fine-tune of the coefficients with importance accumulation; masks and merged model in ``phase2/``."""
     warp = run.warp_args
+    _check_same_arguments(run, "phase1", _PHASE1_KEYS)
     basis_sha256 = file_sha256(run.layout.basis) if run.layout.basis.is_file() else None
     model = run.load_model()
     params = _reparameterize_targets(run, model)
@@ -403,6 +453,7 @@ def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
         raise RunDirectoryError(f"{run.layout.basis} not found: run phases 1 and 2 first")
     if not run.layout.metadata("phase2").is_file():
         raise RunDirectoryError(f"{run.layout.metadata('phase2')} not found: run phase 2 first")
+    _check_same_arguments(run, "phase2", _PHASE2_KEYS)
     inputs = lineage.check_inputs(run.layout, phase)  # before anything is trained or written
     model = run.load_model("phase2")
     if masked:
@@ -473,6 +524,8 @@ def score_model(run: WarpRun, model: PreTrainedModel) -> dict[str, float]:
 
 def evaluate_run(run: WarpRun) -> dict[str, dict[str, float]]:
     """Score every saved model of the run; writes ``eval.json`` and ``eval.md`` and returns the rows."""
+    if not run.layout.model("phase2").is_dir():
+        raise RunDirectoryError(f"{run.layout.model('phase2')} not found: nothing to evaluate before phase 2")
     rows = {}
     for phase in PHASE_LABELS:
         if run.layout.model(phase).is_dir():
