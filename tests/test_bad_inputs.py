@@ -288,25 +288,6 @@ def test_warmup_covering_every_step_is_refused(tmp_path):
         _finetune(tmp_path, tmp_path / "out", "warmup_steps=10")
 
 
-# ---- analysis ----
-
-
-def test_heads_aggregate_top_k_beyond_the_number_of_heads(tmp_path, capsys):
-    from hf_ext.heads.analysis import write_jsonl
-
-    values = {"a": [[1.0, 2.0], [3.0, 4.0]]}
-    for name, fields in {
-        "I_pre": ("loss_increase",),
-        "I_post": ("loss_increase",),
-        "G_pre": ("gradient", "fisher"),
-        "U": ("U", "Urel"),
-    }.items():
-        write_jsonl(tmp_path / f"{name}.jsonl", {f: values["a"] for f in fields})
-    assert cli(["heads", "aggregate", "--run", str(tmp_path), "--top-k", "1000"]) == 2
-    assert "top_k=1000 but there are 4 heads; choose top_k between 1 and 4" in capsys.readouterr().err
-    assert not (tmp_path / "stats.json").exists() and not (tmp_path / "heads.csv").exists()
-
-
 # ---- WaRP run directories: files that do not belong together ----
 
 
