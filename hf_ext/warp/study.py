@@ -571,7 +571,10 @@ def _remove_stale_results(run: WarpRun, *, after: str) -> None:
     if distributed.is_main_process():
         print(f"rerunning {after}: removing results computed from it: {', '.join(p.name for p in stale)}", flush=True)
         for path in stale:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     distributed.barrier()
 
 
