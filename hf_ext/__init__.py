@@ -28,6 +28,15 @@ _EXPORTS = {
     "heads.gates": ["HeadGates", "head_update_sizes"],
     "heads.importance": ["ablation_importance", "gradient_importance"],
     "heads.study": ["run_head_study"],
+    "drift.analysis": ["analyze_run"],
+    "drift.callbacks": ["DriftCallback"],
+    "drift.config": ["DriftArguments"],
+    "drift.measure": ["check_paired", "compare_dumps", "measure_drift"],
+    "drift.metrics": ["CKAAccumulator", "DriftAccumulator", "LayerDrift", "linear_cka"],
+    "drift.recorders": ["RepresentationRecorder"],
+    "drift.shards": ["DumpReader", "dump_representations"],
+    "drift.stats": ["bootstrap_interval", "paired_permutation_test"],
+    "drift.study": ["run_drift_study"],
     "errors": ["ConfigError", "DataError", "FileFormatError", "HfExtError", "RunDirectoryError", "exit_on_user_error"],
     "io": ["load_tensors", "read_json", "save_tensors", "write_json"],
     "models": ["eval_mode", "load_model", "load_tokenizer", "model_device", "tiny_model"],
@@ -57,6 +66,15 @@ if TYPE_CHECKING:
     )
     from .config import DataArguments, HfExtTrainingArguments, ModelArguments, given_keys, parse_config
     from .data import PreparedData, prepare_data
+    from .drift.analysis import analyze_run
+    from .drift.callbacks import DriftCallback
+    from .drift.config import DriftArguments
+    from .drift.measure import check_paired, compare_dumps, measure_drift
+    from .drift.metrics import CKAAccumulator, DriftAccumulator, LayerDrift, linear_cka
+    from .drift.recorders import RepresentationRecorder
+    from .drift.shards import DumpReader, dump_representations
+    from .drift.stats import bootstrap_interval, paired_permutation_test
+    from .drift.study import run_drift_study
     from .errors import ConfigError, DataError, FileFormatError, HfExtError, RunDirectoryError, exit_on_user_error
     from .heads.callbacks import HeadImportanceCallback
     from .heads.config import HeadStudyArguments

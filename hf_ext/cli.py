@@ -112,6 +112,131 @@ def _heads_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drift_inputs(args: argparse.Namespace):
+    from .drift.inputs import load_for_drift, load_texts, text_batches
+
+    model, tokenizer = load_for_drift(args.model, args.adapter, args.task_type, args.num_labels)
+    ids, texts = load_texts(args.data, split=args.split, column=args.text_column, limit=args.max_examples)
+    return model, ids, text_batches(tokenizer, texts, batch_size=args.batch_size, max_length=args.max_seq_length)
+
+
+def _drift_dump(args: argparse.Namespace) -> int:
+    from .drift.shards import dump_representations
+
+    if args.adapter_off and not args.adapter:
+        raise ValueError("--adapter-off dumps the base representations of an adapter: pass --adapter too")
+    model, ids, batches = _drift_inputs(args)
+    out = dump_representations(
+        model,
+        batches,
+        args.out,
+        example_ids=ids,
+        pooling=args.pooling,
+        layers=args.layers,
+        dtype=args.dtype,
+        model_name=args.model,
+        adapter=args.adapter,
+        disable_adapter=args.adapter_off,
+        overwrite=args.overwrite,
+    )
+    print(f"{out}: {len(ids)} examples, {len(batches)} shards")
+    return 0
+
+
+def _print_drift(results, out: str | None) -> None:
+    from .drift.measure import drift_table
+    from .io import write_json
+
+    print(drift_table(results))
+    if out:
+        write_json(out, {str(layer): r.to_dict() for layer, r in results.items()})
+        print(f"written: {out}")
+
+
+def _drift_measure(args: argparse.Namespace) -> int:
+    from .drift.measure import measure_drift
+
+    model, _, batches = _drift_inputs(args)
+    base = None if args.adapter else args.base
+    if base is None and not args.adapter:
+        raise ValueError("measure needs --adapter (base = adapter disabled) or --base DUMP (a dump of the base model)")
+    results = measure_drift(model, batches, base=base, pooling=args.pooling, layers=args.layers, progress=True)
+    _print_drift(results, args.json)
+    return 0
+
+
+def _drift_compare(args: argparse.Namespace) -> int:
+    from .drift.measure import compare_dumps
+
+    _print_drift(compare_dumps(args.base, args.other, pooling=args.pooling), args.json)
+    return 0
+
+
+def _drift_analyze(args: argparse.Namespace) -> int:
+    from .drift.analysis import analyze_run
+
+    analyze_run(args.run)
+    print(f"written: {args.run}/drift.csv, {args.run}/drift.json")
+    return 0
+
+
+def _drift_plot(args: argparse.Namespace) -> int:
+    from .drift.analysis import plot
+
+    for path in plot(args.run):
+        print(path)
+    return 0
+
+
+def _add_drift_parser(commands) -> None:
+    from .drift.recorders import POOLINGS
+    from .drift.shards import DTYPES
+
+    drift = commands.add_parser("drift", help="representation dumps and drift (CKA, cosine) from a base model")
+    actions = drift.add_subparsers(dest="action", required=True)
+    dump = actions.add_parser("dump", help="write a model's per-layer hidden states to safetensors shards")
+    measure = actions.add_parser(
+        "measure", help="per-layer drift of a model from its base: adapter on/off, or against a base dump"
+    )
+    for parser in (dump, measure):
+        parser.add_argument("--model", required=True, help="embedded:minilm, tiny:<arch>, a hub id or a directory")
+        parser.add_argument("--adapter", default=None, help="a saved peft adapter directory to load on the model")
+        parser.add_argument(
+            "--data", required=True, help="builtin:<task> or a .jsonl/.json/.csv file with a text column"
+        )
+        parser.add_argument("--split", default="validation", help="split of a builtin task (default validation)")
+        parser.add_argument("--text-column", default="text", help="column holding the text (default text)")
+        parser.add_argument("--max-examples", type=int, default=None, help="use the first N examples")
+        parser.add_argument("--max-seq-length", type=int, default=128, help="truncate to N tokens (default 128)")
+        parser.add_argument("--batch-size", type=int, default=32, help="examples per batch and per shard")
+        parser.add_argument("--layers", default=None, help="hidden states, e.g. '0-6' (0 = embeddings); default all")
+        parser.add_argument("--task-type", default="seq_cls", choices=["seq_cls", "causal_lm"])
+        parser.add_argument("--num-labels", type=int, default=None, help="classifier size if the config lacks it")
+    dump.add_argument("--pooling", default="tokens", choices=POOLINGS, help="rows per example (default tokens)")
+    dump.add_argument("--dtype", default="float16", choices=list(DTYPES), help="dtype on disk (default float16)")
+    dump.add_argument("--out", required=True, help="dump directory (an unfinished dump there is resumed)")
+    dump.add_argument("--adapter-off", action="store_true", help="dump the base: the model with its adapter disabled")
+    dump.add_argument("--overwrite", action="store_true", help="replace a complete dump in --out")
+    dump.set_defaults(run_command=_drift_dump)
+    measure.add_argument("--base", default=None, help="dump of the base model (when there is no --adapter)")
+    measure.add_argument("--pooling", default="mean", choices=POOLINGS, help="rows compared (default mean)")
+    measure.add_argument("--json", default=None, help="also write the results to this JSON file")
+    measure.set_defaults(run_command=_drift_measure)
+    compare = actions.add_parser("compare", help="per-layer drift between two dumps of the same examples")
+    compare.add_argument("base", help="dump of the base model")
+    compare.add_argument("other", help="dump of the fine-tuned model")
+    compare.add_argument("--pooling", default=None, choices=POOLINGS, help="read both as (default: as dumped)")
+    compare.add_argument("--json", default=None, help="also write the results to this JSON file")
+    compare.set_defaults(run_command=_drift_compare)
+    for name, function, text in (
+        ("analyze", _drift_analyze, "redo drift.csv and drift.json of a recipes/drift.py run from its dumps"),
+        ("plot", _drift_plot, "redo drift.png of a recipes/drift.py run"),
+    ):
+        parser = actions.add_parser(name, help=text)
+        parser.add_argument("--run", required=True, help="the study's output_dir")
+        parser.set_defaults(run_command=function)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-ext", description=__doc__)
     from . import __version__
@@ -165,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot = heads.add_parser("plot", help="scatter, statistics and heatmap figures as PNG files")
     plot.add_argument("--run", required=True, help="a seed directory, or the output_dir holding seed-* directories")
     plot.set_defaults(run_command=_heads_plot)
+    _add_drift_parser(commands)
     return parser
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,11 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, EvalPrediction, PreTrainedTokenizerBase
 
-from . import tasks
+from . import distributed, tasks
 from .config import DataArguments, given_keys
 from .data_files import check_data_file, data_format
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RunDirectoryError
+from .io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -344,3 +346,24 @@ def prepare_data(
         compute_metrics=compute_metrics_fn(task_type),
         preprocess_logits_for_metrics=argmax_logits,
     )
+
+
+def eval_subset(dataset, size: int, seed: int, path: Path) -> list[int]:
+    """Indices of the evaluation subset, drawn once and saved to ``path`` (reused when it exists)."""
+    if path.is_file():
+        saved = read_json(path)
+        if saved["size"] != min(size, len(dataset)) or saved["seed"] != seed:
+            raise RunDirectoryError(
+                f"{path} holds a subset of size {saved['size']} seed "
+                f"{saved['seed']}; delete it or use another output_dir"
+            )
+        return saved["indices"]
+    if size > len(dataset):
+        logger.warning(
+            "eval_subset_size=%d is more than the %d validation examples; using all of them", size, len(dataset)
+        )
+    generator = torch.Generator().manual_seed(seed)
+    indices = sorted(torch.randperm(len(dataset), generator=generator)[: min(size, len(dataset))].tolist())
+    if distributed.is_main_process():
+        write_json(path, {"size": len(indices), "seed": seed, "indices": indices})
+    return indices

@@ -221,8 +221,13 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
+def _is_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear``, or an adapter layer (peft LoRA) wrapping one as ``base_layer``."""
+    return isinstance(module, nn.Linear) or isinstance(getattr(module, "base_layer", None), nn.Linear)
+
+
 def _layout_of(block: nn.Module) -> tuple[str, str, str, str] | None:
-    names = {n for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    names = {n for n, m in block.named_modules() if _is_linear(m)}
     return next((layout for layout in ATTENTION_LAYOUTS if set(layout) <= names), None)
 
 

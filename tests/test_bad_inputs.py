@@ -525,7 +525,7 @@ def test_data_export_into_a_file_is_one_line(tmp_path, capsys):
 def test_eval_subset_larger_than_the_data_says_so(tmp_path, caplog):
     from datasets import Dataset
 
-    from hf_ext.heads.study import eval_subset
+    from hf_ext.data import eval_subset
 
     with caplog.at_level(logging.WARNING):
         indices = eval_subset(Dataset.from_dict({"x": list(range(5))}), 100, 0, tmp_path / "subset.json")

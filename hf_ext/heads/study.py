@@ -21,9 +21,7 @@ from transformers import TrainingArguments
 
 from .. import distributed
 from ..config import DataArguments, ModelArguments, given_keys
-from ..data import prepare_data
-from ..errors import RunDirectoryError
-from ..io import read_json, write_json
+from ..data import eval_subset, prepare_data
 from ..models import load_model, load_tokenizer
 from ..outputs import check_output_dir
 from ..run_logger import RunLogger, print_run_locations
@@ -55,27 +53,6 @@ def choose_precision(training_args: TrainingArguments) -> dict[str, bool]:
         name = "bf16" if chosen["bf16"] else "fp16" if chosen["fp16"] else "fp32 (no mixed precision)"
         print(f"head study: {name} ({how})", flush=True)
     return chosen
-
-
-def eval_subset(dataset, size: int, seed: int, path: Path) -> list[int]:
-    """Indices of the evaluation subset, drawn once and saved to ``path`` (reused when it exists)."""
-    if path.is_file():
-        saved = read_json(path)
-        if saved["size"] != min(size, len(dataset)) or saved["seed"] != seed:
-            raise RunDirectoryError(
-                f"{path} holds a subset of size {saved['size']} seed "
-                f"{saved['seed']}; delete it or use another output_dir"
-            )
-        return saved["indices"]
-    if size > len(dataset):
-        logger.warning(
-            "eval_subset_size=%d is more than the %d validation examples; using all of them", size, len(dataset)
-        )
-    generator = torch.Generator().manual_seed(seed)
-    indices = sorted(torch.randperm(len(dataset), generator=generator)[: min(size, len(dataset))].tolist())
-    if distributed.is_main_process():
-        write_json(path, {"size": len(indices), "seed": seed, "indices": indices})
-    return indices
 
 
 def _measure_ablation(model, batches, path: Path) -> None:

@@ -1,0 +1,152 @@
+import csv
+import json
+
+import pytest
+from recipes_util import run_recipe
+from tb_events import read_events
+
+from hf_ext.cli import main as cli
+from hf_ext.errors import RunDirectoryError
+
+TINY = (
+    "model_name_or_path=tiny:bert",
+    "max_train_samples=64",
+    "seeds=[1,2]",
+    "eval_subset_size=24",
+    "per_device_eval_batch_size=8",
+    "bootstrap_samples=50",
+    'lora_target_modules=["query","value"]',
+    "lora_learning_rate=0.01",
+    "learning_rate=0.001",
+    "warmup_steps=0",
+    "drift_steps=1",
+    "logging_steps=1",
+)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("drift") / "run"
+    run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={out}", *TINY)
+    return out
+
+
+def test_the_recipe_writes_the_table_the_tests_and_the_figure(study):
+    with open(study / "drift.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["method"], r["seed"], r["pooling"]) for r in rows} == {
+        (m, s, p) for m in ("full", "lora") for s in ("1", "2") for p in ("tokens", "mean")
+    }
+    assert len(rows) == 2 * 2 * 2 * 3  # methods x seeds x poolings x hidden states of tiny:bert
+    mean_rows = [r for r in rows if r["pooling"] == "mean"]
+    for r in mean_rows:
+        assert float(r["cka_low"]) <= float(r["cka_high"]) <= 1
+        assert float(r["cka_chance"]) < float(r["cka_low"])  # breaking the pairing lowers CKA
+    lora_embeddings = [r for r in rows if r["method"] == "lora" and r["layer"] == "0"]
+    assert all(float(r["cka"]) == pytest.approx(1, abs=1e-6) for r in lora_embeddings)
+    summary = json.loads((study / "drift.json").read_text())
+    comparison = summary["comparison"]
+    assert comparison["less"]["n"] == 4 and comparison["less"]["exact"]  # 2 seeds x 2 blocks
+    assert comparison["less"]["min_p_value"] == pytest.approx(1 / 16)
+    assert set(summary["task_metric"]) == {"base_model", "full/seed-1", "full/seed-2", "lora/seed-1", "lora/seed-2"}
+    assert summary["live_vs_dump_max_abs_cka_difference"] < 5e-3  # float16 dumps against live float32
+    assert (study / "drift.png").stat().st_size > 10_000
+    events = read_events(next((study / "analysis").iterdir()))
+    assert events.Tags()["images"] == ["drift/drift"]
+    run_events = read_events(next((study / "seed-1" / "full" / "runs").iterdir()))
+    assert "train/drift/cka/layer_2" in run_events.Tags()["scalars"]
+
+
+def test_analyze_and_plot_redo_the_analysis_from_the_saved_files(study, capsys):
+    before = json.loads((study / "drift.json").read_text())
+    (study / "drift.json").unlink()
+    (study / "drift.png").unlink()
+    assert cli(["drift", "analyze", "--run", str(study)]) == 0
+    assert cli(["drift", "plot", "--run", str(study)]) == 0
+    assert json.loads((study / "drift.json").read_text()) == before
+    assert (study / "drift.png").is_file()
+
+
+def test_a_finished_study_or_other_settings_are_refused(study):
+    with pytest.raises(RunDirectoryError, match="already holds a finished run"):
+        run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={study}", *TINY)
+    with pytest.raises(RunDirectoryError, match="holds a drift study with seeds=\\[1, 2\\], not \\[1, 3\\]"):
+        (study / "drift.json").rename(study / "drift.json.bak")
+        try:
+            run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={study}", *TINY, "seeds=[1,3]")
+        finally:
+            (study / "drift.json.bak").rename(study / "drift.json")
+
+
+def test_cli_dump_measure_and_compare(study, tmp_path, capsys):
+    base = study / "base"
+    common = ["--model", "tiny:bert", "--data", "builtin:sentiment", "--max-examples", "20", "--batch-size", "8"]
+    assert cli(["drift", "dump", *common, "--out", str(tmp_path / "a"), "--dtype", "float32"]) == 0
+    assert cli(["drift", "compare", str(tmp_path / "a"), str(tmp_path / "a"), "--json", str(tmp_path / "c.json")]) == 0
+    assert all(v["cka"] == pytest.approx(1) for v in json.loads((tmp_path / "c.json").read_text()).values())
+    assert cli(["drift", "measure", *common, "--base", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert cli(["drift", "compare", str(base), str(tmp_path / "a")]) == 2
+    assert "are not paired" in capsys.readouterr().err
+    assert cli(["drift", "dump", *common, "--out", str(tmp_path / "a")]) == 2
+    assert "already holds a complete representation dump" in capsys.readouterr().err
+    assert cli(["drift", "measure", *common]) == 2
+    assert "needs --adapter" in capsys.readouterr().err
+    assert cli(["drift", "analyze", "--run", str(tmp_path)]) == 2
+    assert "holds no study.json" in capsys.readouterr().err
+
+
+def test_cli_adapter_off_dumps_the_base_of_an_adapter(tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    from hf_ext.config import ModelArguments
+    from hf_ext.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer("tiny:bert")
+    model = load_model(ModelArguments(model_name_or_path="tiny:bert"), tokenizer, ["a", "b"], seed=0)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["value"], task_type="SEQ_CLS"))
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 1.0)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    common = ["--model", str(tmp_path / "model"), "--data", "builtin:sentiment", "--max-examples", "16"]
+    adapter = ["--adapter", str(tmp_path / "adapter")]
+    assert cli(["drift", "dump", *common, "--out", str(tmp_path / "base"), "--dtype", "float32"]) == 0
+    assert cli(["drift", "dump", *common, *adapter, "--adapter-off", "--out", str(tmp_path / "off")]) == 0
+    assert cli(["drift", "dump", *common, *adapter, "--out", str(tmp_path / "on"), "--dtype", "float32"]) == 0
+    assert (
+        cli(["drift", "compare", str(tmp_path / "base"), str(tmp_path / "off"), "--json", str(tmp_path / "off.json")])
+        == 0
+    )
+    assert (
+        cli(["drift", "compare", str(tmp_path / "base"), str(tmp_path / "on"), "--json", str(tmp_path / "on.json")])
+        == 0
+    )
+    off, on = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("off", "on"))
+    assert all(v["cka"] == pytest.approx(1, abs=1e-5) for v in off.values())
+    assert on["2"]["cka"] < 0.999  # the adapter is loaded and moves the representations
+    assert cli(["drift", "measure", *common, *adapter, "--json", str(tmp_path / "live.json")]) == 0
+    live = json.loads((tmp_path / "live.json").read_text())
+    assert live["2"]["cka"] < 0.999
+    capsys.readouterr()
+    assert cli(["drift", "dump", *common, "--adapter", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "not a saved peft adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ('methods=["full","adapter"]', "methods .* must be a non-empty list of full, lora"),
+        ("seeds=[1,1]", "without repeats"),
+        ("pooling=max", "pooling"),
+        ("min_reduction=1.5", "min_reduction=1.5 is invalid"),
+    ],
+)
+def test_bad_drift_arguments_are_refused_before_any_work(tmp_path, override, message):
+    from hf_ext.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={tmp_path / 'x'}", override)
+    assert not (tmp_path / "x").exists()
