@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 from transformers import TrainingArguments
@@ -55,6 +56,13 @@ def check_output_dir(
             "another output_dir"
         )
     return root
+
+
+def changed_setting(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str | None:
+    """The first key of ``wanted`` whose value in ``saved`` (the settings a run recorded) differs, else ``None``.
+
+    Callers name it in their error: ``f"... with {key}={saved.get(key)!r}, not {wanted[key]!r}"``."""
+    return next((key for key in wanted if saved.get(key) != wanted[key]), None)
 
 
 def tensorboard_writer(args: TrainingArguments, directory: str | os.PathLike) -> SummaryWriter | None:

@@ -1,11 +1,9 @@
-import subprocess
-import sys
-
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from tb_events import read_events
-from test_distributed import SCRIPTS, torchrun
+from test_distributed import _run as run_script
+from test_distributed import torchrun
 from transformers import TrainingArguments
 
 from hf_ext.config import DataArguments, ModelArguments
@@ -85,10 +83,7 @@ def test_full_fine_tuning_without_a_base_dump_is_refused(tmp_path):
 @pytest.mark.multiprocess
 def test_two_process_dump_has_the_same_rows_as_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    result = subprocess.run(
-        [sys.executable, str(SCRIPTS / "drift_dump.py"), str(one)], capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_script("drift_dump.py", str(one))
     torchrun("drift_dump.py", str(two))
     single, double = DumpReader(one), DumpReader(two)
     assert len(single) == 8 and single.example_ids == double.example_ids

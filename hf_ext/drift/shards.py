@@ -37,6 +37,7 @@ from .. import __version__, distributed
 from ..errors import FileFormatError, RunDirectoryError
 from ..io import file_sha256, read_json, read_sidecar, save_tensors, write_json
 from ..models import eval_mode, model_device
+from ..outputs import changed_setting
 from ..targets import find_blocks
 from .recorders import POOLINGS, RepresentationRecorder, pool_token_rows
 
@@ -137,9 +138,8 @@ def _start(out: Path, settings: dict[str, Any], num_shards: int, overwrite: bool
             )
         if not overwrite:
             wanted = {**settings, "num_shards": num_shards}
-            differing = [key for key in wanted if existing.get(key) != wanted[key]]
-            if differing:
-                key = differing[0]
+            key = changed_setting(existing, wanted)
+            if key is not None:
                 raise RunDirectoryError(
                     f"{out} holds an unfinished dump with {key}={existing.get(key)!r}, not {wanted[key]!r}: it "
                     "cannot be resumed with these settings; choose another output directory or pass overwrite"

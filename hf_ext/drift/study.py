@@ -23,7 +23,7 @@ from ..data import eval_subset, prepare_data
 from ..errors import RunDirectoryError
 from ..io import read_json, write_json
 from ..models import load_model, load_tokenizer
-from ..outputs import check_output_dir, tensorboard_writer
+from ..outputs import changed_setting, check_output_dir, tensorboard_writer
 from ..run_logger import print_run_locations
 from ..trainer import HfExtTrainer
 from .analysis import analyze_run, figures, plot, run_dir
@@ -60,9 +60,8 @@ def _check_same_study(path: Path, settings: dict) -> None:
     if not path.is_file():
         return
     saved = read_json(path)
-    differing = [key for key in settings if saved.get(key) != settings[key]]
-    if differing:
-        key = differing[0]
+    key = changed_setting(saved, settings)
+    if key is not None:
         raise RunDirectoryError(
             f"{path.parent} holds a drift study with {key}={saved.get(key)!r}, not {settings[key]!r}; "
             "use another output_dir, or overwrite_output_dir=true to start over"
