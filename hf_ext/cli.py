@@ -143,6 +143,24 @@ def _drift_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _check_new_file(path: str | None) -> None:
+    """``--json`` names a file to create: an existing file or a directory is refused before any work."""
+    from pathlib import Path
+
+    if path and Path(path).exists():
+        raise FileExistsError(f"--json {path} already exists; name a new file (nothing was overwritten)")
+
+
 def _print_drift(results, out: str | None) -> None:
     from .drift.measure import drift_table
     from .io import write_json
@@ -156,26 +174,29 @@ def _print_drift(results, out: str | None) -> None:
 def _drift_measure(args: argparse.Namespace) -> int:
     from .drift.measure import measure_drift
 
-    model, _, batches = _drift_inputs(args)
-    base = None if args.adapter else args.base
-    if base is None and not args.adapter:
+    if args.base is None and not args.adapter:
         raise ValueError("measure needs --adapter (base = adapter disabled) or --base DUMP (a dump of the base model)")
-    results = measure_drift(model, batches, base=base, pooling=args.pooling, layers=args.layers, progress=True)
+    _check_new_file(args.json)
+    model, _, batches = _drift_inputs(args)
+    results = measure_drift(model, batches, base=args.base, pooling=args.pooling, layers=args.layers, progress=True)
     _print_drift(results, args.json)
     return 0
 
 
 def _drift_compare(args: argparse.Namespace) -> int:
     from .drift.measure import compare_dumps
+    from .targets import parse_int_set
 
-    _print_drift(compare_dumps(args.base, args.other, pooling=args.pooling), args.json)
+    _check_new_file(args.json)
+    layers = None if args.layers is None else parse_int_set(args.layers)
+    _print_drift(compare_dumps(args.base, args.other, pooling=args.pooling, layers=layers), args.json)
     return 0
 
 
 def _drift_analyze(args: argparse.Namespace) -> int:
-    from .drift.analysis import analyze_run
+    from .drift.analysis import analyze_run, format_summary
 
-    analyze_run(args.run)
+    print(format_summary(analyze_run(args.run)))
     print(f"written: {args.run}/drift.csv, {args.run}/drift.json")
     return 0
 
@@ -206,19 +227,29 @@ def _add_drift_parser(commands) -> None:
         )
         parser.add_argument("--split", default="validation", help="split of a builtin task (default validation)")
         parser.add_argument("--text-column", default="text", help="column holding the text (default text)")
-        parser.add_argument("--max-examples", type=int, default=None, help="use the first N examples")
-        parser.add_argument("--max-seq-length", type=int, default=128, help="truncate to N tokens (default 128)")
-        parser.add_argument("--batch-size", type=int, default=32, help="examples per batch and per shard")
+        parser.add_argument("--max-examples", type=_positive_int, default=None, help="use the first N examples")
+        parser.add_argument(
+            "--max-seq-length", type=_positive_int, default=128, help="truncate to N tokens (default 128)"
+        )
+        parser.add_argument("--batch-size", type=_positive_int, default=32, help="examples per batch and per shard")
         parser.add_argument("--layers", default=None, help="hidden states, e.g. '0-6' (0 = embeddings); default all")
         parser.add_argument("--task-type", default="seq_cls", choices=["seq_cls", "causal_lm"])
-        parser.add_argument("--num-labels", type=int, default=None, help="classifier size if the config lacks it")
+        parser.add_argument(
+            "--num-labels", type=_positive_int, default=None, help="classifier size if the config lacks it"
+        )
     dump.add_argument("--pooling", default="tokens", choices=POOLINGS, help="rows per example (default tokens)")
     dump.add_argument("--dtype", default="float16", choices=list(DTYPES), help="dtype on disk (default float16)")
     dump.add_argument("--out", required=True, help="dump directory (an unfinished dump there is resumed)")
     dump.add_argument("--adapter-off", action="store_true", help="dump the base: the model with its adapter disabled")
-    dump.add_argument("--overwrite", action="store_true", help="replace a complete dump in --out")
+    dump.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the dump in --out (a complete one, or an unfinished one made with other settings)",
+    )
     dump.set_defaults(run_command=_drift_dump)
-    measure.add_argument("--base", default=None, help="dump of the base model (when there is no --adapter)")
+    measure.add_argument(
+        "--base", default=None, help="dump of the base model (default with --adapter: the model with it disabled)"
+    )
     measure.add_argument("--pooling", default="mean", choices=POOLINGS, help="rows compared (default mean)")
     measure.add_argument("--json", default=None, help="also write the results to this JSON file")
     measure.set_defaults(run_command=_drift_measure)
@@ -226,6 +257,7 @@ def _add_drift_parser(commands) -> None:
     compare.add_argument("base", help="dump of the base model")
     compare.add_argument("other", help="dump of the fine-tuned model")
     compare.add_argument("--pooling", default=None, choices=POOLINGS, help="read both as (default: as dumped)")
+    compare.add_argument("--layers", default=None, help="compare only these layers, e.g. '0-2' (both must hold them)")
     compare.add_argument("--json", default=None, help="also write the results to this JSON file")
     compare.set_defaults(run_command=_drift_compare)
     for name, function, text in (

@@ -39,16 +39,17 @@ def check_data_file(path: str | Path) -> list[str]:
             fields, or a column holds values of different kinds (text on one line, a number on another).
     """
     path = Path(path)
+    kind = data_format(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"data file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not text.strip():
         raise DataError(f"data file {path} is empty: it holds no examples")
-    rows = _csv_rows(path, text) if data_format(path) == "csv" else _json_rows(path, text)
+    rows = _csv_rows(path, text) if kind == "csv" else _json_rows(path, text)
     if not rows:
         raise DataError(f"data file {path} holds no examples")
-    if data_format(path) == "json":
+    if kind == "json":
         _check_column_kinds(path, rows)
     return list(dict.fromkeys(column for _, row in rows for column in row))
 

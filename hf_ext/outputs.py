@@ -58,11 +58,12 @@ def check_output_dir(
     return root
 
 
-def changed_setting(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str | None:
-    """The first key of ``wanted`` whose value in ``saved`` (the settings a run recorded) differs, else ``None``.
-
-    Callers name it in their error: ``f"... with {key}={saved.get(key)!r}, not {wanted[key]!r}"``."""
-    return next((key for key in wanted if saved.get(key) != wanted[key]), None)
+def changed_settings(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    """``"seeds=[1, 2] (now [1, 3]), layers=..."`` for every key of ``wanted`` whose value differs in ``saved``
+    (the settings a run recorded); ``""`` when none does."""
+    return ", ".join(
+        f"{key}={saved.get(key)!r} (now {wanted[key]!r})" for key in wanted if saved.get(key) != wanted[key]
+    )
 
 
 def tensorboard_writer(args: TrainingArguments, directory: str | os.PathLike) -> SummaryWriter | None:

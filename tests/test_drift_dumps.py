@@ -202,7 +202,7 @@ def test_resuming_with_other_settings_or_data_is_refused_and_overwrites_nothing(
     dump_representations(model, batches[:2], out, progress=False)
     _rewrite_metadata(out, complete=False)  # as if interrupted
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(RunDirectoryError, match="unfinished dump with pooling='tokens', not 'mean'"):
+    with pytest.raises(RunDirectoryError, match="unfinished dump made with pooling='tokens' \\(now 'mean'\\)"):
         dump_representations(model, batches[:2], out, pooling="mean", progress=False)
     _, _, other_batches = _setup("bert", n=80, batch_size=8)
     with pytest.raises(RunDirectoryError, match="holds other examples"):
@@ -229,3 +229,14 @@ def test_pooling_that_does_not_fit_the_architecture_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="layers \\[7\\] do not exist"):
         RepresentationRecorder(bert, layers="1,7")
     assert not (tmp_path / "a").exists()
+
+
+def test_layers_whose_rows_do_not_vary_give_nan_with_a_warning_not_a_crash(tmp_path, caplog):
+    import math
+
+    llama, ids, batches = _setup("llama")  # every example ends with the same token: layer 0 'last' rows are equal
+    dump_representations(llama, batches, tmp_path / "d", example_ids=ids, pooling="last", progress=False)
+    with caplog.at_level("WARNING"):
+        results = compare_dumps(tmp_path / "d", tmp_path / "d", progress=False)
+    assert math.isnan(results[0].cka) and results[1].cka == pytest.approx(1)
+    assert "layer 0: CKA is NaN: CKA is undefined" in caplog.text

@@ -70,12 +70,68 @@ def test_analyze_and_plot_redo_the_analysis_from_the_saved_files(study, capsys):
 def test_a_finished_study_or_other_settings_are_refused(study):
     with pytest.raises(RunDirectoryError, match="already holds a finished run"):
         run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={study}", *TINY)
-    with pytest.raises(RunDirectoryError, match="holds a drift study with seeds=\\[1, 2\\], not \\[1, 3\\]"):
+    with pytest.raises(RunDirectoryError, match="holds a drift study made with seeds=\\[1, 2\\] \\(now \\[1, 3\\]\\)"):
         (study / "drift.json").rename(study / "drift.json.bak")
         try:
             run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={study}", *TINY, "seeds=[1,3]")
         finally:
             (study / "drift.json.bak").rename(study / "drift.json")
+
+
+def test_a_rerun_of_an_unfinished_study_redoes_only_the_unfinished_run(study, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(study, copy)
+    (copy / "drift.json").unlink()
+    (copy / "seed-2" / "lora" / "metrics.json").unlink()
+    kept = (copy / "seed-1" / "full" / "metrics.json").stat().st_mtime_ns
+    base = (copy / "base" / "shard-00000.safetensors").stat().st_mtime_ns
+    run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={copy}", *TINY)
+    assert (copy / "seed-1" / "full" / "metrics.json").stat().st_mtime_ns == kept
+    assert (copy / "base" / "shard-00000.safetensors").stat().st_mtime_ns == base
+    assert (
+        json.loads((copy / "drift.json").read_text())["rows"] == json.loads((study / "drift.json").read_text())["rows"]
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (('lora_target_modules=["nope"]',), "lora_target_modules: target pattern 'nope' matches no nn.Linear module"),
+        (("layers=0-9",), r"layers \[3, 4, 5, 6, 7, 8, 9\] do not exist"),
+        (("model_name_or_path=tiny:llama", "task_type=causal_lm", "pooling=first"), "pooling 'first' does not fit"),
+    ],
+)
+def test_study_arguments_that_do_not_fit_the_model_are_refused_before_any_file_is_written(
+    tmp_path, overrides, message
+):
+    from hf_ext.errors import ConfigError
+
+    out = tmp_path / "x"
+    with pytest.raises(ConfigError, match=message):
+        run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={out}", *TINY, *overrides)
+    assert not out.exists()
+
+
+def test_a_damaged_study_is_completed_by_a_rerun(study, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(study, copy)
+    (copy / "base" / "shard-00001.safetensors").unlink()
+    (copy / "seed-1" / "lora" / "dump" / "shard-00000.safetensors").write_bytes(b"x")
+    assert cli(["drift", "analyze", "--run", str(copy)]) == 2
+    assert "shard-00001.safetensors is missing" in capsys.readouterr().err
+    run_recipe(
+        "drift", "drift_minilm_sentiment.json", f"output_dir={copy}", *TINY
+    )  # drift.json is there: still redone
+    assert (
+        json.loads((copy / "drift.json").read_text())["rows"] == json.loads((study / "drift.json").read_text())["rows"]
+    )
+    assert (copy / "seed-1" / "lora" / "adapter" / "adapter_config.json").is_file()
+    assert cli(["drift", "analyze", "--run", str(copy)]) == 0
+    assert "LoRA drifts less: p = " in capsys.readouterr().out
 
 
 def test_cli_dump_measure_and_compare(study, tmp_path, capsys):
@@ -94,6 +150,27 @@ def test_cli_dump_measure_and_compare(study, tmp_path, capsys):
     assert "needs --adapter" in capsys.readouterr().err
     assert cli(["drift", "analyze", "--run", str(tmp_path)]) == 2
     assert "holds no study.json" in capsys.readouterr().err
+    assert cli(["drift", "plot", "--run", str(tmp_path)]) == 2
+    assert "holds no drift.json: run recipes/drift.py there" in capsys.readouterr().err
+    assert cli(["drift", "compare", str(base), str(base), "--json", str(study / "drift.json")]) == 2
+    assert "already exists; name a new file (nothing was overwritten)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli(["drift", "dump", *common, "--batch-size", "0", "--out", str(tmp_path / "b")])
+    assert exit_.value.code == 2
+    assert "argument --batch-size: expected a positive integer, got 0" in capsys.readouterr().err
+    assert (
+        cli(["drift", "dump", *common, "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "b")]) == 2
+    )
+    assert "missing.jsonl not found" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert cli(["drift", "dump", *common, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file; name a directory for the dump" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    assert cli(["drift", "dump", *common, "--layers", "0-1", "--out", str(tmp_path / "two")]) == 0
+    capsys.readouterr()
+    assert cli(["drift", "compare", str(tmp_path / "a"), str(tmp_path / "two")]) == 2
+    assert "compare the layers both hold" in capsys.readouterr().err
+    assert cli(["drift", "compare", str(tmp_path / "a"), str(tmp_path / "two"), "--layers", "0-1"]) == 0
 
 
 def test_cli_adapter_off_dumps_the_base_of_an_adapter(tmp_path, capsys):
@@ -130,6 +207,18 @@ def test_cli_adapter_off_dumps_the_base_of_an_adapter(tmp_path, capsys):
     assert cli(["drift", "measure", *common, *adapter, "--json", str(tmp_path / "live.json")]) == 0
     live = json.loads((tmp_path / "live.json").read_text())
     assert live["2"]["cka"] < 0.999
+    base_dump = ["--base", str(tmp_path / "base"), "--json", str(tmp_path / "against_dump.json")]
+    assert cli(["drift", "measure", *common, *adapter, *base_dump]) == 0  # adapted model against a base dump
+    against_dump = json.loads((tmp_path / "against_dump.json").read_text())
+    assert against_dump["2"]["cka"] == pytest.approx(live["2"]["cka"], abs=1e-4)
+    llama = str(tmp_path / "llama_adapter")
+    from hf_ext.models import tiny_model
+
+    llama_model, _ = tiny_model("llama", "seq_cls")
+    get_peft_model(llama_model, LoraConfig(r=2, target_modules=["q_proj"], task_type="SEQ_CLS")).save_pretrained(llama)
+    capsys.readouterr()
+    assert cli(["drift", "measure", *common, "--adapter", llama]) == 2
+    assert "does not fit" in capsys.readouterr().err
     capsys.readouterr()
     assert cli(["drift", "dump", *common, "--adapter", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "not a saved peft adapter" in capsys.readouterr().err
@@ -142,6 +231,7 @@ def test_cli_adapter_off_dumps_the_base_of_an_adapter(tmp_path, capsys):
         ("seeds=[1,1]", "without repeats"),
         ("pooling=max", "pooling"),
         ("min_reduction=1.5", "min_reduction=1.5 is invalid"),
+        ("layers=abc", "layers='abc': cannot read 'abc' as a set of integers"),
     ],
 )
 def test_bad_drift_arguments_are_refused_before_any_work(tmp_path, override, message):

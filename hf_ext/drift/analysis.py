@@ -40,7 +40,7 @@ CSV_COLUMNS = (
     "cosine",
     "cosine_p05",
     "mean_vector_cosine",
-    "eval_accuracy",
+    "task_metric",
 )
 CHANCE_PERMUTATIONS = 20
 
@@ -122,9 +122,9 @@ def _run_rows(root: Path, study: Mapping[str, Any], seed: int, method: str, base
                 "cosine": r.cosine_mean,
                 "cosine_p05": r.cosine_p05,
                 "mean_vector_cosine": r.mean_vector_cosine,
-                "eval_accuracy": metrics.get("eval_accuracy"),
+                "task_metric": metrics.get(study["task_metric"]),
             }
-            if pooling == pooled:
+            if pooling == pooled and math.isfinite(r.cka):  # no interval for a layer whose CKA is undefined
                 (low, high), chance = interval_and_chance(
                     base.read_layer(layer, pooling).float(),
                     dump.read_layer(layer, pooling).float(),
@@ -145,7 +145,9 @@ def compare_methods(rows: list[dict], study: Mapping[str, Any]) -> dict[str, Any
     """LoRA against full fine-tuning: per-layer reduction of drift and the permutation tests."""
     pooling = study["pooling"]
     lora, full = _drift(rows, "lora", pooling), _drift(rows, "full", pooling)
-    units = sorted(key for key in full if key in lora and key[1] > 0)
+    units = sorted(
+        key for key in full if key in lora and key[1] > 0 and math.isfinite(full[key]) and math.isfinite(lora[key])
+    )
     if not units:
         return {"skipped": "needs both 'full' and 'lora' runs"}
     a, b = [lora[u] for u in units], [full[u] for u in units]
@@ -219,9 +221,11 @@ def analyze_run(root: str | Path) -> dict[str, Any]:
     summary = {
         "settings": study,
         "task_metric": {
-            "base_model": study.get("base_eval_accuracy"),
+            "base_model": study.get("base_task_metric"),
             **{
-                f"{method}/seed-{seed}": read_json(run_dir(root, seed, method) / "metrics.json").get("eval_accuracy")
+                f"{method}/seed-{seed}": read_json(run_dir(root, seed, method) / "metrics.json").get(
+                    study["task_metric"]
+                )
                 for seed in study["seeds"]
                 for method in study["methods"]
             },
@@ -241,6 +245,10 @@ def figures(root: str | Path) -> dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not (Path(root) / "drift.json").is_file():
+        raise RunDirectoryError(
+            f"{root} holds no drift.json: run recipes/drift.py there, or hf-ext drift analyze --run {root} first"
+        )
     summary = read_json(Path(root) / "drift.json")
     study, rows = summary["settings"], summary["rows"]
     layers = sorted({r["layer"] for r in rows})
@@ -262,7 +270,8 @@ def figures(root: str | Path) -> dict[str, Any]:
     axes[0].set_title(f"CKA with the base (mean of {len(study['seeds'])} seeds)")
     for i in range(len(layers)):
         for j in range(len(columns)):
-            axes[0].text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+            dark = grid[i, j] < (float(grid.min()) + 1) / 2
+            axes[0].text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w" if dark else "k", fontsize=8)
     figure.colorbar(image, ax=axes[0])
     comparison = summary["comparison"]
     if "per_layer" in comparison:
@@ -290,10 +299,10 @@ def figures(root: str | Path) -> dict[str, Any]:
     axes[2].bar(range(len(names)), [task[n] or 0 for n in names], color="tab:green")
     axes[2].set_xticks(range(len(names)), names, rotation=30, ha="right")
     if task.get("base_model") is not None:
-        axes[2].axhline(task["base_model"], color="k", ls="--", lw=1, label="base model (untrained head)")
-        axes[2].legend()
+        axes[2].axhline(task["base_model"], color="k", ls="--", lw=1, label="base model")
+        axes[2].legend(loc="lower right")
     axes[2].set_ylim(0, 1)
-    axes[2].set_title("task metric: validation accuracy")
+    axes[2].set_title(f"task metric: {study['task_metric']} (validation)")
     figure.tight_layout()
     return {"drift": figure}
 
@@ -313,3 +322,31 @@ def plot(root: str | Path) -> list[Path]:
 
         plt.close(figure)
     return paths
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The task metric of every run, drift per layer and the tests, as printed by the recipe and ``analyze``."""
+    comparison = summary["comparison"]
+    lines = [f"task metric ({summary['settings']['task_metric']} on the validation split):"]
+    lines += [
+        f"  {name:16s} {value if value is None else round(value, 4)}" for name, value in summary["task_metric"].items()
+    ]
+    if "per_layer" not in comparison:
+        return "\n".join([*lines, f"drift study: no comparison ({comparison['skipped']})"])
+    lines += [
+        f"drift (1 - CKA, {comparison['pooling']} pooling), mean over seeds:",
+        "  layer  full    lora    reduction",
+    ]
+    for layer, values in comparison["per_layer"].items():
+        lines.append(
+            f"  {layer:>5}  {values['drift_full']:.4f}  {values['drift_lora']:.4f}  "
+            f"{values['reduction_mean']:+.1%} ± {values['reduction_sd']:.1%}"
+        )
+    for key in ("less", "reduction"):
+        test = comparison[key]
+        margin = f" by >= {test['reduction']:.0%}" if key == "reduction" else ""
+        lines.append(
+            f"LoRA drifts less{margin}: p = {test['p_value']:.4g} "
+            f"(n = {test['n']}, smallest possible p {test['min_p_value']:.3g})"
+        )
+    return "\n".join(lines)

@@ -10,7 +10,7 @@ import torch
 
 from .. import distributed
 from ..run_logger import LoggingCallback
-from .measure import measure_drift
+from .measure import measure_drift, open_base_dump
 from .recorders import check_pooling
 from .shards import dump_representations
 
@@ -50,7 +50,10 @@ class DriftCallback(LoggingCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._require_bound()
         check_pooling(model, self.pooling)
-        if self._uses_adapter(model) or (self.base_dump is not None and (self.base_dump / "metadata.json").is_file()):
+        if self._uses_adapter(model):
+            return
+        if self.base_dump is not None and (self.base_dump / "metadata.json").is_file():
+            open_base_dump(self.base_dump, model, self.batches)  # a dump of other examples fails here, not later
             return
         if self.base_dump is None:
             raise ValueError(

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, OPEN_UNIT, POSITIVE, Bounds, check_bounds
 from ..errors import ConfigError
+from ..targets import parse_int_set
 
 METHODS = ("full", "lora")
 
@@ -72,6 +73,11 @@ class DriftArguments:
 
     def __post_init__(self):
         check_bounds(self)
+        if self.layers is not None:
+            try:
+                parse_int_set(self.layers)
+            except ConfigError as err:
+                raise ConfigError(f"layers={self.layers!r}: {err} (0 = embeddings, i = output of block i-1)") from None
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"methods {self.methods} must be a non-empty list of {', '.join(METHODS)}")

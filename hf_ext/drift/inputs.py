@@ -63,7 +63,7 @@ def load_for_drift(model: str, adapter: str | None, task_type: str, num_labels: 
 
     try:
         return PeftModel.from_pretrained(loaded, adapter), tokenizer
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         raise ConfigError(
             f"the adapter in {adapter} does not fit {model} ({str(err).strip().splitlines()[0]}); check --model, "
             "--task-type and --num-labels"

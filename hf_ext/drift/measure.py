@@ -12,6 +12,7 @@ token ids), with the same token counts, the same layers and the same architectur
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -63,7 +64,10 @@ def check_paired(
                 "with the same tokenizer and max length"
             )
     if "layers" in keys and list(a["layers"]) != list(b["layers"]):
-        raise FileFormatError(f"{na} holds layers {list(a['layers'])} but {nb} holds {list(b['layers'])}")
+        raise FileFormatError(
+            f"{na} holds layers {list(a['layers'])} but {nb} holds {list(b['layers'])}; compare the layers both "
+            "hold (hf-ext drift compare --layers, compare_dumps(layers=...))"
+        )
 
 
 class _Rows:
@@ -100,7 +104,8 @@ def compare_dumps(
     """Per-layer drift of ``other`` from ``base`` (CKA, debiased CKA, cosine), one layer in memory at a time."""
     base = base if isinstance(base, DumpReader) else DumpReader(base)
     other = other if isinstance(other, DumpReader) else DumpReader(other)
-    check_paired(base.metadata, other.metadata, names=(str(base.path), str(other.path)))
+    keys = ("architecture", "example_ids", "example_sha256", "token_counts") + (("layers",) if layers is None else ())
+    check_paired(base.metadata, other.metadata, names=(str(base.path), str(other.path)), keys=keys)
     if base.pooling != other.pooling and pooling is None:
         raise FileFormatError(
             f"{base.path} was dumped with pooling {base.pooling!r}, {other.path} with {other.pooling!r}: "
@@ -109,12 +114,33 @@ def compare_dumps(
     layers = base.layers if layers is None else list(layers)
     results = {}
     for layer in tqdm(layers, desc="drift", unit="layer", disable=not progress):
-        accumulator = DriftAccumulator()
+        accumulator = DriftAccumulator(f"layer {layer}")
         others = _Rows({layer: t} for t in other.iter_layer(layer, pooling))
         for rows in base.iter_layer(layer, pooling):
             accumulator.update(rows.float(), others.take(rows.shape[0])[layer].float())
         results[layer] = accumulator.result()
     return results
+
+
+def open_base_dump(
+    base: DumpReader | str | Path, model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]
+) -> DumpReader:
+    """Open a base dump and check that it holds ``batches``' examples (token SHA-256 and counts) for ``model``'s
+    architecture."""
+    base = base if isinstance(base, DumpReader) else DumpReader(base)
+    hashes, counts = [], []
+    for batch in batches:
+        h, c = example_fingerprints(batch)
+        hashes += h
+        counts += c
+    ours = {
+        "architecture": architecture(model),
+        "example_ids": base.example_ids,
+        "example_sha256": hashes,
+        "token_counts": counts,
+    }
+    check_paired(base.metadata, ours, names=(str(base.path), "the measured examples"), keys=tuple(ours))
+    return base
 
 
 @torch.no_grad()
@@ -141,22 +167,10 @@ def measure_drift(
     recorder = RepresentationRecorder(model, pooling=pooling, layers=layers)
     base_rows = None
     if base is not None:
-        base = base if isinstance(base, DumpReader) else DumpReader(base)
-        hashes, counts = [], []
-        for batch in batches:
-            h, c = example_fingerprints(batch)
-            hashes += h
-            counts += c
-        ours = {
-            "architecture": architecture(model),
-            "example_ids": base.example_ids,
-            "example_sha256": hashes,
-            "token_counts": counts,
-        }
-        check_paired(base.metadata, ours, names=(str(base.path), "the measured examples"), keys=tuple(ours))
+        base = open_base_dump(base, model, batches)
         base_rows = _Rows(base.iter_shards(recorder.layers, pooling))
     device = model_device(model)
-    accumulators = {layer: DriftAccumulator() for layer in recorder.layers}
+    accumulators = {layer: DriftAccumulator(f"layer {layer}") for layer in recorder.layers}
     with eval_mode(model), recorder:
         for batch in tqdm(batches, desc="drift", unit="batch", disable=not progress):
             inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}

@@ -20,9 +20,13 @@ option uses the unbiased HSIC estimator (Song et al. 2012) instead, which needs 
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import asdict, dataclass
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 COSINE_BINS = 2000  # histogram over [-1, 1]: quantiles to 0.001 in constant memory
 
@@ -208,7 +212,8 @@ class DriftAccumulator:
     the per-row cosine is kept as a fixed histogram, so memory does not grow with the number of rows.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name
         self.cka = CKAAccumulator()
         self._hist = torch.zeros(COSINE_BINS, dtype=torch.float64)
         self._cos_sum = self._cos_sq = 0.0
@@ -234,15 +239,23 @@ class DriftAccumulator:
         low, high = self._cos_range
         return min(max(-1 + (index + 0.5) * 2 / COSINE_BINS, low), high)
 
+    def _or_nan(self, value) -> float:
+        try:
+            return value()
+        except ValueError as err:  # e.g. the embedding of a token every example ends with: constant rows
+            logger.warning("%s: CKA is NaN: %s", self.name or "drift", err)
+            return math.nan
+
     def result(self) -> LayerDrift:
+        """The layer's statistics; CKA that is undefined (rows that do not vary) is NaN, with a warning."""
         n = self.cka.n
         cosines = self._hist.sum().item() > 0
         mean = self._cos_sum / n if cosines else None
         same_width = self._mean_x is not None and self._mean_y is not None and self._mean_x.shape == self._mean_y.shape
         return LayerDrift(
             rows=n,
-            cka=self.cka.cka(),
-            debiased_cka=self.cka.debiased_cka() if n >= 4 else None,
+            cka=self._or_nan(self.cka.cka),
+            debiased_cka=self._or_nan(self.cka.debiased_cka) if n >= 4 else None,
             cosine_mean=mean,
             cosine_std=max(self._cos_sq / n - mean * mean, 0.0) ** 0.5 if cosines else None,
             cosine_p05=self._quantile(0.05) if cosines else None,

@@ -37,7 +37,7 @@ from .. import __version__, distributed
 from ..errors import FileFormatError, RunDirectoryError
 from ..io import file_sha256, read_json, read_sidecar, save_tensors, write_json
 from ..models import eval_mode, model_device
-from ..outputs import changed_setting
+from ..outputs import changed_settings
 from ..targets import find_blocks
 from .recorders import POOLINGS, RepresentationRecorder, pool_token_rows
 
@@ -127,22 +127,24 @@ def _shard_is_complete(path: Path, hashes: list[str]) -> bool:
 
 def _start(out: Path, settings: dict[str, Any], num_shards: int, overwrite: bool) -> None:
     meta_path = out / "metadata.json"
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"{out} is a file; name a directory for the dump")
     if meta_path.is_file():
         existing = read_json(meta_path)
         if existing.get("format") != DUMP_FORMAT:
             raise RunDirectoryError(f"{meta_path} is not the metadata of a representation dump; choose another out")
         if existing.get("complete") and not overwrite:
             raise RunDirectoryError(
-                f"{out} already holds a complete representation dump; read it with DumpReader, or remove it "
-                "(or pass overwrite) to dump again"
+                f"{out} already holds a complete representation dump: use it as it is, or pass --overwrite "
+                "(overwrite=True) to dump again"
             )
         if not overwrite:
             wanted = {**settings, "num_shards": num_shards}
-            key = changed_setting(existing, wanted)
-            if key is not None:
+            changed = changed_settings(existing, wanted)
+            if changed:
                 raise RunDirectoryError(
-                    f"{out} holds an unfinished dump with {key}={existing.get(key)!r}, not {wanted[key]!r}: it "
-                    "cannot be resumed with these settings; choose another output directory or pass overwrite"
+                    f"{out} holds an unfinished dump made with {changed}: it cannot be resumed with these "
+                    "settings; choose another output directory, or pass --overwrite (overwrite=True) to start over"
                 )
             return
     elif out.is_dir() and any(out.iterdir()):
@@ -191,6 +193,8 @@ def dump_representations(
 
     Every rank of a process group must call this with the same batches. Returns ``out``.
     """
+    if not batches:
+        raise ValueError("no batches to dump: the example set is empty")
     if dtype not in DTYPES:
         raise ValueError(f"dump dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     out = Path(out)
@@ -207,14 +211,14 @@ def dump_representations(
         "pooling": pooling,
         "dtype": dtype,
     }
-    if distributed.is_main_process():
-        _start(out, settings, len(batches), overwrite)
-    distributed.barrier()
-    rank, world = distributed.rank(), distributed.world_size()
     counts_per_batch = [b["input_ids"].shape[0] for b in batches]
     ids = [str(i) for i in range(sum(counts_per_batch))] if example_ids is None else [str(i) for i in example_ids]
     if len(ids) != sum(counts_per_batch):
         raise ValueError(f"{len(ids)} example ids for {sum(counts_per_batch)} examples in the batches")
+    if distributed.is_main_process():
+        _start(out, settings, len(batches), overwrite)
+    distributed.barrier()
+    rank, world = distributed.rank(), distributed.world_size()
     starts = [sum(counts_per_batch[:i]) for i in range(len(batches))]
     device, writer = model_device(model), ShardWriter(queue_size)
     mine = [i for i in range(len(batches)) if i % world == rank]

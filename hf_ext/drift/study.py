@@ -3,10 +3,11 @@
 In ``output_dir``: ``eval_subset.json`` (the fixed validation examples), ``study.json`` (settings and
 the base model's task metric), ``base/`` (the base model's representations, every token), and per
 seed and method ``seed-<s>/<method>/``: the Trainer's outputs and TensorBoard run (with in-training
-drift), ``metrics.json`` (task metric and in-training drift) and ``dump/`` (the fine-tuned model's
-representations). Then :func:`hf_ext.drift.analysis.analyze_run` writes ``drift.csv`` and
-``drift.json`` and :func:`~hf_ext.drift.analysis.plot` ``drift.png`` (also logged to TensorBoard).
-A rerun with the same ``output_dir`` skips finished runs and resumes unfinished dumps.
+drift), ``metrics.json`` (task metric and in-training drift), ``dump/`` (the fine-tuned model's
+representations) and, for LoRA, ``adapter/`` (the trained adapter; full fine-tunes are not saved).
+Then :func:`hf_ext.drift.analysis.analyze_run` writes ``drift.csv`` and ``drift.json`` and
+:func:`~hf_ext.drift.analysis.plot` ``drift.png`` (also logged to TensorBoard). A rerun with the same
+``output_dir`` keeps the base dump and every finished run and redoes the missing or damaged ones.
 """
 
 from __future__ import annotations
@@ -20,17 +21,20 @@ from transformers import TrainingArguments, set_seed
 from .. import distributed
 from ..config import DataArguments, ModelArguments
 from ..data import eval_subset, prepare_data
-from ..errors import RunDirectoryError
+from ..errors import ConfigError, FileFormatError, RunDirectoryError
 from ..io import read_json, write_json
 from ..models import load_model, load_tokenizer
-from ..outputs import changed_setting, check_output_dir, tensorboard_writer
-from ..run_logger import print_run_locations
+from ..outputs import changed_settings, check_output_dir, tensorboard_writer
+from ..targets import select_linear
 from ..trainer import HfExtTrainer
-from .analysis import analyze_run, figures, plot, run_dir
+from .analysis import analyze_run, figures, format_summary, plot, run_dir
 from .callbacks import DriftCallback
 from .config import DriftArguments
-from .recorders import check_pooling
-from .shards import dump_representations
+from .recorders import RepresentationRecorder
+from .shards import DumpReader, dump_representations
+
+# What the Trainer's evaluate() reports for each task type (hf_ext.data.compute_metrics_fn).
+TASK_METRICS = {"seq_cls": "eval_accuracy", "causal_lm": "eval_response_token_accuracy"}
 
 
 def lora_model(model, drift: DriftArguments, task_type: str):
@@ -52,6 +56,7 @@ def _settings(model_args: ModelArguments, data_args: DataArguments, drift: Drift
         "model": model_args.model_name_or_path,
         "task_type": model_args.task_type,
         "data": data_args.train_file or data_args.dataset_name,
+        "task_metric": TASK_METRICS[model_args.task_type],
         **dataclasses.asdict(drift),
     }
 
@@ -60,26 +65,58 @@ def _check_same_study(path: Path, settings: dict) -> None:
     if not path.is_file():
         return
     saved = read_json(path)
-    key = changed_setting(saved, settings)
-    if key is not None:
+    changed = changed_settings(saved, settings)
+    if changed:
         raise RunDirectoryError(
-            f"{path.parent} holds a drift study with {key}={saved.get(key)!r}, not {settings[key]!r}; "
-            "use another output_dir, or overwrite_output_dir=true to start over"
+            f"{path.parent} holds a drift study made with {changed}; use another output_dir, or "
+            "overwrite_output_dir=true to start over"
         )
+
+
+def _readable_dump(path: Path) -> bool:
+    try:
+        DumpReader(path)
+    except FileFormatError:
+        return False
+    return True
+
+
+def _run_finished(directory: Path) -> bool:
+    """A run whose metrics and dump are on disk and readable (a damaged run is redone)."""
+    return (directory / "metrics.json").is_file() and _readable_dump(directory / "dump")
+
+
+def check_lora_targets(model, drift: DriftArguments) -> None:
+    """Each ``lora_target_modules`` entry must name linear modules of ``model`` (before any work is done)."""
+    for target in drift.lora_target_modules:
+        try:
+            select_linear(model, target)
+        except ConfigError as err:
+            raise ConfigError(f"lora_target_modules: {err}") from None
 
 
 def run_drift_study(
     model_args: ModelArguments, data_args: DataArguments, drift: DriftArguments, training_args: TrainingArguments
 ) -> Path:
-    """Fine-tune by each method and seed, dump the representations, analyse and plot; returns ``output_dir``."""
+    """Fine-tune by each method and seed, dump the representations, analyse and plot; returns ``output_dir``.
+
+    A rerun with the same ``output_dir`` and settings keeps the base dump and every finished run and redoes
+    the rest (a run is finished when its ``metrics.json`` and a readable dump are on disk).
+    """
     root = Path(training_args.output_dir)
     overwrite = getattr(training_args, "overwrite_output_dir", False)
-    check_output_dir(root, finished=["drift.json"], overwrite=overwrite, resuming=False)
+    runs = [run_dir(root, seed, method) for seed in drift.seeds for method in drift.methods]
+    complete = all(_run_finished(directory) for directory in runs) and _readable_dump(root / "base")
+    check_output_dir(root, finished=["drift.json"] if complete else [], overwrite=overwrite, resuming=False)
     settings = _settings(model_args, data_args, drift)
     if not overwrite:
         _check_same_study(root / "study.json", settings)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     data = prepare_data(data_args, tokenizer, model_args.task_type, seed=training_args.seed)
+    base = load_model(model_args, tokenizer, data.labels, seed=training_args.seed).to(training_args.device)
+    RepresentationRecorder(base, pooling=drift.pooling, layers=drift.layers)  # checks both before any work
+    if "lora" in drift.methods:
+        check_lora_targets(base, drift)
     indices = eval_subset(data.validation, drift.eval_subset_size, drift.subset_seed, root / "eval_subset.json")
     batches = list(
         DataLoader(
@@ -93,56 +130,23 @@ def run_drift_study(
         "pooling": "tokens",
         "layers": drift.layers,
         "dtype": drift.dump_dtype,
-        "overwrite": overwrite,
+        "model_name": model_args.model_name_or_path,
+        "overwrite": True,  # only dumps that are missing, damaged or stale are written
     }
-    base = load_model(model_args, tokenizer, data.labels, seed=training_args.seed).to(training_args.device)
-    check_pooling(base, drift.pooling)
     base_args = dataclasses.replace(training_args, report_to=[])
     base_metrics = HfExtTrainer(model=base, args=base_args, **data.trainer_kwargs()).evaluate()
     if distributed.is_main_process():
-        write_json(root / "study.json", {**settings, "base_eval_accuracy": base_metrics.get("eval_accuracy")})
-    dump_representations(base, batches, root / "base", model_name=model_args.model_name_or_path, **dump)
+        write_json(root / "study.json", {**settings, "base_task_metric": base_metrics.get(settings["task_metric"])})
+    if overwrite or not _readable_dump(root / "base"):
+        dump_representations(base, batches, root / "base", **dump)
     del base
-    trainer = None
     for seed in drift.seeds:
         for method in drift.methods:
             directory = run_dir(root, seed, method)
-            if (directory / "metrics.json").is_file() and not overwrite:
-                print(f"drift study: {directory} is finished, skipping it", flush=True)
+            if _run_finished(directory) and not overwrite:
+                print(f"drift study: {directory} is finished, keeping it", flush=True)
                 continue
-            # Every run starts from the base model (head included); the seed varies data order, dropout and
-            # the adapter's initialisation.
-            model = load_model(model_args, tokenizer, data.labels, seed=training_args.seed).to(training_args.device)
-            set_seed(seed)
-            learning_rate = training_args.learning_rate
-            if method == "lora":
-                model = lora_model(model, drift, model_args.task_type)
-                learning_rate = drift.lora_learning_rate or learning_rate
-            callback = DriftCallback(
-                batches, every=drift.drift_steps, pooling=drift.pooling, layers=drift.layers, base_dump=root / "base"
-            )
-            args = dataclasses.replace(
-                training_args, output_dir=str(directory), seed=seed, learning_rate=learning_rate
-            )
-            trainer = HfExtTrainer(
-                model=model, args=args, processing_class=tokenizer, callbacks=[callback], **data.trainer_kwargs()
-            )
-            trainer.train()
-            metrics = trainer.evaluate()
-            dump_representations(
-                trainer.accelerator.unwrap_model(trainer.model),
-                batches,
-                directory / "dump",
-                model_name=model_args.model_name_or_path,
-                adapter=method if method == "lora" else None,
-                checkpoint_step=trainer.state.global_step,
-                **dump,
-            )
-            if distributed.is_main_process():
-                write_json(
-                    directory / "metrics.json",
-                    {"method": method, "seed": seed, **metrics, "in_training": callback.history},
-                )
+            _train_run(model_args, drift, training_args, data, tokenizer, batches, dump, directory, seed, method)
     if distributed.is_main_process():
         summary = analyze_run(root)
         plot(root)
@@ -151,33 +155,47 @@ def run_drift_study(
             for name, figure in figures(root).items():
                 writer.add_figure(f"drift/{name}", figure, close=True)
             writer.close()
-        _print_summary(summary)
+        print(format_summary(summary), flush=True)
+        print(f"\ndrift study: {root}/drift.csv, drift.json, drift.png\ntensorboard: tensorboard --logdir {root}")
     distributed.barrier()
-    if trainer is not None:
-        print_run_locations(trainer)
     return root
 
 
-def _print_summary(summary: dict) -> None:
-    comparison = summary["comparison"]
-    print("\ntask metric (validation accuracy):", flush=True)
-    for name, value in summary["task_metric"].items():
-        print(f"  {name:16s} {value if value is None else round(value, 4)}")
-    if "per_layer" not in comparison:
-        print(f"drift study: no comparison ({comparison['skipped']})")
-        return
-    print(f"drift (1 - CKA, {comparison['pooling']} pooling), mean over seeds:")
-    print("  layer  full    lora    reduction")
-    for layer, values in comparison["per_layer"].items():
-        print(
-            f"  {layer:>5}  {values['drift_full']:.4f}  {values['drift_lora']:.4f}  "
-            f"{values['reduction_mean']:+.1%} ± {values['reduction_sd']:.1%}"
-        )
-    for key in ("less", "reduction"):
-        test = comparison[key]
-        margin = f" by >= {test['reduction']:.0%}" if key == "reduction" else ""
-        print(
-            f"LoRA drifts less{margin}: p = {test['p_value']:.4g} "
-            f"(n = {test['n']}, smallest possible p {test['min_p_value']:.3g})",
-            flush=True,
+def _train_run(model_args, drift, training_args, data, tokenizer, batches, dump, directory: Path, seed, method):
+    """Fine-tune one run from the base model and write its ``metrics.json``, ``dump/`` (and LoRA ``adapter/``)."""
+    # Every run starts from the base model (head included); the seed varies data order, dropout and the
+    # adapter's initialisation.
+    model = load_model(model_args, tokenizer, data.labels, seed=training_args.seed).to(training_args.device)
+    set_seed(seed)
+    learning_rate = training_args.learning_rate
+    if method == "lora":
+        model = lora_model(model, drift, model_args.task_type)
+        learning_rate = drift.lora_learning_rate or learning_rate
+    callback = DriftCallback(
+        batches,
+        every=drift.drift_steps,
+        pooling=drift.pooling,
+        layers=drift.layers,
+        base_dump=directory.parent.parent / "base",
+    )
+    args = dataclasses.replace(training_args, output_dir=str(directory), seed=seed, learning_rate=learning_rate)
+    trainer = HfExtTrainer(
+        model=model, args=args, processing_class=tokenizer, callbacks=[callback], **data.trainer_kwargs()
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if method == "lora":
+        trainer.save_model(str(directory / "adapter"))  # peft saves the adapter only: hf-ext drift measure --adapter
+    dump_representations(
+        model,
+        batches,
+        directory / "dump",
+        adapter=str(directory / "adapter") if method == "lora" else None,
+        checkpoint_step=trainer.state.global_step,
+        **dump,
+    )
+    if distributed.is_main_process():
+        write_json(
+            directory / "metrics.json", {"method": method, "seed": seed, **metrics, "in_training": callback.history}
         )
