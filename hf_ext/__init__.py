@@ -37,6 +37,12 @@ _EXPORTS = {
     "drift.shards": ["DumpReader", "dump_representations"],
     "drift.stats": ["bootstrap_interval", "paired_permutation_test"],
     "drift.study": ["run_drift_study"],
+    "lora_null.callbacks": ["LoraNullCallback"],
+    "lora_null.config": ["LoraNullArguments"],
+    "lora_null.init": ["check_frozen_A", "initialize_lora_null_weights", "save_lora_null"],
+    "lora_null.preservation": ["PreservationArguments", "run_preservation_study"],
+    "lora_null.study": ["run_lora_null"],
+    "lora_null.verify": ["verify_adapter"],
     "errors": ["ConfigError", "DataError", "FileFormatError", "HfExtError", "RunDirectoryError", "exit_on_user_error"],
     "io": ["load_tensors", "read_json", "save_tensors", "write_json"],
     "models": ["eval_mode", "load_model", "load_tokenizer", "model_device", "tiny_model"],
@@ -82,6 +88,12 @@ if TYPE_CHECKING:
     from .heads.importance import ablation_importance, gradient_importance
     from .heads.study import run_head_study
     from .io import load_tensors, read_json, save_tensors, write_json
+    from .lora_null.callbacks import LoraNullCallback
+    from .lora_null.config import LoraNullArguments
+    from .lora_null.init import check_frozen_A, initialize_lora_null_weights, save_lora_null
+    from .lora_null.preservation import PreservationArguments, run_preservation_study
+    from .lora_null.study import run_lora_null
+    from .lora_null.verify import verify_adapter
     from .models import eval_mode, load_model, load_tokenizer, model_device, tiny_model
     from .run_logger import LoggingCallback, RunLogger
     from .targets import AttentionModules, find_attention, find_blocks, select_linear, set_trainable

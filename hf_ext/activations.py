@@ -181,7 +181,8 @@ class InputRecorder:
     def _hook(self, name: str):
         def record(module: nn.Module, args: tuple) -> None:
             x = args[0].detach()
-            if self._mask is not None:
+            pooled = x.ndim == 2 and self._mask is not None and x.shape[0] == self._mask.shape[0]
+            if self._mask is not None and not pooled:  # one row per example (a pooler) has no padding to drop
                 if x.shape[:-1] != self._mask.shape:
                     raise ValueError(
                         f"{name} received input of shape {tuple(x.shape)} but the token mask has shape "

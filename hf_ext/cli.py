@@ -113,9 +113,10 @@ def _heads_plot(args: argparse.Namespace) -> int:
 
 
 def _drift_inputs(args: argparse.Namespace):
-    from .drift.inputs import load_for_drift, load_texts, text_batches
+    from .models import load_with_adapter
+    from .texts import load_texts, text_batches
 
-    model, tokenizer = load_for_drift(args.model, args.adapter, args.task_type, args.num_labels)
+    model, tokenizer = load_with_adapter(args.model, args.adapter, args.task_type, args.num_labels)
     ids, texts = load_texts(args.data, split=args.split, column=args.text_column, limit=args.max_examples)
     return model, ids, text_batches(tokenizer, texts, batch_size=args.batch_size, max_length=args.max_seq_length)
 
@@ -153,12 +154,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _check_new_file(path: str | None) -> None:
-    """``--json`` names a file to create: an existing file or a directory is refused before any work."""
+def _check_new_file(path: str | None, option: str = "--json") -> None:
+    """``option`` names a file to create: an existing file or a directory is refused before any work."""
     from pathlib import Path
 
     if path and Path(path).exists():
-        raise FileExistsError(f"--json {path} already exists; name a new file (nothing was overwritten)")
+        raise FileExistsError(f"{option} {path} already exists; name a new file (nothing was overwritten)")
 
 
 def _print_drift(results, out: str | None) -> None:
@@ -269,6 +270,62 @@ def _add_drift_parser(commands) -> None:
         parser.set_defaults(run_command=function)
 
 
+def _lora_null_verify(args: argparse.Namespace) -> int:
+    from .lora_null.verify import format_verification, read_init, save_verification, verify_adapter
+    from .models import load_with_adapter
+    from .texts import load_texts, text_batches
+
+    _check_new_file(args.save_stats, "--save-stats")
+    model, tokenizer = load_with_adapter(args.model, args.adapter, args.task_type, args.num_labels)
+    _, texts = load_texts(args.data, split=args.split, column=args.text_column, limit=args.max_examples)
+    batches = text_batches(tokenizer, texts, batch_size=args.batch_size, max_length=args.max_seq_length)
+    result = verify_adapter(
+        model, batches, max_activation_samples=args.max_activation_samples, init=read_init(args.adapter), progress=True
+    )
+    print(format_verification(result))
+    if args.save_stats:
+        save_verification(result, args.save_stats)
+        print(f"written: {args.save_stats}")
+    return 0
+
+
+def _lora_null_compare(args: argparse.Namespace) -> int:
+    from .lora_null.verify import format_comparison, load_verification
+
+    print(format_comparison(load_verification(args.initial), load_verification(args.trained)))
+    return 0
+
+
+def _add_lora_null_parser(commands) -> None:
+    group = commands.add_parser("lora-null", help="verify LoRA-Null adapters").add_subparsers(
+        dest="action", required=True
+    )
+    verify = group.add_parser("verify", help="per-layer null-space, effect and contribution metrics of an adapter")
+    verify.add_argument(
+        "--model", required=True, help="the base model: embedded:minilm, tiny:<arch>, hub id, directory"
+    )
+    verify.add_argument("--adapter", required=True, help="the saved peft adapter directory")
+    verify.add_argument("--data", required=True, help="builtin:<task> or a .jsonl/.json/.csv file with a text column")
+    verify.add_argument("--split", default="validation", help="split of a builtin task (default validation)")
+    verify.add_argument("--text-column", default="text", help="column holding the text (default text)")
+    verify.add_argument("--max-examples", type=_positive_int, default=256, help="use the first N examples (256)")
+    verify.add_argument("--max-seq-length", type=_positive_int, default=128, help="truncate to N tokens (128)")
+    verify.add_argument("--batch-size", type=_positive_int, default=32, help="examples per batch (32)")
+    verify.add_argument(
+        "--max-activation-samples", type=_positive_int, default=4096, help="input rows per layer at most (4096)"
+    )
+    verify.add_argument("--task-type", default="seq_cls", choices=["seq_cls", "causal_lm"])
+    verify.add_argument(
+        "--num-labels", type=_positive_int, default=None, help="classifier size if the config lacks it"
+    )
+    verify.add_argument("--save-stats", default=None, help="also write the results to this (new) JSON file")
+    verify.set_defaults(run_command=_lora_null_verify)
+    compare = group.add_parser("compare", help="init vs trained: the means of two verification files side by side")
+    compare.add_argument("initial", help="verification JSON at init (verify_init.json, or verify --save-stats)")
+    compare.add_argument("trained", help="verification JSON after training")
+    compare.set_defaults(run_command=_lora_null_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-ext", description=__doc__)
     from . import __version__
@@ -323,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--run", required=True, help="a seed directory, or the output_dir holding seed-* directories")
     plot.set_defaults(run_command=_heads_plot)
     _add_drift_parser(commands)
+    _add_lora_null_parser(commands)
     return parser
 
 

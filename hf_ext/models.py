@@ -35,6 +35,7 @@ from . import tasks
 from .config import ModelArguments
 from .data import PLAIN_PROMPT
 from .errors import ConfigError
+from .io import read_json
 
 AUTO_CLASSES = {"seq_cls": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 EMBEDDED_PREFIX = "embedded:"
@@ -254,3 +255,33 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def load_with_adapter(model: str, adapter: str | None, task_type: str, num_labels: int | None):
+    """``(model, tokenizer)`` for tools that inspect a saved run: ``model`` as saved (a classifier head sized from
+    its config's labels, else ``num_labels``, else 2), with the peft adapter in ``adapter`` loaded on top."""
+    tokenizer = load_tokenizer(model)
+    config_path = Path(resolve_model_path(model)) / "config.json"
+    saved = read_json(config_path) if config_path.is_file() else {}
+    labels = list((saved.get("id2label") or {}).values()) if num_labels is None else []
+    labels = labels or [str(i) for i in range(num_labels or 2)]
+    loaded = load_model(ModelArguments(model_name_or_path=model, task_type=task_type), tokenizer, labels)
+    if adapter is None:
+        return loaded, tokenizer
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"--adapter {adapter} holds no adapter_config.json: it is not a saved peft adapter")
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(loaded, adapter), tokenizer
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"the adapter in {adapter} does not fit {model} ({_first_reason(err)}); check --model, "
+            "--task-type and --num-labels"
+        ) from None
+
+
+def _first_reason(err: Exception) -> str:
+    """The telling line of a state-dict error (a size mismatch), else its first line."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+    return next((line for line in lines if "size mismatch" in line), lines[0])

@@ -5,12 +5,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from hf_ext.drift.inputs import load_texts, text_batches
 from hf_ext.drift.measure import compare_dumps, measure_drift
 from hf_ext.drift.recorders import RepresentationRecorder, pool
 from hf_ext.drift.shards import DumpReader, dump_representations
 from hf_ext.errors import ConfigError, FileFormatError, RunDirectoryError
 from hf_ext.models import tiny_model
+from hf_ext.texts import load_texts, text_batches
 
 
 def _setup(architecture="bert", n=40, batch_size=8, seed=0, task_type="seq_cls", padding_side="right"):

@@ -9,9 +9,9 @@ import sys
 
 import torch.distributed as dist
 
-from hf_ext.drift.inputs import load_texts, text_batches
 from hf_ext.drift.shards import dump_representations
 from hf_ext.models import tiny_model
+from hf_ext.texts import load_texts, text_batches
 
 
 def main(out: str) -> None:

@@ -1,0 +1,1 @@
+"""LoRA-Null: peft LoRA adapters initialised in the null space of each layer's inputs, verification, study."""

@@ -1,0 +1,127 @@
+"""The LoRA-Null recipe: build the adapter, verify it at init, train, verify again, compare.
+
+In ``output_dir``: ``adapter_init/`` (the adapter right after initialisation, with ``lora_null_init.json``),
+``verify_init.json``, the Trainer's outputs and TensorBoard run (``lora_null/<metric>`` at step 0, every
+evaluation and the end), ``verify_trained.json`` and ``adapter/``: loadable with plain peft on the original
+base model (for ``null_projection`` a rank-2r standard LoRA, converted by :func:`save_lora_null`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import TrainingArguments
+
+from .. import distributed
+from ..config import DataArguments, ModelArguments
+from ..data import prepare_data
+from ..errors import ConfigError
+from ..io import write_json
+from ..models import load_model, load_tokenizer
+from ..outputs import check_output_dir
+from ..run_logger import print_run_locations
+from ..targets import select_linear
+from ..texts import load_texts, text_batches
+from ..trainer import HfExtTrainer
+from .callbacks import LoraNullCallback
+from .config import LoraNullArguments
+from .init import initialize_lora_null_weights, save_lora_null
+from .verify import format_comparison, format_verification, save_verification
+
+
+def lora_config(args: LoraNullArguments, task_type: str):
+    """The peft ``LoraConfig`` of the adapter (peft's default init: B = 0, replaced by the null-space init)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.lora_target_modules or None,
+        task_type="SEQ_CLS" if task_type == "seq_cls" else "CAUSAL_LM",
+    )
+
+
+def check_targets(model, patterns: list[str]) -> None:
+    """Each target pattern must name linear modules of ``model``, before any work is done."""
+    for pattern in patterns:
+        try:
+            select_linear(model, pattern)
+        except ConfigError as err:
+            raise ConfigError(f"lora_target_modules: {err}") from None
+
+
+def calibration_batches(args: LoraNullArguments, data_args: DataArguments, tokenizer, data):
+    """``calib_samples`` texts from ``calib_dataset`` (or the training data) as padded batches."""
+    max_length = args.calib_max_length or data_args.max_seq_length
+    if args.calib_dataset is None:
+        column = data_args.text_column if data_args.text_column in data.raw["train"].column_names else None
+        if column is None:
+            raise ConfigError("calib_dataset is not set and the training data has no text column: set calib_dataset")
+        texts = [str(t) for t in list(data.raw["train"][column])[: args.calib_samples]]
+    else:
+        _, texts = load_texts(
+            args.calib_dataset, split=args.calib_split, column=args.calib_text_column, limit=args.calib_samples
+        )
+    return text_batches(tokenizer, texts, batch_size=8, max_length=max_length)
+
+
+def run_lora_null(
+    model_args: ModelArguments, data_args: DataArguments, args: LoraNullArguments, training_args: TrainingArguments
+) -> Path:
+    """Initialise, verify, train, verify, save and compare; returns ``output_dir``."""
+    from peft import get_peft_model
+
+    root = Path(training_args.output_dir)
+    check_output_dir(
+        root,
+        finished=["verify_trained.json"],
+        overwrite=getattr(training_args, "overwrite_output_dir", False),
+        resuming=False,
+    )
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    data = prepare_data(data_args, tokenizer, model_args.task_type, seed=training_args.seed)
+    model = load_model(model_args, tokenizer, data.labels, seed=training_args.seed)
+    check_targets(model, args.lora_target_modules)
+    model = get_peft_model(model, lora_config(args, model_args.task_type)).to(training_args.device)
+    init = initialize_lora_null_weights(
+        model,
+        calibration_batches(args, data_args, tokenizer, data),
+        mode=args.mode,
+        freeze_A=args.freeze_A,
+        progress=distributed.is_main_process(),
+    )
+    main = distributed.is_main_process()
+    if main:
+        model.save_pretrained(str(root / "adapter_init"))
+        init.save(root / "adapter_init")
+    verify_set = data.validation.select(range(min(args.verify_samples, len(data.validation))))
+    batches = [
+        data.collator([verify_set[i] for i in range(j, min(j + 32, len(verify_set)))])
+        for j in range(0, len(verify_set), 32)
+    ]
+    callback = LoraNullCallback(
+        batches, init=init.to_dict(), frozen_A=init.freeze_A, max_activation_samples=args.max_activation_samples
+    )
+    trainer = HfExtTrainer(
+        model=model, args=training_args, processing_class=tokenizer, callbacks=[callback], **data.trainer_kwargs()
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    if main:
+        write_json(root / "metrics.json", metrics)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        initial, trained = callback.history[0]["result"], callback.history[-1]["result"]
+        save_verification(initial, root / "verify_init.json")
+        save_verification(trained, root / "verify_trained.json")
+        projection = init.mode == "null_projection"
+        save_lora_null(model, root / "adapter", initial_adapter=root / "adapter_init" if projection else None)
+        if not projection:  # the converted rank-2r adapter of null_projection has no null-space record
+            init.save(root / "adapter")
+        print(f"\nverification at init:\n{format_verification(initial)}", flush=True)
+        print(f"\nverification after training:\n{format_verification(trained)}", flush=True)
+        print(f"\ninit vs trained (means over layers):\n{format_comparison(initial, trained)}", flush=True)
+        print(f"\ntask metrics after training: {metrics}", flush=True)
+    distributed.barrier()
+    print_run_locations(trainer, adapter=str(root / "adapter"))
+    return root

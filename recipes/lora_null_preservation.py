@@ -1,0 +1,30 @@
+"""Does LoRA-Null preserve more than plain LoRA? Plain LoRA, LoRA-Null in both modes and CorDA-KPM, same
+rank, targets, steps and learning rate, several seeds: task accuracy against preservation of the
+embeddings on another task's texts (see hf_ext/lora_null/preservation.py).
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml \
+        recipes/lora_null_preservation.py recipes/configs/lora_null_preservation_minilm.json [key=value ...]
+"""
+
+import sys
+
+from hf_ext import (
+    DataArguments,
+    HfExtTrainingArguments,
+    LoraNullArguments,
+    ModelArguments,
+    PreservationArguments,
+    exit_on_user_error,
+    parse_config,
+    run_preservation_study,
+)
+
+ARGUMENT_TYPES = (ModelArguments, DataArguments, LoraNullArguments, PreservationArguments, HfExtTrainingArguments)
+
+
+def main(argv=None):
+    return run_preservation_study(*parse_config(ARGUMENT_TYPES, argv))
+
+
+if __name__ == "__main__":
+    sys.exit(exit_on_user_error(main))
