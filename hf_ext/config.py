@@ -220,6 +220,48 @@ class DataArguments:
 
 
 @dataclass
+class LoraArguments:
+    """A study's LoRA adapter: the keys of peft's ``LoraConfig`` that the studies vary."""
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {
+        "lora_r": AT_LEAST_ONE,
+        "lora_alpha": POSITIVE,
+        "lora_dropout": Bounds(0, 1, high_open=True),
+    }
+
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank r."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Module name suffixes that get adapters, e.g. ['query', 'value']; empty: peft's default."},
+    )
+
+    def lora_config(self, task_type: str, **overrides: Any):
+        """The peft ``LoraConfig`` (``overrides`` replace or add keys, e.g. ``init_lora_weights``)."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.lora_target_modules or None,
+            task_type="SEQ_CLS" if task_type == "seq_cls" else "CAUSAL_LM",
+            **overrides,
+        )
+
+    def check_targets(self, model: Any) -> None:
+        """Each target must name linear modules of ``model``: checked before any work is done."""
+        from .targets import select_linear
+
+        for pattern in self.lora_target_modules:
+            try:
+                select_linear(model, pattern)
+            except ConfigError as err:
+                raise ConfigError(f"lora_target_modules: {err}") from None
+
+
+@dataclass
 class HfExtTrainingArguments(TrainingArguments):
     """``transformers.TrainingArguments`` plus the run-directory keys our recipes honour."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from ..config import AT_LEAST_ONE, NON_NEGATIVE, OPEN_UNIT, POSITIVE, Bounds, check_bounds
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, OPEN_UNIT, POSITIVE, Bounds, LoraArguments, check_bounds
 from ..errors import ConfigError
 from ..targets import parse_int_set
 
@@ -13,15 +13,13 @@ METHODS = ("full", "lora")
 
 
 @dataclass
-class DriftArguments:
+class DriftArguments(LoraArguments):
     """Full fine-tuning against LoRA: how far each moves the representations from the base, per layer."""
 
     BOUNDS: ClassVar[dict[str, Bounds]] = {
+        **LoraArguments.BOUNDS,
         "eval_subset_size": AT_LEAST_ONE,
         "drift_steps": NON_NEGATIVE,
-        "lora_r": AT_LEAST_ONE,
-        "lora_alpha": POSITIVE,
-        "lora_dropout": Bounds(0, 1, high_open=True),
         "lora_learning_rate": POSITIVE,
         "min_reduction": Bounds(0, 1, high_open=True),
         "bootstrap_samples": AT_LEAST_ONE,
@@ -53,13 +51,6 @@ class DriftArguments:
     drift_steps: int = field(
         default=0,
         metadata={"help": "Log per-layer drift to TensorBoard every N training steps and at the end (0: at the end)."},
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Module name suffixes that get LoRA adapters (peft target_modules); empty: peft's default."},
     )
     lora_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the LoRA runs; None: learning_rate."}

@@ -21,11 +21,10 @@ from transformers import TrainingArguments, set_seed
 from .. import distributed
 from ..config import DataArguments, ModelArguments
 from ..data import eval_subset, prepare_data
-from ..errors import ConfigError, FileFormatError, RunDirectoryError
+from ..errors import FileFormatError, RunDirectoryError
 from ..io import read_json, write_json
 from ..models import load_model, load_tokenizer
 from ..outputs import changed_settings, check_output_dir, tensorboard_writer
-from ..targets import select_linear
 from ..trainer import HfExtTrainer
 from .analysis import analyze_run, figures, format_summary, plot, run_dir
 from .callbacks import DriftCallback
@@ -39,16 +38,9 @@ TASK_METRICS = {"seq_cls": "eval_accuracy", "causal_lm": "eval_response_token_ac
 
 def lora_model(model, drift: DriftArguments, task_type: str):
     """``model`` wrapped in a fresh peft LoRA adapter (the classifier head stays trainable for seq_cls)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    config = LoraConfig(
-        r=drift.lora_r,
-        lora_alpha=drift.lora_alpha,
-        lora_dropout=drift.lora_dropout,
-        target_modules=drift.lora_target_modules or None,
-        task_type="SEQ_CLS" if task_type == "seq_cls" else "CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+    return get_peft_model(model, drift.lora_config(task_type))
 
 
 def _settings(model_args: ModelArguments, data_args: DataArguments, drift: DriftArguments) -> dict:
@@ -86,15 +78,6 @@ def _run_finished(directory: Path) -> bool:
     return (directory / "metrics.json").is_file() and _readable_dump(directory / "dump")
 
 
-def check_lora_targets(model, drift: DriftArguments) -> None:
-    """Each ``lora_target_modules`` entry must name linear modules of ``model`` (before any work is done)."""
-    for target in drift.lora_target_modules:
-        try:
-            select_linear(model, target)
-        except ConfigError as err:
-            raise ConfigError(f"lora_target_modules: {err}") from None
-
-
 def run_drift_study(
     model_args: ModelArguments, data_args: DataArguments, drift: DriftArguments, training_args: TrainingArguments
 ) -> Path:
@@ -116,7 +99,7 @@ def run_drift_study(
     base = load_model(model_args, tokenizer, data.labels, seed=training_args.seed).to(training_args.device)
     RepresentationRecorder(base, pooling=drift.pooling, layers=drift.layers)  # checks both before any work
     if "lora" in drift.methods:
-        check_lora_targets(base, drift)
+        drift.check_targets(base)
     indices = eval_subset(data.validation, drift.eval_subset_size, drift.subset_seed, root / "eval_subset.json")
     batches = list(
         DataLoader(

@@ -5,18 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from ..config import AT_LEAST_ONE, POSITIVE, Bounds, check_bounds
+from ..config import AT_LEAST_ONE, Bounds, LoraArguments, check_bounds
 from ..errors import ConfigError
 
 
 @dataclass
-class LoraNullArguments:
+class LoraNullArguments(LoraArguments):
     """A peft LoRA adapter initialised in the null space of each target layer's inputs."""
 
     BOUNDS: ClassVar[dict[str, Bounds]] = {
-        "lora_r": AT_LEAST_ONE,
-        "lora_alpha": POSITIVE,
-        "lora_dropout": Bounds(0, 1, high_open=True),
+        **LoraArguments.BOUNDS,
         "calib_samples": AT_LEAST_ONE,
         "calib_max_length": AT_LEAST_ONE,
         "max_activation_samples": AT_LEAST_ONE,
@@ -32,13 +30,6 @@ class LoraNullArguments:
     )
     freeze_A: bool | None = field(
         default=None, metadata={"help": "Freeze lora_A; None: True for null_frozen_A, False for null_projection."}
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank r (at most each target's input width)."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Module name suffixes that get adapters, e.g. ['query', 'value']; empty: peft's default."},
     )
     calib_dataset: str | None = field(
         default=None,

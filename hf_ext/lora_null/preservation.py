@@ -27,17 +27,15 @@ from transformers import TrainingArguments, set_seed
 
 from .. import distributed
 from ..config import AT_LEAST_ONE, Bounds, DataArguments, ModelArguments, check_bounds
-from ..data import prepare_data
 from ..errors import ConfigError
 from ..io import write_json
-from ..models import eval_mode, load_model, load_tokenizer, model_device
-from ..outputs import check_output_dir
+from ..models import eval_mode, load_model, model_device
 from ..tasks import load_builtin_task
 from ..texts import text_batches
 from ..trainer import HfExtTrainer
 from .config import LoraNullArguments
 from .init import initialize_lora_null_weights
-from .study import calibration_batches, check_targets, lora_config
+from .study import calibration_batches, prepare_run
 
 METHODS = ("lora", "null_frozen_A", "null_projection", "corda_kpm", "head_only")
 
@@ -119,17 +117,19 @@ def _probe_sets(tokenizer, task: str, samples: int, max_length: int):
     return sets
 
 
-def _adapted_model(method: str, model_args, args: LoraNullArguments, tokenizer, data, calibration, seed: int):
+def _adapted_model(method: str, model_args, args: LoraNullArguments, tokenizer, data, calibration, seed, base_seed):
     from peft import get_peft_model
 
-    model = load_model(model_args, tokenizer, data.labels, seed=0)
+    model = load_model(model_args, tokenizer, data.labels, seed=base_seed)
     set_seed(seed)
-    config = lora_config(args, model_args.task_type)
+    config = args.lora_config(model_args.task_type)
     if method == "corda_kpm":
         from peft.tuners.lora.config import CordaConfig
         from peft.tuners.lora.corda import preprocess_corda
 
-        config = dataclasses.replace(config, init_lora_weights="corda", corda_config=CordaConfig(corda_method="kpm"))
+        config = args.lora_config(
+            model_args.task_type, init_lora_weights="corda", corda_config=CordaConfig(corda_method="kpm")
+        )
 
         @torch.no_grad()
         def run_model():  # CorDA's covariance hooks assume batch size 1
@@ -159,17 +159,7 @@ def run_preservation_study(
     training_args: TrainingArguments,
 ) -> Path:
     """Every method x seed: train, task accuracy, embedding cosine and probe accuracy on the probe task."""
-    root = Path(training_args.output_dir)
-    check_output_dir(
-        root,
-        finished=["preservation.json"],
-        overwrite=getattr(training_args, "overwrite_output_dir", False),
-        resuming=False,
-    )
-    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(data_args, tokenizer, model_args.task_type, seed=training_args.seed)
-    base = load_model(model_args, tokenizer, data.labels, seed=0)
-    check_targets(base, args.lora_target_modules)
+    root, tokenizer, data, base = prepare_run(model_args, data_args, args, training_args, "preservation.json")
     calibration = calibration_batches(args, data_args, tokenizer, data)
     probe = _probe_sets(tokenizer, study.probe_task, study.probe_samples, data_args.max_seq_length)
     base_embeddings = {split: sentence_embeddings(base, batches) for split, (batches, _) in probe.items()}
@@ -179,7 +169,7 @@ def run_preservation_study(
     rows = []
     for seed in study.seeds:
         for method in study.methods:
-            model = _adapted_model(method, model_args, args, tokenizer, data, calibration, seed)
+            model = _adapted_model(method, model_args, args, tokenizer, data, calibration, seed, training_args.seed)
             run_args = dataclasses.replace(training_args, output_dir=str(root / f"seed-{seed}" / method), seed=seed)
             trainer = HfExtTrainer(model=model, args=run_args, processing_class=tokenizer, **data.trainer_kwargs())
             trainer.train()

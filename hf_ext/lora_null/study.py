@@ -20,35 +20,12 @@ from ..io import write_json
 from ..models import load_model, load_tokenizer
 from ..outputs import check_output_dir
 from ..run_logger import print_run_locations
-from ..targets import select_linear
 from ..texts import load_texts, text_batches
 from ..trainer import HfExtTrainer
 from .callbacks import LoraNullCallback
 from .config import LoraNullArguments
 from .init import initialize_lora_null_weights, save_lora_null
 from .verify import format_comparison, format_verification, save_verification
-
-
-def lora_config(args: LoraNullArguments, task_type: str):
-    """The peft ``LoraConfig`` of the adapter (peft's default init: B = 0, replaced by the null-space init)."""
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=args.lora_target_modules or None,
-        task_type="SEQ_CLS" if task_type == "seq_cls" else "CAUSAL_LM",
-    )
-
-
-def check_targets(model, patterns: list[str]) -> None:
-    """Each target pattern must name linear modules of ``model``, before any work is done."""
-    for pattern in patterns:
-        try:
-            select_linear(model, pattern)
-        except ConfigError as err:
-            raise ConfigError(f"lora_target_modules: {err}") from None
 
 
 def calibration_batches(args: LoraNullArguments, data_args: DataArguments, tokenizer, data):
@@ -66,24 +43,28 @@ def calibration_batches(args: LoraNullArguments, data_args: DataArguments, token
     return text_batches(tokenizer, texts, batch_size=8, max_length=max_length)
 
 
+def prepare_run(model_args, data_args, args: LoraNullArguments, training_args, finished: str):
+    """What both LoRA-Null recipes start with: ``(output_dir, tokenizer, data, base model)``, the output_dir and
+    the adapter targets checked before any work."""
+    root = Path(training_args.output_dir)
+    check_output_dir(
+        root, finished=[finished], overwrite=getattr(training_args, "overwrite_output_dir", False), resuming=False
+    )
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    data = prepare_data(data_args, tokenizer, model_args.task_type, seed=training_args.seed)
+    model = load_model(model_args, tokenizer, data.labels, seed=training_args.seed)
+    args.check_targets(model)
+    return root, tokenizer, data, model
+
+
 def run_lora_null(
     model_args: ModelArguments, data_args: DataArguments, args: LoraNullArguments, training_args: TrainingArguments
 ) -> Path:
     """Initialise, verify, train, verify, save and compare; returns ``output_dir``."""
     from peft import get_peft_model
 
-    root = Path(training_args.output_dir)
-    check_output_dir(
-        root,
-        finished=["verify_trained.json"],
-        overwrite=getattr(training_args, "overwrite_output_dir", False),
-        resuming=False,
-    )
-    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(data_args, tokenizer, model_args.task_type, seed=training_args.seed)
-    model = load_model(model_args, tokenizer, data.labels, seed=training_args.seed)
-    check_targets(model, args.lora_target_modules)
-    model = get_peft_model(model, lora_config(args, model_args.task_type)).to(training_args.device)
+    root, tokenizer, data, model = prepare_run(model_args, data_args, args, training_args, "verify_trained.json")
+    model = get_peft_model(model, args.lora_config(model_args.task_type)).to(training_args.device)
     init = initialize_lora_null_weights(
         model,
         calibration_batches(args, data_args, tokenizer, data),
