@@ -279,9 +279,16 @@ def _lora_null_verify(args: argparse.Namespace) -> int:
     model, tokenizer = load_with_adapter(args.model, args.adapter, args.task_type, args.num_labels)
     _, texts = load_texts(args.data, split=args.split, column=args.text_column, limit=args.max_examples)
     batches = text_batches(tokenizer, texts, batch_size=args.batch_size, max_length=args.max_seq_length)
+    init = read_init(args.adapter)
     result = verify_adapter(
-        model, batches, max_activation_samples=args.max_activation_samples, init=read_init(args.adapter), progress=True
+        model, batches, max_activation_samples=args.max_activation_samples, init=init, progress=True
     )
+    if init and init.get("converted"):
+        print(
+            "note: this adapter is a null_projection adapter saved as a standard rank-2r LoRA for the original base "
+            "(A' = [A; A0]): null_ratio measures that combined row space, not the trained A; the run's "
+            "verify_trained.json has the null-space numbers"
+        )
     print(format_verification(result))
     if args.save_stats:
         save_verification(result, args.save_stats)

@@ -15,8 +15,17 @@ from .errors import ConfigError, DataError
 from .tasks import load_builtin_task
 
 
-def load_texts(data: str, *, split: str = "validation", column: str = "text", limit: int | None = None):
-    """``(example ids, texts)`` from ``builtin:<task>`` (one of its splits) or a .jsonl/.json/.csv file."""
+def load_texts(
+    data: str,
+    *,
+    split: str = "validation",
+    column: str = "text",
+    limit: int | None = None,
+    option: str = "--text-column",
+):
+    """``(example ids, texts)`` from ``builtin:<task>`` (one of its splits) or a .jsonl/.json/.csv file.
+
+    ``option`` is how the user names ``column`` (a CLI flag or a config key), for the error message."""
     if data.startswith(BUILTIN_PREFIX):
         splits = load_builtin_task(data[len(BUILTIN_PREFIX) :])
         if split not in splits:
@@ -28,7 +37,7 @@ def load_texts(data: str, *, split: str = "validation", column: str = "text", li
 
         dataset, prefix = load_dataset(data_format(data), data_files=str(data), split="train"), ""
     if column not in dataset.column_names:
-        raise DataError(f"{data} has no column {column!r} (columns: {dataset.column_names}); pass --text-column")
+        raise DataError(f"{data} has no column {column!r} (columns: {dataset.column_names}); set {option}")
     count = len(dataset) if limit is None else min(limit, len(dataset))
     ids = [str(v) for v in dataset["id"][:count]] if "id" in dataset.column_names else None
     return ids or [f"{prefix}{i}" for i in range(count)], [str(t) for t in list(dataset[column])[:count]]

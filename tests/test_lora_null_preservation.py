@@ -42,8 +42,17 @@ def test_the_preservation_recipe_writes_a_row_per_method_and_seed(tmp_path):
     assert (out / "preservation.png").stat().st_size > 10_000
 
 
-def test_bad_preservation_arguments_are_refused(tmp_path):
-    with pytest.raises(ConfigError, match="must be a non-empty list of distinct"):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ('methods=["x"]', "must be a non-empty list of distinct"),
+        ("mode=null_projection", "mode do not apply to the preservation recipe"),
+        ("probe_task=nope", "probe_task='nope': unknown built-in task"),
+    ],
+)
+def test_bad_preservation_arguments_are_refused(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
         run_recipe(
-            "lora_null_preservation", "lora_null_preservation_minilm.json", f"output_dir={tmp_path}", 'methods=["x"]'
+            "lora_null_preservation", "lora_null_preservation_minilm.json", f"output_dir={tmp_path}", *TINY, override
         )
+    assert not (tmp_path / "preservation.json").exists()

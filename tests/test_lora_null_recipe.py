@@ -5,7 +5,7 @@ from recipes_util import run_recipe
 from tb_events import read_events
 
 from hf_ext.cli import main as cli
-from hf_ext.errors import ConfigError, RunDirectoryError
+from hf_ext.errors import HfExtError, RunDirectoryError
 
 TINY = (
     "model_name_or_path=tiny:bert",
@@ -51,7 +51,9 @@ def test_the_recipe_verifies_at_init_and_after_training_and_saves_a_plain_peft_a
         cli(["lora-null", "verify", *adapter, "--max-examples", "16", "--save-stats", str(tmp_path / "v.json")]) == 0
     )
     assert cli(["lora-null", "compare", str(out / "verify_init.json"), str(tmp_path / "v.json")]) == 0
-    assert "| norm_B |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| norm_B |" in printed
+    assert ("saved as a standard rank-2r LoRA" in printed) == (mode == "null_projection")
     assert cli(["lora-null", "verify", *adapter[:2], *adapter[4:]]) == 2  # the head has 4 classes, not 2
     assert "size mismatch for" in capsys.readouterr().err
     with pytest.raises(RunDirectoryError, match="already holds a finished run"):
@@ -64,11 +66,13 @@ def test_the_recipe_verifies_at_init_and_after_training_and_saves_a_plain_peft_a
         ('lora_target_modules=["nope"]', "lora_target_modules: target pattern 'nope' matches no nn.Linear module"),
         ("lora_r=65", "LoRA rank r=65 is larger than d_in=64"),
         ("freeze_A=false", "freeze_A=false contradicts mode null_frozen_A"),
-        ("calib_dataset=builtin:nope", "unknown built-in task 'nope'"),
+        ("calib_dataset=builtin:nope", "calib_dataset='builtin:nope': unknown built-in task 'nope'"),
+        ("calib_text_column=nope", "has no column 'nope' .*; set calib_text_column"),
+        (f"calib_dataset={'missing.jsonl'}", "calib_dataset='missing.jsonl': data file missing.jsonl not found"),
     ],
 )
 def test_bad_lora_null_arguments_are_refused(tmp_path, override, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(HfExtError, match=message):
         run_recipe("lora_null", "lora_null_minilm_topic.json", f"output_dir={tmp_path / 'x'}", *TINY, override)
     assert not (tmp_path / "x" / "verify_trained.json").exists()
 

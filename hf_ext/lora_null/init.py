@@ -279,4 +279,5 @@ def save_lora_null(model: nn.Module, directory: str | Path, *, initial_adapter: 
     config.init_lora_weights = True
     config.save_pretrained(str(directory))
     save_file({k: v.contiguous() for k, v in converted.items()}, str(weights), metadata={"format": "pt"})
+    write_json(directory / INIT_FILE, {"mode": "null_projection", "converted": True, "layers": {}})
     return directory

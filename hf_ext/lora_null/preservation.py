@@ -26,7 +26,7 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from .. import distributed
-from ..config import AT_LEAST_ONE, Bounds, DataArguments, ModelArguments, check_bounds
+from ..config import AT_LEAST_ONE, Bounds, DataArguments, ModelArguments, check_bounds, given_keys
 from ..errors import ConfigError
 from ..io import write_json
 from ..models import eval_mode, load_model, model_device
@@ -105,7 +105,10 @@ def linear_probe_accuracy(
 
 
 def _probe_sets(tokenizer, task: str, samples: int, max_length: int):
-    splits = load_builtin_task(task)
+    try:
+        splits = load_builtin_task(task)
+    except ValueError as err:
+        raise ConfigError(f"probe_task={task!r}: {err}") from None
     sets = {}
     for split in ("train", "validation"):
         dataset = splits[split].select(range(min(samples, len(splits[split]))))
@@ -159,6 +162,12 @@ def run_preservation_study(
     training_args: TrainingArguments,
 ) -> Path:
     """Every method x seed: train, task accuracy, embedding cosine and probe accuracy on the probe task."""
+    ignored = sorted({"mode", "freeze_A"} & given_keys(args))
+    if ignored:
+        raise ConfigError(
+            f"{', '.join(ignored)} do not apply to the preservation recipe: it compares the adapters named in "
+            'methods (e.g. methods=["lora", "null_frozen_A", "null_projection"])'
+        )
     root, tokenizer, data, base = prepare_run(model_args, data_args, args, training_args, "preservation.json")
     calibration = calibration_batches(args, data_args, tokenizer, data)
     probe = _probe_sets(tokenizer, study.probe_task, study.probe_samples, data_args.max_seq_length)

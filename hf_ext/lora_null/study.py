@@ -15,7 +15,7 @@ from transformers import TrainingArguments
 from .. import distributed
 from ..config import DataArguments, ModelArguments
 from ..data import prepare_data
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..io import write_json
 from ..models import load_model, load_tokenizer
 from ..outputs import check_output_dir
@@ -37,9 +37,16 @@ def calibration_batches(args: LoraNullArguments, data_args: DataArguments, token
             raise ConfigError("calib_dataset is not set and the training data has no text column: set calib_dataset")
         texts = [str(t) for t in list(data.raw["train"][column])[: args.calib_samples]]
     else:
-        _, texts = load_texts(
-            args.calib_dataset, split=args.calib_split, column=args.calib_text_column, limit=args.calib_samples
-        )
+        try:
+            _, texts = load_texts(
+                args.calib_dataset,
+                split=args.calib_split,
+                column=args.calib_text_column,
+                limit=args.calib_samples,
+                option="calib_text_column",
+            )
+        except (ConfigError, DataError) as err:
+            raise type(err)(f"calib_dataset={args.calib_dataset!r}: {err}") from None
     return text_batches(tokenizer, texts, batch_size=8, max_length=max_length)
 
 
