@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -176,10 +177,7 @@ def compare_methods(rows: list[dict], study: Mapping[str, Any]) -> dict[str, Any
 
 
 def _sd(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _live_vs_dump(root: Path, study: Mapping[str, Any], rows: list[dict]) -> float | None:

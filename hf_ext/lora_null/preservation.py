@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -205,9 +206,7 @@ def run_preservation_study(
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return mean, sd
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _write(root: Path, rows: list[dict[str, Any]], base_probe: float, study: PreservationArguments) -> None:
