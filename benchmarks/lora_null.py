@@ -43,7 +43,12 @@ import time
 from pathlib import Path
 
 import torch
-from machine import CpuShare, processor  # benchmarks/machine.py (the script directory is on sys.path)
+from machine import (  # benchmarks/machine.py (the script directory is on sys.path)
+    CpuShare,
+    processor,
+    reset_peak,
+    status_kib,
+)
 from safetensors.torch import load_file, save_file
 
 VARIANTS = ("plain", "ours", "corda", "eva")
@@ -54,21 +59,6 @@ LABELS = {
     "eva": "peft EVA (rho 1.0)",
 }
 DEFAULT_TARGETS = ["query", "value", "attention.output.dense", "intermediate.dense"]
-
-
-def _status_kib() -> dict[str, int]:
-    with open("/proc/self/status") as f:
-        fields = dict(line.split(":", 1) for line in f if ":" in line)
-    return {key: int(fields[key].split()[0]) for key in ("VmRSS", "VmHWM")}
-
-
-def _reset_peak() -> str:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return "VmHWM reset through /proc/self/clear_refs"
-    except OSError:
-        return "VmHWM not resettable here: peak since process start (includes loading)"
 
 
 def _lora_a(peft_model) -> dict[str, torch.Tensor]:
@@ -103,8 +93,8 @@ def _child(args) -> None:
         model(**batches[0])  # warm-up, same for every variant
     extra: dict = {"tokens": sum(int(b["attention_mask"].sum()) for b in batches)}
     gc.collect()
-    method = _reset_peak()
-    before = _status_kib()["VmRSS"]
+    method = reset_peak()
+    before = status_kib()["VmRSS"]
     with CpuShare() as share:
         start = time.perf_counter()
         if args.variant == "plain":
@@ -150,7 +140,7 @@ def _child(args) -> None:
             initialize_lora_eva_weights(result, batches, forward_fn=forward, show_progress_bar=False)
             extra["forward_passes"] = calls[0]
         seconds = time.perf_counter() - start
-    status = _status_kib()
+    status = status_kib()
     extra.update(seconds=seconds, peak_kib=status["VmHWM"] - before, base_kib=before, share=share.share, method=method)
     if args.save and result is not None:
         save_file({k: v.contiguous() for k, v in _lora_a(result).items()}, args.save)

@@ -21,7 +21,14 @@ _EXPORTS = {
         "eigenbasis",
         "orthonormality_error",
     ],
-    "config": ["DataArguments", "HfExtTrainingArguments", "ModelArguments", "given_keys", "parse_config"],
+    "config": [
+        "DataArguments",
+        "HfExtTrainingArguments",
+        "ModelArguments",
+        "given_keys",
+        "parse_config",
+        "run_record",
+    ],
     "data": ["PreparedData", "prepare_data"],
     "heads.callbacks": ["HeadImportanceCallback"],
     "heads.config": ["HeadStudyArguments"],
@@ -46,10 +53,17 @@ _EXPORTS = {
     "errors": ["ConfigError", "DataError", "FileFormatError", "HfExtError", "RunDirectoryError", "exit_on_user_error"],
     "io": ["load_tensors", "read_json", "save_tensors", "write_json"],
     "models": ["eval_mode", "load_model", "load_tokenizer", "model_device", "tiny_model"],
+    "metrics": ["ClassificationScores"],
     "run_logger": ["LoggingCallback", "RunLogger"],
+    "selective.config": ["SelectiveArguments"],
+    "selective.inspect": ["inspect_graph"],
+    "selective.prefix": ["NoGradPrefix", "attach_no_grad_prefix"],
+    "selective.selection": ["resolve_train_layers", "select_trainable"],
+    "selective.study": ["run_seq_cls"],
     "targets": ["AttentionModules", "find_attention", "find_blocks", "select_linear", "set_trainable"],
     "tasks": ["load_builtin_task"],
     "trainer": ["GradientCallback", "HfExtTrainer"],
+    "tracking": ["HfExtMLflowCallback", "end_mlflow_run"],
     "warp.callbacks": ["CoefficientDriftCallback", "ImportanceCallback", "MaskedUpdateCallback"],
     "warp.config": ["WarpArguments"],
     "warp.importance": ["ImportanceAccumulator", "build_masks", "top_k_masks"],
@@ -70,7 +84,7 @@ if TYPE_CHECKING:
         eigenbasis,
         orthonormality_error,
     )
-    from .config import DataArguments, HfExtTrainingArguments, ModelArguments, given_keys, parse_config
+    from .config import DataArguments, HfExtTrainingArguments, ModelArguments, given_keys, parse_config, run_record
     from .data import PreparedData, prepare_data
     from .drift.analysis import analyze_run
     from .drift.callbacks import DriftCallback
@@ -94,10 +108,17 @@ if TYPE_CHECKING:
     from .lora_null.preservation import PreservationArguments, run_preservation_study
     from .lora_null.study import run_lora_null
     from .lora_null.verify import verify_adapter
+    from .metrics import ClassificationScores
     from .models import eval_mode, load_model, load_tokenizer, model_device, tiny_model
     from .run_logger import LoggingCallback, RunLogger
+    from .selective.config import SelectiveArguments
+    from .selective.inspect import inspect_graph
+    from .selective.prefix import NoGradPrefix, attach_no_grad_prefix
+    from .selective.selection import resolve_train_layers, select_trainable
+    from .selective.study import run_seq_cls
     from .targets import AttentionModules, find_attention, find_blocks, select_linear, set_trainable
     from .tasks import load_builtin_task
+    from .tracking import HfExtMLflowCallback, end_mlflow_run
     from .trainer import GradientCallback, HfExtTrainer
     from .warp.callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
     from .warp.config import WarpArguments

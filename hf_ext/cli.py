@@ -333,6 +333,29 @@ def _add_lora_null_parser(commands) -> None:
     compare.set_defaults(run_command=_lora_null_compare)
 
 
+def _selective_inspect(args: argparse.Namespace) -> int:
+    from .config import parse_config
+    from .selective.study import SEQ_CLS_ARGUMENT_TYPES, format_inspection, inspect_config
+
+    report, selection = inspect_config(*parse_config(SEQ_CLS_ARGUMENT_TYPES, [args.config, *args.overrides]))
+    print(format_inspection(report, selection))
+    return 0
+
+
+def _add_selective_parser(commands) -> None:
+    group = commands.add_parser("selective", help="selective-layer training (recipes/seq_cls.py)").add_subparsers(
+        dest="action", required=True
+    )
+    inspect = group.add_parser(
+        "inspect",
+        help="for one training batch of a seq_cls config: trainable parameters, autograd nodes and bytes saved "
+        "for backward, per block",
+    )
+    inspect.add_argument("config", help="a seq_cls recipe config (.json)")
+    inspect.add_argument("overrides", nargs="*", help="key=value overrides, as for the recipe")
+    inspect.set_defaults(run_command=_selective_inspect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-ext", description=__doc__)
     from . import __version__
@@ -388,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(run_command=_heads_plot)
     _add_drift_parser(commands)
     _add_lora_null_parser(commands)
+    _add_selective_parser(commands)
     return parser
 
 

@@ -9,10 +9,12 @@ given (the file or the command line), before any model or data is loaded.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import enum
 import json
+import os
 import re
 import sys
 import textwrap
@@ -220,8 +222,8 @@ class DataArguments:
 
 
 @dataclass
-class LoraArguments:
-    """A study's LoRA adapter: the keys of peft's ``LoraConfig`` that the studies vary."""
+class LoraShapeArguments:
+    """The size of a LoRA adapter (rank, scale, dropout); where it goes is up to the subclass."""
 
     BOUNDS: ClassVar[dict[str, Bounds]] = {
         "lora_r": AT_LEAST_ONE,
@@ -232,23 +234,32 @@ class LoraArguments:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank r."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Module name suffixes that get adapters, e.g. ['query', 'value']; empty: peft's default."},
-    )
 
     def lora_config(self, task_type: str, **overrides: Any):
-        """The peft ``LoraConfig`` (``overrides`` replace or add keys, e.g. ``init_lora_weights``)."""
+        """The peft ``LoraConfig`` (``overrides`` replace or add keys, e.g. ``target_modules``)."""
         from peft import LoraConfig
 
         return LoraConfig(
             r=self.lora_r,
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
-            target_modules=self.lora_target_modules or None,
             task_type="SEQ_CLS" if task_type == "seq_cls" else "CAUSAL_LM",
             **overrides,
         )
+
+
+@dataclass
+class LoraArguments(LoraShapeArguments):
+    """A study's LoRA adapter: the keys of peft's ``LoraConfig`` that the studies vary."""
+
+    lora_target_modules: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Module name suffixes that get adapters, e.g. ['query', 'value']; empty: peft's default."},
+    )
+
+    def lora_config(self, task_type: str, **overrides: Any):
+        """The peft ``LoraConfig`` on ``lora_target_modules`` (``overrides`` replace or add keys)."""
+        return super().lora_config(task_type, **({"target_modules": self.lora_target_modules or None} | overrides))
 
     def check_targets(self, model: Any) -> None:
         """Each target must name linear modules of ``model``: checked before any work is done."""
@@ -279,6 +290,13 @@ class HfExtTrainingArguments(TrainingArguments):
             get_reporting_integration_callbacks(self.report_to)
         except ValueError as err:
             raise ConfigError(f"report_to={self.report_to!r}: {err} ('none' or [] reports nowhere)") from None
+        if "mlflow" in self.report_to:  # transformers would raise only when the Trainer is built, after the model
+            from .tracking import mlflow_unavailable_reason
+
+            reason = mlflow_unavailable_reason()
+            if reason is not None:
+                raise ConfigError(f"report_to={self.report_to!r}: {reason}")
+        _inherit_run_record(self)
         if self.max_steps <= 0 and self.num_train_epochs == 0:
             raise ConfigError(
                 "num_train_epochs=0 with max_steps unset trains nothing (and would save an untrained model); "
@@ -317,7 +335,11 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
         raise ConfigError(f"{path} must hold a JSON object of keys, found {type(values).__name__}")
     overrides = parse_overrides(argv[1:])
     origins = {key: str(path) for key in values} | {key: "the command line" for key in overrides}
-    return parse_dict(dataclass_types, values | overrides, source=origins)
+    parsed = parse_dict(dataclass_types, values | overrides, source=origins)
+    record = {**getattr(parsed[0], _RUN_RECORD), "config_file": str(path)} if parsed else None
+    for instance in parsed:
+        object.__setattr__(instance, _RUN_RECORD, record)
+    return parsed
 
 
 def _refuse_duplicates(path: Path):
@@ -382,9 +404,17 @@ def parse_dict(
         named = [key for key in values if re.search(rf"\b{re.escape(key)}\b", str(err))]
         origins = sorted({where(key) for key in named or values})
         raise ConfigError(f"{' and '.join(origins) or 'config'}: {err}") from None
+    caller = _caller_file()
+    record = {
+        "recipe": Path(caller).stem if caller else "unknown",
+        "recipe_file": caller,
+        "config_file": None,
+        "resolved": {type(instance).__name__: _resolved(instance) for instance in parsed},
+    }
     for instance in parsed:
         names = {f.name for f in dataclasses.fields(instance)}
         object.__setattr__(instance, _GIVEN_KEYS, frozenset(key for key in values if key in names))
+        object.__setattr__(instance, _RUN_RECORD, record)
     return parsed
 
 
@@ -401,6 +431,68 @@ def given_keys(arguments: Any) -> frozenset[str]:
     Empty for an instance that did not come from :func:`parse_config` / :func:`parse_dict`.
     """
     return getattr(arguments, _GIVEN_KEYS, frozenset())
+
+
+_RUN_RECORD = "_hf_ext_run_record"
+
+
+def run_record(arguments: Any) -> dict[str, Any] | None:
+    """Where ``arguments`` came from, for experiment tracking (a copy; JSON-safe values).
+
+    ``{"recipe": "finetune", "recipe_file": "/abs/recipes/finetune.py", "config_file": "cfg.json",
+    "resolved": {dataclass name: {key: value, ...}, ...}}``: the script that called :func:`parse_config`
+    (or :func:`parse_dict`; ``config_file`` is then ``None``) and every key of every dataclass parsed
+    with it, defaults included. Training arguments made from parsed ones with ``dataclasses.replace``
+    (as the studies make one per run) keep the record. ``None`` for an instance built otherwise.
+    """
+    record = getattr(arguments, _RUN_RECORD, None)
+    return None if record is None else copy.deepcopy(record)
+
+
+def _caller_file() -> str | None:
+    """The source file of the nearest caller outside this module (a recipe calling :func:`parse_config`)."""
+    here = os.path.abspath(__file__)
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename) == here:
+        frame = frame.f_back
+    name = frame.f_code.co_filename if frame is not None else ""
+    return os.path.abspath(name) if os.path.isfile(name) else None  # not "<stdin>", "<string>"
+
+
+def _resolved(instance: Any) -> dict[str, Any]:
+    """Every key of a parsed dataclass with its value, JSON-safe (``TrainingArguments.to_dict`` masks tokens)."""
+    if isinstance(instance, TrainingArguments):
+        return _json_safe(instance.to_dict())
+    return {f.name: _json_safe(getattr(instance, f.name)) for f in dataclasses.fields(instance) if f.init}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return _json_safe(value.value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_json_safe(item) for item in value]
+    return str(value)  # paths, dtypes, anything else
+
+
+def _inherit_run_record(instance: Any) -> None:
+    """Give ``instance`` the run record of the parsed instance ``dataclasses.replace`` is copying, if that is
+    how it is being built (replace calls the class with every key; the source is a local of its frame)."""
+    frame = sys._getframe(1)
+    for _ in range(8):
+        frame = frame.f_back if frame is not None else None
+        if frame is None:
+            return
+        code = frame.f_code
+        if code.co_name in ("replace", "_replace") and code.co_filename == dataclasses.__file__:
+            # replace(obj, **changes); from Python 3.13 on, the inner _replace(self, **changes)
+            source = frame.f_locals.get("obj", frame.f_locals.get("self"))
+            if type(source) is type(instance) and hasattr(source, _RUN_RECORD):
+                object.__setattr__(instance, _RUN_RECORD, getattr(source, _RUN_RECORD))
+            return
 
 
 def format_help(dataclass_types: Sequence[type]) -> str:

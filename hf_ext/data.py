@@ -239,11 +239,14 @@ def argmax_logits(logits: Any, labels: torch.Tensor) -> torch.Tensor:
 
 
 def compute_metrics_fn(task_type: str) -> Callable[[EvalPrediction], dict[str, float]]:
-    """Accuracy for seq_cls; next-token accuracy over response "
-    "tokens for causal_lm (use with :func:`argmax_logits`)."""
+    """Accuracy and macro-F1 for seq_cls; next-token accuracy over response tokens for causal_lm (use with
+    :func:`argmax_logits`)."""
 
     def seq_cls(pred: EvalPrediction) -> dict[str, float]:
-        return {"accuracy": float((np.asarray(pred.predictions) == np.asarray(pred.label_ids)).mean())}
+        from .metrics import ClassificationScores
+
+        scores = ClassificationScores(keep_in_memory=True)
+        return scores.compute(predictions=pred.predictions, references=pred.label_ids)
 
     def causal_lm(pred: EvalPrediction) -> dict[str, float]:
         predicted, labels = np.asarray(pred.predictions)[:, :-1], np.asarray(pred.label_ids)[:, 1:]

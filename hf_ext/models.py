@@ -181,7 +181,8 @@ def _loading(name: str) -> Iterator[None]:
 def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer for a model name (``embedded:``, ``tiny:``, hub id or directory).
 
-    A tokenizer without a pad token pads with EOS (decoder models ship without one).
+    A tokenizer without a pad token pads with EOS (decoder models ship without one); one with neither
+    is a :class:`ConfigError`.
     """
     if name.startswith(TINY_PREFIX):
         tokenizer = tiny_tokenizer(_tiny_architecture(name))
@@ -189,6 +190,13 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedT
         with _loading(name):
             tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(
+                f"the tokenizer of {name} has no pad token and no EOS token to pad with, so batches cannot be "
+                "padded (nor a decoder's last token found); save the tokenizer with a pad token "
+                "(tokenizer.add_special_tokens({'pad_token': '<pad>'}), then resize the model's embeddings) or "
+                "choose another model"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

@@ -20,6 +20,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 
+from .tracking import run_location_lines
+
 logger = logging.getLogger(__name__)
 
 
@@ -121,7 +123,7 @@ class LoggingCallback(TrainerCallback):
 
 
 def print_run_locations(trainer: Trainer, **extra: str) -> None:
-    """Print where a run's outputs and TensorBoard logs are (main process only)."""
+    """Print where a run's outputs, TensorBoard logs and MLflow run are (main process only)."""
     if not trainer.is_world_process_zero():
         return
     lines = [f"outputs:     {os.path.abspath(trainer.args.output_dir)}"]
@@ -129,4 +131,5 @@ def print_run_locations(trainer: Trainer, **extra: str) -> None:
     logging_dir = RunLogger(trainer).logging_dir
     if logging_dir:
         lines.append(f"tensorboard: tensorboard --logdir {os.path.abspath(logging_dir)}")
+    lines += run_location_lines(trainer)
     print("\n".join(lines), flush=True)

@@ -14,6 +14,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
+from . import tracking
 from .errors import ConfigError, RunDirectoryError
 from .run_logger import LoggingCallback
 
@@ -61,6 +62,9 @@ class HfExtTrainer(Trainer):
       ``forward`` takes ``**kwargs`` and then skips the division by gradient-accumulation steps and
       multiplies by the number of processes, which doubles such a model's loss and gradients with
       two processes or two accumulation steps.
+    - With ``"mlflow"`` in ``report_to``, :class:`~hf_ext.tracking.HfExtMLflowCallback` replaces
+      transformers' ``MLflowCallback``: one run per trainer that stays open for the metrics of
+      ``evaluate()`` after training, and :meth:`save_model` logs the saved model to it.
     """
 
     def __init__(self, *args, **kwargs):
@@ -70,6 +74,7 @@ class HfExtTrainer(Trainer):
         ):
             self.model_accepts_loss_kwargs = False
         self._recorded: dict[str, list[float]] = defaultdict(list)
+        tracking.install(self)
         for callback in self.callback_handler.callbacks:
             self._bind(callback)
 
@@ -79,12 +84,32 @@ class HfExtTrainer(Trainer):
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         super().add_callback(callback)
+        tracking.install(self)
         self._bind(self.callback_handler.callbacks[-1])
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """``Trainer.train``; ``resume_from_checkpoint=True`` means the last checkpoint in ``output_dir``,
         and a missing checkpoint is a :class:`~hf_ext.errors.RunDirectoryError` that says what to do."""
         return super().train(self._checkpoint_to_resume(resume_from_checkpoint), *args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model``; with ``report_to`` MLflow, a model saved by the caller (not a checkpoint)
+        is also logged to the trainer's MLflow run under ``model/`` (the files written directly into
+        ``output_dir``, without ``training_args.bin``)."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call:
+            tracking.log_saved_model(self, output_dir if output_dir is not None else self.args.output_dir)
+
+    def report_splits(self, splits: dict) -> dict[str, dict[str, float]]:
+        """Evaluate each dataset of ``{"eval": validation, "test": test}`` (``None`` skipped), print its metrics
+        and save them as ``<split>_results.json``; returns the metrics by split."""
+        results = {}
+        for split, dataset in splits.items():
+            if dataset is not None:
+                results[split] = self.evaluate(dataset, metric_key_prefix=split)
+                self.log_metrics(split, results[split])
+                self.save_metrics(split, results[split])
+        return results
 
     def _checkpoint_to_resume(self, value: str | bool | None) -> str | None:
         if value is None or value is False:

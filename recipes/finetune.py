@@ -39,11 +39,7 @@ def main(argv=None):
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
-    for split, dataset in (("eval", data.validation), ("test", data.test)):
-        if dataset is not None:
-            metrics = trainer.evaluate(dataset, metric_key_prefix=split)
-            trainer.log_metrics(split, metrics)
-            trainer.save_metrics(split, metrics)
+    trainer.report_splits({"eval": data.validation, "test": data.test})
     print_run_locations(trainer)
     return trainer
 

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,7 +127,11 @@ def test_metrics():
 
     logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     preds = argmax_logits(logits, None).numpy()
-    assert compute_metrics_fn("seq_cls")(EvalPrediction(preds, [1, 0, 0])) == {"accuracy": pytest.approx(2 / 3)}
+    scores = compute_metrics_fn("seq_cls")(EvalPrediction(preds, [1, 0, 0]))
+    # class 0: 1 hit, 1 predicted, 2 true -> F1 2/3; class 1: 1 hit, 2 predicted, 1 true -> F1 2/3
+    assert scores == {"accuracy": pytest.approx(2 / 3), "macro_f1": pytest.approx(2 / 3)}
+    unbalanced = compute_metrics_fn("seq_cls")(EvalPrediction(np.array([0, 0, 0, 0]), np.array([0, 0, 0, 1])))
+    assert unbalanced == {"accuracy": pytest.approx(3 / 4), "macro_f1": pytest.approx((6 / 7 + 0) / 2)}
     predicted = [[6, 7, 0, 1]]
     labels = [[-100, 6, 9, 8]]  # position t predicts token t + 1
     out = compute_metrics_fn("causal_lm")(EvalPrediction(predicted, labels))

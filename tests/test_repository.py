@@ -109,7 +109,7 @@ def test_recipe_configs_parse(config):
     gpu_only = json.loads(config.read_text()).get("bf16") and not torch.cuda.is_available()
     overrides = ["bf16=false"] if gpu_only else []  # TrainingArguments refuses bf16 on a CPU-only machine
     model_args, *_, training_args = parse_config(_recipe_arguments(config), [str(config), *overrides])
-    assert training_args.report_to == ["tensorboard"]
+    assert training_args.report_to[0] == "tensorboard"  # scalars and figures land in TensorBoard
     assert model_args.model_name_or_path
 
 

@@ -1,0 +1,133 @@
+"""Sequence classification with selective-layer training: the body of ``recipes/seq_cls.py`` and of
+``hf-ext selective inspect``.
+
+Files in ``output_dir``: the model (``finetuning: full``) or the peft adapter (``lora``), as
+``save_pretrained`` writes them; ``selection.json`` (blocks, modules, trainable parameters, prefix);
+``{init,train,eval,test}_results.json`` (accuracy and macro-F1 on the validation split before training, the
+training summary, accuracy and macro-F1 on the validation and test splits after it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..config import DataArguments, HfExtTrainingArguments, ModelArguments
+from ..data import PreparedData, prepare_data
+from ..errors import ConfigError
+from ..io import write_json
+from ..models import load_model, load_tokenizer
+from ..outputs import check_output_dir
+from ..run_logger import print_run_locations
+from ..tracking import end_mlflow_run
+from ..trainer import HfExtTrainer
+from .config import SelectiveArguments
+from .inspect import GraphReport, format_report, inspect_graph
+from .selection import Selection, select_trainable
+
+logger = logging.getLogger(__name__)
+
+SEQ_CLS_ARGUMENT_TYPES = (ModelArguments, DataArguments, SelectiveArguments, HfExtTrainingArguments)
+
+
+def prepare_seq_cls(model_args: ModelArguments, data_args: DataArguments, selective: SelectiveArguments, seed: int):
+    """Tokenizer, data and the classifier with the selection applied: ``(model, tokenizer, data, selection)``."""
+    if model_args.task_type != "seq_cls":
+        raise ConfigError(f"task_type={model_args.task_type!r}: the seq_cls recipe trains classifiers; set seq_cls")
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    data = prepare_data(data_args, tokenizer, "seq_cls", seed=seed)
+    model = load_model(model_args, tokenizer, data.labels, seed=seed)
+    model, selection = select_trainable(model, selective, "seq_cls")
+    return model, tokenizer, data, selection
+
+
+def selection_record(model: torch.nn.Module, selection: Selection) -> dict:
+    """What trains, as written to ``selection.json``."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {
+        "finetuning": selection.finetuning,
+        "blocks": selection.blocks_name,
+        "num_blocks": selection.num_blocks,
+        "train_layers": selection.layers,
+        "no_grad_prefix_blocks": selection.prefix_blocks,
+        "modules": sorted(set(selection.modules.values())),
+        "head": selection.head,
+        "extra": selection.extra,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+    }
+
+
+def run_seq_cls(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    selective: SelectiveArguments,
+    training_args: HfExtTrainingArguments,
+) -> HfExtTrainer:
+    """Train a sequence classifier on the selected blocks, save it, score validation and test."""
+    check_output_dir(
+        training_args.output_dir,
+        finished=["selection.json", "train_results.json"],
+        overwrite=training_args.overwrite_output_dir,
+        resuming=bool(training_args.resume_from_checkpoint),
+    )
+    model, tokenizer, data, selection = prepare_seq_cls(model_args, data_args, selective, training_args.seed)
+    record = selection_record(model, selection)
+    logger.warning(
+        "training %s of %s parameters: blocks %s of %d (%s), head %s; blocks below %d run without autograd",
+        f"{record['trainable_parameters']:,}",
+        f"{record['total_parameters']:,}",
+        selection.layers,
+        selection.num_blocks,
+        selection.finetuning,
+        selection.head or "frozen",
+        selection.prefix_blocks,
+    )
+    trainer = HfExtTrainer(model=model, args=training_args, processing_class=tokenizer, **data.trainer_kwargs())
+    if not training_args.resume_from_checkpoint:  # the control: the same classifier before any step
+        trainer.save_metrics("init", trainer.evaluate(data.validation, metric_key_prefix="init"))
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        write_json(f"{training_args.output_dir}/selection.json", record)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.report_splits({"eval": data.validation, "test": data.test})
+    print_run_locations(trainer)
+    end_mlflow_run(trainer)
+    return trainer
+
+
+def inspect_config(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    selective: SelectiveArguments,
+    training_args: HfExtTrainingArguments,
+) -> tuple[GraphReport, Selection]:
+    """The graph report of one training batch of a seq_cls config (``per_device_train_batch_size`` examples),
+    with gradient checkpointing on when the config sets it."""
+    model, _, data, selection = prepare_seq_cls(model_args, data_args, selective, training_args.seed)
+    if training_args.gradient_checkpointing:
+        model.activation_checkpointing_enable(training_args.gradient_checkpointing_kwargs)
+    model.to(training_args.device)
+    batch = first_batch(data, training_args.per_device_train_batch_size)
+    return inspect_graph(model, batch), selection
+
+
+def first_batch(data: PreparedData, size: int) -> dict[str, torch.Tensor]:
+    """The first ``size`` training examples, padded by the recipe's collator."""
+    examples = [data.train[i] for i in range(min(size, len(data.train)))]
+    return dict(data.collator(examples))
+
+
+def format_inspection(report: GraphReport, selection: Selection) -> str:
+    """The table of :func:`~hf_ext.selective.inspect.format_report` plus a one-line verdict on the prefix."""
+    table = format_report(report, selection.prefix_blocks)
+    prefix = [row for row in report.rows if row.index is not None and row.index < selection.prefix_blocks]
+    if not prefix:
+        return table + "\nno no-grad prefix: block 0 trains"
+    held = sum(r.autograd_nodes + r.saved_tensors for r in prefix)
+    verdict = "holds nothing" if held == 0 else f"records {held} nodes/saved tensors (unexpected)"
+    return table + f"\nno-grad prefix (blocks 0-{selection.prefix_blocks - 1}) {verdict}"

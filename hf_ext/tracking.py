@@ -1,0 +1,302 @@
+"""MLflow experiment tracking for every recipe: ``"report_to": ["tensorboard", "mlflow"]`` in the config.
+
+:class:`HfExtMLflowCallback` takes the place of transformers' ``MLflowCallback`` in every
+:class:`~hf_ext.trainer.HfExtTrainer` (one MLflow run per Trainer). On top of what transformers logs
+(``TrainingArguments`` and the model config as params, the training log as metrics) it logs
+
+- params: every key of the recipe's other argument dataclasses (``ModelArguments``, ``DataArguments``,
+  the study's); a key that the Trainer's params already hold gets the dataclass name as prefix;
+- the artifact ``config/resolved_config.json``: every key of every dataclass the recipe parsed, defaults
+  included (:func:`hf_ext.config.run_record`); a Trainer whose arguments were not parsed logs
+  ``args.to_dict()``;
+- tags ``hf_ext.recipe``, ``hf_ext.config_file``, ``hf_ext.version``, ``hf_ext.git_commit`` and
+  ``hf_ext.git_dirty`` (git run in the recipe's directory; ``unknown`` outside a repository);
+- the files ``trainer.save_model()`` writes directly into a directory, under ``model/``.
+
+Run lifecycle. transformers ends its run in ``on_train_end``, after which the ``trainer.evaluate()``
+calls of a recipe would make mlflow's fluent API silently open a second run. Here the run stays open
+after training, every metric and artifact goes to the run by id (never to "whatever run is active"),
+and the run ends when the next Trainer's run starts, when :func:`end_mlflow_run` is called, or when
+the process exits (mlflow's ``atexit`` hook). Runs that hf_ext did not start (a user's own
+``mlflow.start_run()``) are logged into and never ended. Only the main process talks to MLflow.
+
+The store: ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_NAME`` when set, else mlflow's default
+(mlflow 3: ``sqlite:///mlflow.db`` in the working directory, artifacts in ``./mlruns``; no server).
+mlflow is imported only inside functions, so ``import hf_ext`` works without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import numbers
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer
+from transformers.integrations import MLflowCallback
+
+from .config import run_record
+
+logger = logging.getLogger(__name__)
+
+TAG_PREFIX = "hf_ext."
+MODEL_ARTIFACT_PATH = "model"
+CONFIG_ARTIFACT = "config/resolved_config.json"
+SKIPPED_MODEL_FILES = frozenset({"training_args.bin"})  # pickled TrainingArguments: not part of the model
+
+# Runs this process started through HfExtMLflowCallback and has not ended yet.
+_OPEN_RUNS: set[str] = set()
+
+
+def mlflow_unavailable_reason() -> str | None:
+    """Why ``report_to: ["mlflow"]`` cannot work in this environment, with the fix; ``None`` when it can.
+
+    Checked the way transformers checks (``find_spec`` and ``DISABLE_MLFLOW_INTEGRATION``), so
+    :class:`~hf_ext.config.HfExtTrainingArguments` refuses the config before any model loads instead
+    of transformers' ``RuntimeError`` when the Trainer is built.
+    """
+    try:
+        missing = importlib.util.find_spec("mlflow") is None
+    except (ImportError, ValueError):
+        missing = True
+    if missing:
+        return "mlflow is not installed; pip install 'hf_ext[mlflow]' (or remove \"mlflow\" from report_to)"
+    if os.getenv("DISABLE_MLFLOW_INTEGRATION", "FALSE").upper() == "TRUE":
+        return (
+            "DISABLE_MLFLOW_INTEGRATION=TRUE turns transformers' MLflow integration off; unset it "
+            '(or remove "mlflow" from report_to)'
+        )
+    return None
+
+
+class HfExtMLflowCallback(MLflowCallback):
+    """transformers' ``MLflowCallback`` with one run per Trainer that stays open for the metrics logged
+    after training, plus the recipe's params, tags and resolved config (see the module docstring).
+
+    :class:`~hf_ext.trainer.HfExtTrainer` puts it in place of ``MLflowCallback`` when ``report_to``
+    includes ``"mlflow"``. After setup (at the start of training, or at the first log or save),
+    ``run_id`` and ``tracking_uri`` name the run on the main process (``None`` on the others).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.tracking_uri: str | None = None
+        self._client = None
+
+    def setup(self, args, state, model):
+        if state.is_world_process_zero:
+            _end_active_hf_ext_run()  # the previous Trainer's run: a new one begins
+        super().setup(args, state, model)
+        if not state.is_world_process_zero:
+            return
+        run = self._ml_flow.active_run()
+        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+        self.tracking_uri = self._ml_flow.get_tracking_uri()
+        self._client = self._ml_flow.tracking.MlflowClient(self.tracking_uri)
+        if self._auto_end_run:
+            _OPEN_RUNS.add(self.run_id)
+        record = run_record(args) or {
+            "recipe": "unknown",
+            "recipe_file": None,
+            "config_file": None,
+            "resolved": {type(args).__name__: json.loads(json.dumps(args.to_dict(), default=str))},
+        }
+        self._log_record(record, args, model)
+
+    def _log_record(self, record: dict[str, Any], args, model) -> None:
+        from mlflow.entities import Param, RunTag
+
+        from . import __version__
+
+        taken = set(args.to_dict())
+        if getattr(model, "config", None) is not None:
+            taken |= set(model.config.to_dict())
+        params = {}
+        for kind, values in record["resolved"].items():
+            if kind == type(args).__name__:
+                continue  # the Trainer's own arguments: logged by MLflowCallback.setup
+            for key, value in values.items():
+                name = key if key not in taken and key not in params else f"{kind}.{key}"
+                if len(str(value)) > self._MAX_PARAM_VAL_LENGTH:
+                    logger.warning(
+                        "MLflow param %s is longer than MLflow allows; it is only in %s", name, CONFIG_ARTIFACT
+                    )
+                    continue
+                params[name] = str(value)
+        commit, dirty = git_state(_source_directory(record.get("recipe_file")))
+        tags = {
+            "recipe": record.get("recipe") or "unknown",
+            "config_file": record.get("config_file") or "unknown",
+            "version": __version__,
+            "git_commit": commit,
+            "git_dirty": dirty,
+        }
+        items = list(params.items())
+        batch = self._MAX_PARAMS_TAGS_PER_BATCH
+        for start in range(0, len(items), batch):
+            self._client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[start : start + batch]])
+        self._client.log_batch(self.run_id, tags=[RunTag(TAG_PREFIX + k, str(v)) for k, v in tags.items()])
+        self._client.log_dict(self.run_id, record["resolved"], CONFIG_ARTIFACT)
+
+    def on_log(self, args, state, control, logs, model=None, **kwargs):
+        """Log numbers to this Trainer's run by id: after ``on_train_end`` (``trainer.evaluate``) or after the
+        run was ended, transformers' fluent ``mlflow.log_metrics`` would open a new run instead."""
+        if not self._initialized:
+            self.setup(args, state, model)
+        if not state.is_world_process_zero or self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = []
+        for key, value in logs.items():
+            if hasattr(value, "numel") and value.numel() == 1:
+                value = value.item()
+            if isinstance(value, numbers.Real):  # numpy scalars too
+                name = re.sub(r"[^0-9A-Za-z_\-\.\ :/]", "_", key)  # as MLflowCallback sanitizes names
+                metrics.append(Metric(name, float(value), now, state.global_step))
+            else:
+                logger.debug("not an MLflow metric (not a number): %s=%r", key, value)
+        if metrics:
+            self._client.log_batch(self.run_id, metrics=metrics)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """Keep the run open: a recipe's ``trainer.evaluate()`` after training logs into it."""
+
+    def log_model_files(self, directory: str | os.PathLike) -> list[str]:
+        """Log the files directly in ``directory`` (not its subdirectories, not ``training_args.bin``) under
+        ``model/``; returns their names."""
+        if self.run_id is None:
+            return []
+        names = sorted(p.name for p in Path(directory).iterdir() if p.is_file() and p.name not in SKIPPED_MODEL_FILES)
+        for name in names:
+            self._client.log_artifact(self.run_id, str(Path(directory) / name), MODEL_ARTIFACT_PATH)
+        return names
+
+    def end_run(self, status: str = "FINISHED") -> None:
+        """End this Trainer's run if hf_ext started it and it is still open (a user's own run is left alone)."""
+        if self.run_id is None or self.run_id not in _OPEN_RUNS:
+            return
+        _flush(self._ml_flow)
+        active = self._ml_flow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            self._ml_flow.end_run(status)
+        else:
+            self._client.set_terminated(self.run_id, status)
+        _OPEN_RUNS.discard(self.run_id)
+
+    def __del__(self):
+        # MLflowCallback.__del__ ends whatever run is active when the callback is collected, which may be
+        # the next Trainer's run by then. Runs end when the next one starts, by end_mlflow_run, or at exit.
+        pass
+
+
+def _end_active_hf_ext_run(status: str = "FINISHED") -> None:
+    mlflow = sys.modules.get("mlflow")
+    active = mlflow.active_run() if mlflow is not None else None
+    if active is not None and active.info.run_id in _OPEN_RUNS:
+        _flush(mlflow)
+        mlflow.end_run(status)
+        _OPEN_RUNS.discard(active.info.run_id)
+
+
+def _flush(mlflow) -> None:
+    flush = getattr(mlflow, "flush_async_logging", None)  # transformers logs the Trainer's params asynchronously
+    if flush is not None:
+        flush()
+
+
+def tracking_callback(trainer: Trainer) -> HfExtMLflowCallback | None:
+    """The trainer's :class:`HfExtMLflowCallback`, or ``None`` when it does not report to MLflow."""
+    return next((c for c in trainer.callback_handler.callbacks if isinstance(c, HfExtMLflowCallback)), None)
+
+
+def install(trainer: Trainer) -> None:
+    """Put :class:`HfExtMLflowCallback` in place of every plain ``MLflowCallback`` of ``trainer``."""
+    callbacks = trainer.callback_handler.callbacks
+    for index, callback in enumerate(callbacks):
+        if type(callback) is MLflowCallback:
+            callbacks[index] = HfExtMLflowCallback()
+
+
+def log_saved_model(trainer: Trainer, directory: str | os.PathLike) -> list[str]:
+    """After ``trainer.save_model(directory)``: log the saved files to the trainer's run (main process only)."""
+    callback = tracking_callback(trainer)
+    if callback is None or not trainer.is_world_process_zero():
+        return []
+    if not callback._initialized:  # saved before any training or log: the run starts now
+        callback.setup(trainer.args, trainer.state, trainer.model)
+    return callback.log_model_files(directory)
+
+
+def end_mlflow_run(trainer: Trainer | None = None, status: str = "FINISHED") -> None:
+    """End the MLflow run hf_ext started for ``trainer`` (``None``: the active run, if hf_ext started it).
+
+    Optional: a run also ends when the next Trainer's run starts and when the process exits. Metrics
+    or models logged through the trainer afterwards still go to its (ended) run, never to a new one.
+    """
+    if trainer is None:
+        if "mlflow" in sys.modules:
+            _end_active_hf_ext_run(status)
+        return
+    callback = tracking_callback(trainer)
+    if callback is not None:
+        callback.end_run(status)
+
+
+def run_location_lines(trainer: Trainer) -> list[str]:
+    """``print_run_locations``'s MLflow lines: how to browse the store, and the run id."""
+    callback = tracking_callback(trainer)
+    if callback is None or callback.run_id is None:
+        return []
+    uri = display_uri(callback.tracking_uri)
+    browse = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    return [f"mlflow:      {browse}", f"mlflow run:  {callback.run_id} (experiment {callback.experiment_id})"]
+
+
+def display_uri(uri: str) -> str:
+    """A tracking URI that works from any directory: relative sqlite and file paths made absolute."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return "file://" + os.path.abspath(uri[len("file:") :])
+    if "://" not in uri and not uri.startswith("file:"):
+        return os.path.abspath(uri)
+    return uri
+
+
+def _source_directory(recipe_file: str | None) -> str:
+    """Where to ask git: the recipe's directory, else the main script's, else the working directory."""
+    if recipe_file:
+        return os.path.dirname(recipe_file)
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    return os.path.dirname(os.path.abspath(main)) if main else os.getcwd()
+
+
+@functools.lru_cache(maxsize=16)
+def git_state(directory: str) -> tuple[str, str]:
+    """``(commit, dirty)`` of the git checkout holding ``directory``: ``git rev-parse HEAD`` and ``"true"`` /
+    ``"false"`` from ``git status --porcelain``; ``("unknown", "unknown")`` outside a repository or without git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=30, check=False
+        )
+        if head.returncode != 0:
+            return "unknown", "unknown"
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=directory, capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "unknown"
+    dirty = "unknown" if status.returncode != 0 else str(bool(status.stdout.strip())).lower()
+    return head.stdout.strip(), dirty
