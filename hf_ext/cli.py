@@ -352,7 +352,7 @@ def _add_selective_parser(commands) -> None:
         "for backward, per block",
     )
     inspect.add_argument("config", help="a seq_cls recipe config (.json)")
-    inspect.add_argument("overrides", nargs="*", help="key=value overrides, as for the recipe")
+    inspect.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, as for the recipe")
     inspect.set_defaults(run_command=_selective_inspect)
 
 

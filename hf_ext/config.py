@@ -317,8 +317,11 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     if argv[:1] in (["-h"], ["--help"]):
         print(format_help(dataclass_types))
         sys.exit(0)
-    if not argv or not argv[0].endswith(".json"):
+    if not argv:
         raise ConfigError(_usage(dataclass_types))
+    if not argv[0].endswith(".json"):
+        what = "a directory" if Path(argv[0]).is_dir() else "not a .json file"
+        raise ConfigError(f"{argv[0]} is {what}; the config comes first: {_usage(dataclass_types).splitlines()[0]}")
     path = Path(argv[0])
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
@@ -388,9 +391,12 @@ def parse_dict(
         raise ConfigError(
             "; ".join(f"unknown key(s) {_in(origin)}: {'; '.join(hints)}" for origin, hints in by_origin.items())
         )
+    values = dict(values)
     for key, value in values.items():
         field_, owner = fields[key]
         annotation = typing.get_type_hints(owner).get(key, Any)
+        if _is_number(value) and not _matches(value, annotation) and _matches(str(value), annotation):
+            value = values[key] = str(value)  # a text key given a number: train_layers=1 on the command line
         if key == "resume_from_checkpoint" and value is True:
             continue  # true: the last checkpoint in output_dir, as Trainer.train(resume_from_checkpoint=True)
         if not _matches(value, annotation):
@@ -416,6 +422,10 @@ def parse_dict(
         object.__setattr__(instance, _GIVEN_KEYS, frozenset(key for key in values if key in names))
         object.__setattr__(instance, _RUN_RECORD, record)
     return parsed
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _in(origin: str) -> str:

@@ -69,12 +69,26 @@ def mlflow_unavailable_reason() -> str | None:
         missing = True
     if missing:
         return "mlflow is not installed; pip install 'hf_ext[mlflow]' (or remove \"mlflow\" from report_to)"
+    store = _sqlite_store_problem(os.getenv("MLFLOW_TRACKING_URI", ""))
+    if store is not None:
+        return store
     if os.getenv("DISABLE_MLFLOW_INTEGRATION", "FALSE").upper() == "TRUE":
         return (
             "DISABLE_MLFLOW_INTEGRATION=TRUE turns transformers' MLflow integration off; unset it "
             '(or remove "mlflow" from report_to)'
         )
     return None
+
+
+def _sqlite_store_problem(uri: str) -> str | None:
+    """Why a ``sqlite:///`` tracking store cannot be written (mlflow would retry for minutes, then fail)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri[len("sqlite:///") :]).expanduser().absolute().parent
+    if folder.is_dir() and os.access(folder, os.W_OK):
+        return None
+    problem = "does not exist" if not folder.exists() else "cannot be written"
+    return f"MLFLOW_TRACKING_URI={uri}: the folder {folder} {problem}; point it at a writable path"
 
 
 class HfExtMLflowCallback(MLflowCallback):
@@ -105,6 +119,8 @@ class HfExtMLflowCallback(MLflowCallback):
         self._client = self._ml_flow.tracking.MlflowClient(self.tracking_uri)
         if self._auto_end_run:
             _OPEN_RUNS.add(self.run_id)
+            if not args.run_name:  # else mlflow draws a name from the (seeded) global RNG: the same every run
+                self._client.set_tag(self.run_id, "mlflow.runName", Path(args.output_dir).name)
         record = run_record(args) or {
             "recipe": "unknown",
             "recipe_file": None,
@@ -173,12 +189,13 @@ class HfExtMLflowCallback(MLflowCallback):
     def on_train_end(self, args, state, control, **kwargs):
         """Keep the run open: a recipe's ``trainer.evaluate()`` after training logs into it."""
 
-    def log_model_files(self, directory: str | os.PathLike) -> list[str]:
+    def log_model_files(self, directory: str | os.PathLike, before: dict[str, int] | None = None) -> list[str]:
         """Log the files directly in ``directory`` (not its subdirectories, not ``training_args.bin``) under
-        ``model/``; returns their names."""
+        ``model/``, only those new or changed since ``before`` (:func:`file_times`) when given; returns their names."""
         if self.run_id is None:
             return []
-        names = sorted(p.name for p in Path(directory).iterdir() if p.is_file() and p.name not in SKIPPED_MODEL_FILES)
+        now = file_times(directory)
+        names = sorted(n for n, t in now.items() if n not in SKIPPED_MODEL_FILES and (before or {}).get(n) != t)
         for name in names:
             self._client.log_artifact(self.run_id, str(Path(directory) / name), MODEL_ARTIFACT_PATH)
         return names
@@ -229,14 +246,21 @@ def install(trainer: Trainer) -> None:
             callbacks[index] = HfExtMLflowCallback()
 
 
-def log_saved_model(trainer: Trainer, directory: str | os.PathLike) -> list[str]:
-    """After ``trainer.save_model(directory)``: log the saved files to the trainer's run (main process only)."""
+def file_times(directory: str | os.PathLike) -> dict[str, int]:
+    """``{file name: modification time in ns}`` of the files directly in ``directory`` (empty if it is absent)."""
+    path = Path(directory)
+    return {p.name: p.stat().st_mtime_ns for p in path.iterdir() if p.is_file()} if path.is_dir() else {}
+
+
+def log_saved_model(trainer: Trainer, directory: str | os.PathLike, before: dict[str, int] | None = None) -> list[str]:
+    """After ``trainer.save_model(directory)``: log the files it wrote (new or changed since ``before``) to the
+    trainer's run (main process only), so results or weights an earlier run left there are not taken for it."""
     callback = tracking_callback(trainer)
     if callback is None or not trainer.is_world_process_zero():
         return []
     if not callback._initialized:  # saved before any training or log: the run starts now
         callback.setup(trainer.args, trainer.state, trainer.model)
-    return callback.log_model_files(directory)
+    return callback.log_model_files(directory, before)
 
 
 def end_mlflow_run(trainer: Trainer | None = None, status: str = "FINISHED") -> None:

@@ -94,11 +94,13 @@ class HfExtTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """``Trainer.save_model``; with ``report_to`` MLflow, a model saved by the caller (not a checkpoint)
-        is also logged to the trainer's MLflow run under ``model/`` (the files written directly into
+        is also logged to the trainer's MLflow run under ``model/`` (the files it wrote directly into
         ``output_dir``, without ``training_args.bin``)."""
+        directory = output_dir if output_dir is not None else self.args.output_dir
+        before = tracking.file_times(directory) if tracking.tracking_callback(self) is not None else {}
         super().save_model(output_dir, _internal_call)
         if not _internal_call:
-            tracking.log_saved_model(self, output_dir if output_dir is not None else self.args.output_dir)
+            tracking.log_saved_model(self, directory, before)
 
     def report_splits(self, splits: dict) -> dict[str, dict[str, float]]:
         """Evaluate each dataset of ``{"eval": validation, "test": test}`` (``None`` skipped), print its metrics

@@ -241,3 +241,52 @@ def test_prefix_restores_grad_mode_when_a_block_raises_and_can_be_removed():
     attach_no_grad_prefix(model, 3)
     attach_no_grad_prefix(model, 3)  # a second attach replaces the first
     assert inspect_graph(model, batch).block(0).autograd_nodes == 0
+
+
+def test_arguments_are_checked_before_any_model_is_involved():
+    with pytest.raises(ConfigError, match="finetuning='LoRA': expected one of 'full', 'lora'"):
+        SelectiveArguments(finetuning="LoRA")
+    with pytest.raises(ConfigError, match="runs backwards"):
+        SelectiveArguments(train_layers="3-1")
+    with pytest.raises(ConfigError, match="train_modules='q_proj\\(' is not a regular expression"):
+        SelectiveArguments(train_modules="q_proj(")
+    assert SelectiveArguments(train_layers=1).train_layers == "1"  # one block, as `train_layers=1` reads
+
+
+def test_models_that_do_not_fit_are_refused():
+    model, _ = _model("llama")
+    peft_model, _ = select_trainable(
+        copy.deepcopy(model), SelectiveArguments(train_layers="last:1", finetuning="lora")
+    )
+    with pytest.raises(ConfigError, match="already wrapped by peft"):
+        select_trainable(peft_model, SelectiveArguments(train_layers="last:1"))
+    with pytest.raises(ConfigError, match="task_type='causal_lm' needs a ...ForCausalLM model"):
+        select_trainable(model, SelectiveArguments(train_layers="last:1", finetuning="lora"), "causal_lm")
+    causal, _ = tiny_model("llama", "causal_lm", num_hidden_layers=4)  # lm_head tied to the input embeddings
+    with pytest.raises(ConfigError, match="'lm_head' shares its weight with the input embeddings"):
+        select_trainable(causal, SelectiveArguments(train_layers="last:1"), "causal_lm")
+    causal, selection = select_trainable(
+        causal, SelectiveArguments(train_layers="last:1", train_head=False), "causal_lm"
+    )
+    assert not causal.model.embed_tokens.weight.requires_grad and selection.head == []
+    with pytest.raises(ConfigError, match="holds LoRA targets of train_modules"):
+        args = SelectiveArguments(
+            train_layers="last:1", finetuning="lora", train_extra_modules=r"layers\.3\.self_attn"
+        )
+        select_trainable(model, args)
+
+
+def test_lora_without_head_trains_only_adapters_and_adapters_are_seeded():
+    args = SelectiveArguments(
+        train_layers="last:1", train_modules="q_proj", finetuning="lora", lora_r=2, train_head=False
+    )
+    state = torch.random.get_rng_state()
+    first, _ = select_trainable(_model("qwen2")[0], args, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    second, _ = select_trainable(_model("qwen2")[0], args, seed=3)
+    trainable = {n: p for n, p in first.named_parameters() if p.requires_grad}
+    assert sorted(trainable) == [
+        "base_model.model.model.layers.3.self_attn.q_proj.lora_A.default.weight",
+        "base_model.model.model.layers.3.self_attn.q_proj.lora_B.default.weight",
+    ]
+    torch.testing.assert_close(trainable[sorted(trainable)[0]], dict(second.named_parameters())[sorted(trainable)[0]])

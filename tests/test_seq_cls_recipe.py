@@ -10,7 +10,7 @@ from test_distributed import torchrun
 from transformers import AutoModelForSequenceClassification
 
 from hf_ext.cli import main as cli
-from hf_ext.errors import ConfigError
+from hf_ext.errors import ConfigError, RunDirectoryError
 from hf_ext.models import tiny_model
 
 QWEN = "seq_cls_tiny_qwen2_last_block.json"
@@ -79,7 +79,9 @@ def test_inspect_shows_the_prefix_holds_nothing(capsys):
     [
         ("train_layers=2-3", r"train_layers='2-3' names block\(s\) \[2, 3\] but the model has blocks 0-1"),
         ("train_layers=", "train_layers is empty"),
-        ("train_modules=query", "matches none of the modules with parameters inside blocks 1-1"),
+        ("train_modules=query", "matches none of the modules with parameters inside blocks 1 of"),
+        ("train_layers=one", "cannot read .one. as a set of integers"),
+        ("finetuning=LoRA", "finetuning=.LoRA. is invalid"),
         ("task_type=causal_lm", "the seq_cls recipe trains classifiers"),
     ],
 )
@@ -127,3 +129,20 @@ def test_mlflow_run_holds_the_adapter_the_selection_and_the_test_scores(mlflow_s
     assert run.data.tags["hf_ext.recipe"] == "seq_cls"
     model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/adapter_config.json", "model/adapter_model.safetensors"} <= model_files
+
+
+def test_one_block_index_on_the_command_line_reads_as_text(tmp_path):
+    run_recipe("seq_cls", QWEN, f"output_dir={tmp_path}", *QUICK, "max_train_samples=32", "train_layers=1")
+    assert json.loads((tmp_path / "selection.json").read_text())["train_layers"] == [1]
+
+
+def test_resume_with_another_selection_is_refused_and_overwrite_leaves_no_stale_model(tmp_path):
+    common = (f"output_dir={tmp_path}", *QUICK, "max_train_samples=32", "save_strategy=steps", "save_steps=1")
+    run_recipe("seq_cls", QWEN, *common, "max_steps=1")
+    assert (tmp_path / "model.safetensors").is_file()
+    with pytest.raises(RunDirectoryError, match=r"another selection \(train_layers=\[1\] \(now \[0, 1\]\)"):
+        run_recipe("seq_cls", QWEN, *common, "max_steps=2", "resume_from_checkpoint=true", "train_layers=0-1")
+    run_recipe("seq_cls", QWEN, *common, "max_steps=2", "resume_from_checkpoint=true")  # the same selection resumes
+    run_recipe("seq_cls", QWEN, *common, "max_steps=1", "overwrite_output_dir=true", "finetuning=lora")
+    assert (tmp_path / "adapter_config.json").is_file()
+    assert not (tmp_path / "model.safetensors").exists() and not (tmp_path / "config.json").exists()

@@ -55,6 +55,7 @@ def test_finetune_recipe_logs_everything_to_one_run(mlflow_store, tmp_path, caps
     assert mlflow.active_run() is None
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "out"  # output_dir's name (mlflow's own random name repeats under a fixed seed)
 
     params = run.data.params
     assert float(params["learning_rate"]) == 5e-5  # TrainingArguments (transformers)
@@ -203,6 +204,12 @@ def test_missing_mlflow_is_a_config_error_before_any_model_loads(tmp_path, monke
     assert "\n" not in str(error.value) and "report_to" in str(error.value)
     parse_config(ARGUMENT_TYPES, [str(config), f"output_dir={tmp_path}"])  # without mlflow in report_to: fine
     monkeypatch.delitem(sys.modules, "mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/absent/mlflow.db")
+    with pytest.raises(ConfigError, match=r"the folder .*absent does not exist; point it at a writable path"):
+        parse_config(ARGUMENT_TYPES, [str(config), *overrides])  # mlflow would retry for minutes
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    monkeypatch.delitem(sys.modules, "mlflow")
     monkeypatch.setenv("DISABLE_MLFLOW_INTEGRATION", "TRUE")
     with pytest.raises(ConfigError, match="DISABLE_MLFLOW_INTEGRATION"):
         parse_config(ARGUMENT_TYPES, [str(config), *overrides])
@@ -228,3 +235,18 @@ def test_run_record_is_json_safe_and_names_the_caller(tmp_path):
     assert record["resolved"]["DataArguments"]["max_seq_length"] == 16
     assert record["resolved"]["HfExtTrainingArguments"]["save_strategy"] == "steps"
     assert run_record(ModelArguments()) is None
+
+
+def test_only_the_files_save_model_writes_are_logged(mlflow_store, tmp_path):
+    model, data = _tiny_parts()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "eval_results.json").write_text("{}")  # left by an earlier run
+    args = HfExtTrainingArguments(output_dir=str(out), report_to=["mlflow"], max_steps=1, use_cpu=True)
+    trainer = HfExtTrainer(model=model, args=args, **data.trainer_kwargs())
+    trainer.train()
+    trainer.save_model()
+    client, runs = all_runs(mlflow_store)
+    logged = {a.path for a in client.list_artifacts(runs[0].info.run_id, "model")}
+    assert "model/model.safetensors" in logged and "model/eval_results.json" not in logged
+    end_mlflow_run(trainer)

@@ -6,41 +6,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..targets import _is_linear, find_blocks
-from .config import SelectiveArguments
+from .config import SelectiveArguments, resolve_train_layers
 from .prefix import attach_no_grad_prefix
-
-
-def resolve_train_layers(spec: str | None, num_blocks: int) -> list[int]:
-    """``"last:4"``, ``"16-19"``, ``"0,2,5-7"`` or ``None`` (every block) -> sorted block indices."""
-    from ..targets import parse_int_set
-
-    valid = f"the model has blocks 0-{num_blocks - 1}"
-    if spec is None:
-        return list(range(num_blocks))
-    text = spec.strip()
-    if not text:
-        raise ConfigError(f"train_layers is empty; name blocks like 'last:2' or '{num_blocks - 2}-{num_blocks - 1}'")
-    if text.startswith("last:"):
-        count = text[len("last:") :].strip()
-        if not count.isdigit() or int(count) < 1:
-            raise ConfigError(f"train_layers={spec!r}: 'last:' takes a positive count of blocks, e.g. 'last:2'")
-        if int(count) > num_blocks:
-            raise ConfigError(f"train_layers={spec!r} asks for {count} blocks but {valid}")
-        return list(range(num_blocks - int(count), num_blocks))
-    try:
-        layers = parse_int_set(text)
-    except ConfigError as err:
-        raise ConfigError(f"train_layers: {err}, or 'last:<count>'") from None
-    absent = [i for i in layers if i >= num_blocks]
-    if absent:
-        raise ConfigError(
-            f"train_layers={spec!r} names block(s) {absent} but {valid}; 'last:<count>' counts from the top"
-        )
-    return layers
 
 
 @dataclass
@@ -100,6 +72,8 @@ def block_modules(model: nn.Module, layers: list[int], pattern: str | None, *, l
 
 
 def _ranges(layers: list[int]) -> str:
+    if len(layers) == 1:
+        return str(layers[0])
     return f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else str(layers)
 
 
@@ -133,7 +107,26 @@ def plan_selection(model: nn.Module, args: SelectiveArguments) -> Selection:
             f"trained block ({layers[0]}): the no-grad prefix gives it no gradient; include block 0 in train_layers "
             "or narrow train_extra_modules"
         )
+    overlap = [n for n in extra if any(m == n or m.startswith(n + ".") for m in modules)]
+    if overlap and args.finetuning == "lora":
+        raise ConfigError(
+            f"train_extra_modules={args.train_extra_modules!r} matches {overlap[0]!r}, which holds LoRA targets of "
+            "train_modules: a module cannot both get an adapter and train in full; narrow one of the two"
+        )
+    tied = _tied_to_input_embeddings(model, [*head, *extra]) if layers[0] > 0 else []
+    if tied:
+        raise ConfigError(
+            f"{tied[0]!r} shares its weight with the input embeddings, which run below the no-grad prefix: training "
+            "it would change the embeddings too, with no gradient from the input side; set train_head=false, untie "
+            "the weights, or include block 0 in train_layers"
+        )
     return Selection(blocks_name, len(blocks), layers, modules, head, extra, args.finetuning)
+
+
+def _tied_to_input_embeddings(model: nn.Module, names: list[str]) -> list[str]:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    shared = {id(p) for p in embeddings.parameters()} if embeddings is not None else set()
+    return [n for n in names if any(id(p) in shared for p in model.get_submodule(n).parameters())]
 
 
 def _below_prefix(model: nn.Module, blocks_name: str, first: int, names: list[str]) -> list[str]:
@@ -152,18 +145,25 @@ def _below_prefix(model: nn.Module, blocks_name: str, first: int, names: list[st
     ]
 
 
-def select_trainable(model: nn.Module, args: SelectiveArguments, task_type: str = "seq_cls", *, no_grad_prefix=True):
+def select_trainable(
+    model: nn.Module, args: SelectiveArguments, task_type: str = "seq_cls", *, seed: int = 0, no_grad_prefix=True
+):
     """Make only the selection of ``args`` train and attach the no-grad prefix; returns ``(model, selection)``.
 
     ``finetuning="full"``: exactly the chosen modules, the head and the extra modules have
-    ``requires_grad=True``. ``finetuning="lora"``: the model is wrapped by peft (``get_peft_model``)
-    with adapters on the chosen linear layers (``layers_to_transform`` + ``target_modules``), the head
-    and extra modules in ``modules_to_save``. ``no_grad_prefix=False`` freezes the prefix the usual
-    way (``requires_grad=False`` only): the baseline the benchmark compares against.
+    ``requires_grad=True``. ``finetuning="lora"``: the model is wrapped by peft (``get_peft_model``, adapters
+    drawn from ``seed`` without touching the global RNG) with adapters on the chosen linear layers
+    (``layers_to_transform`` + ``target_modules``), the head and extra modules in ``modules_to_save``.
+    ``no_grad_prefix=False`` freezes the prefix the usual way (``requires_grad=False`` only): the
+    baseline the benchmark compares against. ``model`` must be a plain transformers model (not peft-wrapped)
+    of ``task_type`` (``seq_cls``: a ``...ForSequenceClassification``; ``causal_lm``: a ``...ForCausalLM``).
     """
+    _check_model(model, task_type)
     selection = plan_selection(model, args)
     if args.finetuning == "lora":
-        model = _wrap_lora(model, args, task_type, selection)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _wrap_lora(model, args, task_type, selection)
     else:
         for parameter in model.parameters():
             parameter.requires_grad_(False)
@@ -173,6 +173,18 @@ def select_trainable(model: nn.Module, args: SelectiveArguments, task_type: str 
     if no_grad_prefix:
         attach_no_grad_prefix(model, selection.prefix_blocks)
     return model, selection
+
+
+def _check_model(model: nn.Module, task_type: str) -> None:
+    if hasattr(model, "peft_config"):
+        raise ConfigError(
+            f"{type(model).__name__} is already wrapped by peft; pass the base model (peft_model.unload() returns it)"
+        )
+    suffix = {"seq_cls": "ForSequenceClassification", "causal_lm": "ForCausalLM"}.get(task_type)
+    if suffix is None:
+        raise ConfigError(f"task_type={task_type!r}: expected 'seq_cls' or 'causal_lm'")
+    if not type(model).__name__.endswith(suffix):
+        raise ConfigError(f"task_type={task_type!r} needs a ...{suffix} model, got {type(model).__name__}")
 
 
 def _wrap_lora(model: nn.Module, args: SelectiveArguments, task_type: str, selection: Selection):
@@ -201,4 +213,8 @@ def _wrap_lora(model: nn.Module, args: SelectiveArguments, task_type: str, selec
     )
     if adapted != sorted(selection.modules):
         raise RuntimeError(f"peft adapted {adapted}, expected {sorted(selection.modules)}")
+    if not args.train_head:  # peft's SEQ_CLS task adds classifier/score to modules_to_save by itself
+        for name in head_modules(model):
+            for parameter in model.get_submodule(name).parameters():
+                parameter.requires_grad_(False)
     return peft_model

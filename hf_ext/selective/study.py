@@ -2,7 +2,9 @@
 ``hf-ext selective inspect``.
 
 Files in ``output_dir``: the model (``finetuning: full``) or the peft adapter (``lora``), as
-``save_pretrained`` writes them; ``selection.json`` (blocks, modules, trainable parameters, prefix);
+``save_pretrained`` writes them; ``selection.json`` (blocks, modules, trainable parameters, prefix, the class
+names: an adapter loads onto ``AutoModelForSequenceClassification.from_pretrained(base, id2label=...)`` with
+``PeftModel.from_pretrained(base_model, output_dir)``);
 ``{init,train,eval,test}_results.json`` (accuracy and macro-F1 on the validation split before training, the
 training summary, accuracy and macro-F1 on the validation and test splits after it).
 """
@@ -10,15 +12,17 @@ training summary, accuracy and macro-F1 on the validation and test splits after 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..config import DataArguments, HfExtTrainingArguments, ModelArguments
 from ..data import PreparedData, prepare_data
-from ..errors import ConfigError
-from ..io import write_json
+from ..errors import ConfigError, RunDirectoryError
+from ..io import read_json, write_json
 from ..models import load_model, load_tokenizer
-from ..outputs import check_output_dir
+from ..outputs import changed_settings, check_output_dir
 from ..run_logger import print_run_locations
 from ..tracking import end_mlflow_run
 from ..trainer import HfExtTrainer
@@ -38,12 +42,17 @@ def prepare_seq_cls(model_args: ModelArguments, data_args: DataArguments, select
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     data = prepare_data(data_args, tokenizer, "seq_cls", seed=seed)
     model = load_model(model_args, tokenizer, data.labels, seed=seed)
-    model, selection = select_trainable(model, selective, "seq_cls")
+    model, selection = select_trainable(model, selective, "seq_cls", seed=seed)
+    if not selective.train_head:
+        logger.warning(
+            "train_head=false: the classifier keeps its initial weights (random unless %s has a trained one)",
+            model_args.model_name_or_path,
+        )
     return model, tokenizer, data, selection
 
 
-def selection_record(model: torch.nn.Module, selection: Selection) -> dict:
-    """What trains, as written to ``selection.json``."""
+def selection_record(model: torch.nn.Module, selection: Selection, labels: list[str] | None = None) -> dict:
+    """What trains, as written to ``selection.json`` (with the class names a saved adapter's base needs)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return {
@@ -57,7 +66,35 @@ def selection_record(model: torch.nn.Module, selection: Selection) -> dict:
         "extra": selection.extra,
         "trainable_parameters": trainable,
         "total_parameters": total,
+        "labels": labels,
     }
+
+
+WEIGHT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter_config.json")
+WEIGHT_PATTERNS = ("model-*.safetensors", "adapter_model*.safetensors")
+SAME_SELECTION = ("finetuning", "train_layers", "modules", "head", "extra", "trainable_parameters")
+
+
+def _prepare_run_directory(output_dir: Path, record: dict, resuming: bool) -> None:
+    """On resume the selection must be the one the checkpoint was trained with; otherwise a model or adapter
+    left by an earlier run (a full model beside a new adapter) is removed, and the selection written."""
+    path = output_dir / "selection.json"
+    if resuming and path.is_file():
+        changed = changed_settings(read_json(path), {key: record[key] for key in SAME_SELECTION})
+        if changed:
+            raise RunDirectoryError(
+                f"{output_dir} was trained with another selection ({changed}); resume with the same train_layers, "
+                "train_modules, finetuning and train_head, or start afresh without resume_from_checkpoint"
+            )
+        return
+    if not distributed.is_main_process():
+        return
+    for stale in [
+        *(output_dir / name for name in WEIGHT_FILES),
+        *(p for g in WEIGHT_PATTERNS for p in output_dir.glob(g)),
+    ]:
+        stale.unlink(missing_ok=True)
+    write_json(path, record)
 
 
 def run_seq_cls(
@@ -69,12 +106,13 @@ def run_seq_cls(
     """Train a sequence classifier on the selected blocks, save it, score validation and test."""
     check_output_dir(
         training_args.output_dir,
-        finished=["selection.json", "train_results.json"],
+        finished=["train_results.json"],
         overwrite=training_args.overwrite_output_dir,
         resuming=bool(training_args.resume_from_checkpoint),
     )
     model, tokenizer, data, selection = prepare_seq_cls(model_args, data_args, selective, training_args.seed)
-    record = selection_record(model, selection)
+    record = selection_record(model, selection, data.labels)
+    _prepare_run_directory(Path(training_args.output_dir), record, bool(training_args.resume_from_checkpoint))
     logger.warning(
         "training %s of %s parameters: blocks %s of %d (%s), head %s; blocks below %d run without autograd",
         f"{record['trainable_parameters']:,}",
@@ -90,8 +128,6 @@ def run_seq_cls(
         trainer.save_metrics("init", trainer.evaluate(data.validation, metric_key_prefix="init"))
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
-    if trainer.is_world_process_zero():
-        write_json(f"{training_args.output_dir}/selection.json", record)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.report_splits({"eval": data.validation, "test": data.test})
