@@ -223,10 +223,11 @@ def load_model(
     name = args.model_name_or_path
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
         if name.startswith(TINY_PREFIX):
-            model = auto_class.from_config(tiny_config(_tiny_architecture(name), tokenizer, **label_config))
+            config = tiny_config(_tiny_architecture(name), tokenizer, **label_config)
+            model = auto_class.from_config(config, **({} if dtype == "auto" else {"dtype": dtype}))
         else:
-            dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
             extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
             with _loading(name):
                 model = auto_class.from_pretrained(

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -124,3 +126,34 @@ def test_twice_is_an_error_and_merge_undoes():
         reparameterize(model, {"l": torch.eye(3)})
     merge({"l": model["l"]})
     assert type(model["l"]) is nn.Linear
+
+
+@pytest.mark.multiprocess
+def test_the_basis_is_not_broadcast_by_ddp(tmp_path):
+    """DDP broadcasts every buffer before each forward; a basis (the same file on every rank) must not travel."""
+    from test_distributed import torchrun
+
+    torchrun("warp_ddp_buffers.py", str(tmp_path / "sent.json"))
+    sent = json.loads((tmp_path / "sent.json").read_text())
+    assert sent["control"] >= sent["basis"]  # the spy sees the basis when it is a plain buffer
+    assert sent["ours"] < sent["basis"] and sent["ours"] == sent["control"] - sent["basis"]
+
+
+def test_bf16_weights_keep_their_values_and_float32_coefficients_take_small_steps():
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32).to(torch.bfloat16)
+    model = nn.Sequential(layer)
+    before = layer.weight.detach().clone()
+    basis = torch.linalg.qr(torch.randn(64, 64, dtype=torch.float64))[0]
+    reparameterize(model, {"0": basis})
+    assert torch.equal(layer.weight, before)  # re-expressing in bf16 changed 51% of the weights
+    c = coefficients(layer)
+    assert c.dtype == torch.float32 and layer.weight.dtype == torch.bfloat16
+    optimizer = torch.optim.AdamW([c], lr=1e-5, weight_decay=0.0)
+    c_before = c.detach().clone()
+    layer(torch.randn(8, 64, dtype=torch.bfloat16)).float().pow(2).sum().backward()
+    optimizer.step()
+    assert (c != c_before).float().mean() > 0.99  # in bf16 about one in five moved
+    merge_model(model)
+    assert type(layer.weight) is nn.Parameter and layer.weight.dtype == torch.bfloat16
+    assert model._ddp_params_and_buffers_to_ignore == []

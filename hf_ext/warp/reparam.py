@@ -23,24 +23,29 @@ from ..errors import ConfigError
 
 
 class BasisParametrization(nn.Module):
-    """``weight = coefficients @ basis.T (+ residual)``; ``right_inverse`` gives ``C = W @ U``.
+    """``weight = (coefficients @ basis.T + residual).to(weight_dtype)``; ``right_inverse`` gives ``C = W @ U``.
 
-    Both buffers are non-persistent: a checkpoint of a reparameterized model holds only ``C``
-    (``...parametrizations.weight.original``); the basis comes from ``basis.safetensors``.
+    ``C``, ``U`` and the residual are float32 (or float64) whatever the model's dtype: a bf16 ``C`` would
+    change the weight by re-expressing it (``C @ U.T`` is not exact in bf16) and round small optimizer
+    steps away; the weight is cast to the model's dtype in the forward. Both buffers are non-persistent:
+    a checkpoint of a reparameterized model holds only ``C`` (``...parametrizations.weight.original``);
+    the basis comes from ``basis.safetensors``.
     """
 
-    def __init__(self, basis: torch.Tensor, residual: torch.Tensor | None = None):
+    def __init__(self, basis: torch.Tensor, residual: torch.Tensor | None = None, weight_dtype=None):
         super().__init__()
+        self.weight_dtype = weight_dtype or basis.dtype
         self.register_buffer("basis", basis, persistent=False)
         self.register_buffer("residual", residual, persistent=False)
 
     def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
         weight = coefficients @ self.basis.T
-        return weight if self.residual is None else weight + self.residual
+        weight = weight if self.residual is None else weight + self.residual
+        return weight.to(self.weight_dtype)
 
     @torch.no_grad()
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        return (weight.double() @ self.basis.double()).to(weight.dtype)
+        return (weight.double() @ self.basis.double()).to(self.basis.dtype)
 
 
 def reparameterize(
@@ -105,13 +110,34 @@ def reparameterize(
         plans[name] = (module, basis)
     for module, basis in plans.values():
         weight = module.weight.detach()
-        basis = basis.to(weight.device, weight.dtype)  # the forward's basis; C is fitted to it in float64
+        dtype = torch.promote_types(weight.dtype, torch.float32)  # C, U and the residual: float32 at least
+        basis = basis.to(weight.device, dtype)  # the forward's basis; C is fitted to it in float64
         residual = None
         if basis.shape[1] < module.in_features:
             u, w = basis.double(), weight.double()
-            residual = (w - (w @ u) @ u.T).to(weight.dtype)
-        parametrize.register_parametrization(module, "weight", BasisParametrization(basis, residual))
+            residual = (w - (w @ u) @ u.T).to(dtype)
+        parametrization = BasisParametrization(basis, residual, weight.dtype)
+        # parametrize takes C's dtype from the weight it starts from: start from a float32 copy
+        module.weight = nn.Parameter(weight.to(dtype), requires_grad=module.weight.requires_grad)
+        parametrize.register_parametrization(module, "weight", parametrization, unsafe=True)
+    _keep_out_of_ddp_broadcast(model)
     return {name: module for name, (module, _) in plans.items()}
+
+
+DDP_IGNORE = "_ddp_params_and_buffers_to_ignore"
+
+
+def _keep_out_of_ddp_broadcast(model: nn.Module) -> None:
+    """DDP broadcasts every buffer from rank 0 before each forward; a basis is constant and identical on all
+    ranks (each loads the same basis.safetensors), so its buffers go on the model's DDP ignore list."""
+    ours = {
+        f"{module_name}.{buffer_name}"
+        for module_name, module in model.named_modules()
+        if isinstance(module, BasisParametrization)
+        for buffer_name, _ in module.named_buffers(recurse=False)
+    }
+    others = {n for n in getattr(model, DDP_IGNORE, ()) if ".parametrizations.weight." not in n}
+    object.__setattr__(model, DDP_IGNORE, sorted(others | ours))
 
 
 def is_reparameterized(module: nn.Module) -> bool:
@@ -139,9 +165,14 @@ def merge(modules: Mapping[str, nn.Module] | Iterable[nn.Module]) -> None:
     """
     for module in modules.values() if isinstance(modules, Mapping) else modules:
         if is_reparameterized(module):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            with torch.no_grad():
+                weight = module.weight.detach().clone()  # C @ U.T (+ residual), in the model's dtype
+            trainable = coefficients(module).requires_grad
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+            module.weight = nn.Parameter(weight, requires_grad=trainable)
 
 
 def merge_model(model: nn.Module) -> None:
     """:func:`merge` every reparameterized module of ``model``."""
     merge([m for m in model.modules() if is_reparameterized(m)])
+    _keep_out_of_ddp_broadcast(model)
