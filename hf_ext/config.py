@@ -395,6 +395,9 @@ def parse_dict(
     for key, value in values.items():
         field_, owner = fields[key]
         annotation = typing.get_type_hints(owner).get(key, Any)
+        renamed = getattr(owner, "RENAMED_VALUES", {}).get(key, {})
+        if isinstance(value, str) and value in renamed:
+            raise ConfigError(f"{where(key)}: {key}={value!r} was renamed: write {renamed[value]}")
         if _is_number(value) and not _matches(value, annotation) and _matches(str(value), annotation):
             value = values[key] = str(value)  # a text key given a number: train_layers=1 on the command line
         if key == "resume_from_checkpoint" and value is True:

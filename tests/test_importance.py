@@ -12,7 +12,7 @@ def _grads_of_two_steps():
     return layer, batches
 
 
-@pytest.mark.parametrize("kind", ["abs", "fisher"])
+@pytest.mark.parametrize("kind", ["abs", "squared"])
 def test_accumulator_is_mean_over_steps_of_gradient_magnitude(kind):
     layer, batches = _grads_of_two_steps()
     element = ImportanceAccumulator({"w": layer.weight}, kind=kind)
@@ -121,3 +121,28 @@ def test_bad_choices_are_errors():
         ImportanceAccumulator({"w": torch.zeros(2, 2)}, kind="l2")
     with pytest.raises(ValueError, match="threshold must be one of"):
         build_masks({"a": torch.rand(4)}, 0.5, "layerwise")
+
+
+def test_importance_against_eigenvalue_ranking_with_its_chance_level():
+    from hf_ext.warp.importance import importance_vs_eigenvalues
+
+    eigenvalues = {"a": torch.arange(10, 0, -1).float(), "b": torch.arange(10, 0, -1).float()}
+    importance = {"a": torch.arange(10, 0, -1).float(), "b": torch.ones(3, 10) * torch.arange(10).float()}
+    result = importance_vs_eigenvalues(importance, eigenvalues, keep_ratio=0.2)
+    assert result["a"] == {"spearman": pytest.approx(1.0), "top_k": 2, "overlap": 2, "chance_overlap": 0.4}
+    assert result["b"]["spearman"] == pytest.approx(-1.0) and result["b"]["overlap"] == 0  # element scores, reversed
+
+
+def test_the_old_importance_name_names_the_new_one(tmp_path):
+    import runpy
+
+    from recipes_util import ROOT
+
+    from hf_ext.config import parse_config
+    from hf_ext.errors import ConfigError
+
+    types = runpy.run_path(str(ROOT / "recipes" / "warp.py"))["ARGUMENT_TYPES"]
+    config = str(ROOT / "recipes" / "configs" / "warp_minilm.json")
+    with pytest.raises(ConfigError, match=r"importance='fisher' was renamed: write 'squared'"):
+        parse_config(types, [config, f"output_dir={tmp_path}", "importance=fisher"])
+    assert parse_config(types, [config, f"output_dir={tmp_path}", "importance=squared"])[2].importance == "squared"

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from recipes_util import run_recipe
 from tb_events import read_events
@@ -34,6 +35,9 @@ def test_basis_importance_and_masks_files(bert_run):
         assert importance[name].shape == (1536,) and masks[name].dtype == torch.bool  # granularity input
         assert int(masks[name].sum()) == round(0.1 * 1536) == meta["frozen"][name]
         assert importance[name][masks[name]].min() >= importance[name][~masks[name]].max()
+        versus = meta["importance_vs_eigenvalue"][name]
+        assert versus["top_k"] == 154 and versus["chance_overlap"] == pytest.approx(154**2 / 1536)
+        assert -1 <= versus["spearman"] <= 1 and 0 <= versus["overlap"] <= 154
     assert meta["steps"] == 24 and meta["skipped_nonfinite_steps"] == 0 and meta["samples"] == 768
     phase3 = json.loads((out / "phase3" / "metadata.json").read_text())
     assert phase3["frozen_unchanged"] is True and set(phase3["frozen_max_deviation"].values()) == {0.0}

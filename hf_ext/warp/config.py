@@ -13,6 +13,9 @@ from ..errors import ConfigError
 class WarpArguments:
     """What the WaRP study adds to the model, data and training arguments."""
 
+    RENAMED_VALUES: ClassVar[dict[str, dict[str, str]]] = {
+        "importance": {"fisher": "'squared' (it is the square of the step's mean gradient, not a Fisher estimate)"}
+    }
     BOUNDS: ClassVar[dict[str, Bounds]] = {
         "basis_rank": AT_LEAST_ONE,
         "safety_lr": POSITIVE,
@@ -70,7 +73,10 @@ class WarpArguments:
         default="per_layer",
         metadata={"help": "Freeze keep_ratio of every layer, or one quantile over all target layers."},
     )
-    importance: Literal["abs", "fisher"] = field(default="abs", metadata={"help": "Mean |dL/dC| or mean (dL/dC)^2."})
+    importance: Literal["abs", "squared"] = field(
+        default="abs",
+        metadata={"help": "Mean over optimizer steps of |dL/dC| or of (dL/dC)^2 (the step's mean gradient, squared)."},
+    )
     extra_trainable: list[str] = field(
         default_factory=list,
         metadata={

@@ -1,9 +1,11 @@
 """Gradient importance: a running accumulator over optimizer steps and exact top-k mask builders.
 
 Importance of a coefficient is the mean over optimizer steps of ``|dL/dC|`` (``kind="abs"``) or
-``(dL/dC)^2`` (``kind="fisher"``). With ``granularity="input"`` each step's gradient is summed over
-the output dimension first, giving one score per input direction (column); as the mean is linear
-this equals summing the element-wise importance afterwards, but needs only ``d_in`` floats.
+``(dL/dC)^2`` (``kind="squared"``), where ``dL/dC`` is the step's gradient (averaged over its
+micro-batches and, under DDP, ranks): the square of a mean gradient, not a Fisher estimate. With
+``granularity="input"`` each step's gradient is summed over the output dimension first, giving one
+score per input direction (column); as the mean is linear this equals summing the element-wise
+importance afterwards, but needs only ``d_in`` floats.
 
 Masks mark the most important ``keep_ratio`` share as ``True`` (frozen). The k-th largest score is
 found by bisection on the bit patterns of the float32 scores, so masks are exact for any tensor
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-KINDS = ("abs", "fisher")
+KINDS = ("abs", "squared")
 GRANULARITIES = ("element", "input")
 THRESHOLDS = ("per_layer", "global")
 
@@ -206,3 +208,33 @@ def build_masks(
         thresholds,
     )
     return masks, info
+
+
+def importance_vs_eigenvalues(
+    importance: Mapping[str, torch.Tensor], eigenvalues: Mapping[str, torch.Tensor], keep_ratio: float
+) -> dict[str, dict[str, float]]:
+    """How far gradient importance ranks the basis directions like the eigenvalues already do, per layer.
+
+    Importance per direction is the score (summed over output rows for element scores); the basis
+    is sorted by eigenvalue, so direction ``i`` has the ``i``-th largest. Returns, per layer, the
+    Spearman correlation of the two rankings, the overlap of their top ``k = round(keep_ratio * n)``
+    directions and that overlap's chance level ``k^2 / n`` (two random k-sets of n).
+    """
+    from scipy.stats import spearmanr
+
+    out = {}
+    for name, score in importance.items():
+        per_direction = (score.sum(dim=0) if score.ndim == 2 else score).double().cpu()
+        n = per_direction.numel()
+        values = eigenvalues[name][:n].double().cpu()
+        k = max(1, round(keep_ratio * n))
+        top_importance = set(torch.topk(per_direction, k).indices.tolist())
+        top_eigenvalue = set(torch.topk(values, k).indices.tolist())
+        rho = spearmanr(per_direction.numpy(), values.numpy()).statistic
+        out[name] = {
+            "spearman": float(rho),
+            "top_k": k,
+            "overlap": len(top_importance & top_eigenvalue),
+            "chance_overlap": k * k / n,
+        }
+    return out

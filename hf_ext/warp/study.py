@@ -40,7 +40,7 @@ from ..trainer import HfExtTrainer
 from . import lineage
 from .callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
 from .config import WarpArguments
-from .importance import ImportanceAccumulator, build_masks
+from .importance import ImportanceAccumulator, build_masks, importance_vs_eigenvalues
 from .layout import PHASE_LABELS, WarpLayout
 from .masking import MaskedUpdate
 from .reparam import coefficient_parameters, merge_model, reparameterize
@@ -407,6 +407,7 @@ def run_phase2(run: WarpRun) -> dict:
     masks, info = build_masks(importance, warp.keep_ratio, warp.threshold)
     metadata = {
         **info.to_json(),
+        "importance_vs_eigenvalue": importance_vs_eigenvalues(importance, load_basis(run.dir)[1], warp.keep_ratio),
         "granularity": warp.granularity,
         "importance": warp.importance,
         "steps": accumulator.steps,
