@@ -15,8 +15,8 @@ def _grads_of_two_steps():
 @pytest.mark.parametrize("kind", ["abs", "squared"])
 def test_accumulator_is_mean_over_steps_of_gradient_magnitude(kind):
     layer, batches = _grads_of_two_steps()
-    element = ImportanceAccumulator({"w": layer.weight}, kind=kind)
-    per_input = ImportanceAccumulator({"w": layer.weight}, kind=kind, granularity="input")
+    element = ImportanceAccumulator({"w": layer.weight}, kind=kind, statistic="step")
+    per_input = ImportanceAccumulator({"w": layer.weight}, kind=kind, granularity="input", statistic="step")
     expected = torch.zeros(3, 5)
     for x in batches:
         layer.zero_grad()
@@ -34,10 +34,10 @@ def test_accumulator_is_mean_over_steps_of_gradient_magnitude(kind):
 def test_loss_scale_is_divided_out():
     layer, (x, _) = _grads_of_two_steps()
     layer(x).sum().backward()
-    plain = ImportanceAccumulator({"w": layer.weight})
+    plain = ImportanceAccumulator({"w": layer.weight}, statistic="step")
     plain.update()
     layer.weight.grad *= 1024
-    scaled = ImportanceAccumulator({"w": layer.weight})
+    scaled = ImportanceAccumulator({"w": layer.weight}, statistic="step")
     scaled.update(grad_scale=1024.0)
     torch.testing.assert_close(scaled.mean()["w"], plain.mean()["w"])
 
@@ -45,7 +45,7 @@ def test_loss_scale_is_divided_out():
 def test_non_finite_step_is_skipped_warned_and_counted():
     layer, (x, _) = _grads_of_two_steps()
     layer(x).sum().backward()
-    accumulator = ImportanceAccumulator({"w": layer.weight, "b": layer.bias})
+    accumulator = ImportanceAccumulator({"w": layer.weight, "b": layer.bias}, statistic="step")
     accumulator.update()
     good = accumulator.mean()["w"].clone()
     layer.bias.grad[0] = float("nan")
@@ -58,7 +58,7 @@ def test_non_finite_step_is_skipped_warned_and_counted():
 def test_no_finite_step_is_an_error():
     layer, _ = _grads_of_two_steps()
     layer.weight.grad = torch.full_like(layer.weight, float("inf"))
-    accumulator = ImportanceAccumulator({"w": layer.weight})
+    accumulator = ImportanceAccumulator({"w": layer.weight}, statistic="step")
     with pytest.warns(UserWarning):
         accumulator.update()
     with pytest.raises(RuntimeError, match="1 step"):
@@ -68,9 +68,9 @@ def test_no_finite_step_is_an_error():
 def test_state_round_trip():
     layer, (x, _) = _grads_of_two_steps()
     layer(x).sum().backward()
-    accumulator = ImportanceAccumulator({"w": layer.weight})
+    accumulator = ImportanceAccumulator({"w": layer.weight}, statistic="step")
     accumulator.update()
-    other = ImportanceAccumulator({"w": layer.weight})
+    other = ImportanceAccumulator({"w": layer.weight}, statistic="step")
     other.load_state_dict(accumulator.state_dict())
     assert other.steps == 1
     torch.testing.assert_close(other.mean()["w"], accumulator.mean()["w"])

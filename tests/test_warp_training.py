@@ -66,7 +66,7 @@ def test_importance_is_read_before_clipping_and_equals_hand_computation(tmp_path
     expected = {name: p.grad.abs().clone() for name, p in params.items()}
     model.zero_grad()
 
-    accumulator = ImportanceAccumulator(params)
+    accumulator = ImportanceAccumulator(params, statistic="step")
     args = _args(tmp_path, max_steps=3, learning_rate=0.0, max_grad_norm=1e-4, optim="sgd")
     HfExtTrainer(
         model=model,
@@ -79,6 +79,34 @@ def test_importance_is_read_before_clipping_and_equals_hand_computation(tmp_path
     for name, importance in accumulator.mean().items():
         torch.testing.assert_close(importance, expected[name], atol=1e-6, rtol=1e-4)
         assert importance.sum() > 1e-3  # far above what clipping to 1e-4 would leave
+
+
+def test_micro_batch_importance_is_the_mean_of_each_micro_batch_gradient_under_accumulation(tmp_path):
+    """The default statistic: 4 examples, batch 1 x 2 accumulation steps, 2 steps at lr 0: importance is the
+    mean over the 4 examples of |dL_i/dC| (whatever their order), not |mean over a step| as with 'step'."""
+    model, tokenizer, params = _reparameterized_model()
+    data = _data(tokenizer, 4)
+    singles = []
+    for i in range(4):
+        model.zero_grad()
+        model(**data.collator([data.train[i]])).loss.backward()
+        singles.append({name: p.grad.clone() for name, p in params.items()})
+    model.zero_grad()
+    accumulator = ImportanceAccumulator(params)  # statistic="micro_batch"
+    args = _args(tmp_path, max_steps=2, per_device_train_batch_size=1, learning_rate=0.0, optim="sgd")
+    HfExtTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        data_collator=data.collator,
+        callbacks=[ImportanceCallback(accumulator)],
+    ).train()
+    assert (accumulator.steps, accumulator.micro_batches) == (2, 4)
+    for name, importance in accumulator.mean().items():
+        expected = sum(g[name].abs() for g in singles) / 4
+        torch.testing.assert_close(importance, expected, atol=1e-6, rtol=1e-4)
+        cancelled = (singles[0][name] + singles[1][name]).abs() / 2  # what averaging first would give for a pair
+        assert not torch.allclose(expected, cancelled)
 
 
 def _masked_run(tmp_path, masks, *, max_steps=6, resume=None, save_steps=None, bf16=False):
@@ -188,7 +216,7 @@ class _PoisonGradients(GradientCallback):
 def test_non_finite_gradient_steps_are_skipped_and_counted(tmp_path):
     model, tokenizer, params = _reparameterized_model()
     data = _data(tokenizer, 8)
-    accumulator = ImportanceAccumulator(params)
+    accumulator = ImportanceAccumulator(params, statistic="step")
     poison = _PoisonGradients(next(iter(params.values())), steps=[3])  # last: SGD would turn inf into nan weights
     args = _args(tmp_path, max_steps=3, learning_rate=0.0, optim="sgd", max_grad_norm=0.0)
     trainer = HfExtTrainer(model=model, args=args, train_dataset=data.train, data_collator=data.collator)

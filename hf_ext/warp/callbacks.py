@@ -39,6 +39,7 @@ class ImportanceCallback(GradientCallback):
         self.prefix = prefix
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.accumulator.loss_divisor = float(args.gradient_accumulation_steps)  # the Trainer's loss division
         if state.global_step > 0:
             path = os.path.join(_checkpoint_dir(args, state), IMPORTANCE_STATE_FILE)
             if not os.path.exists(path):
@@ -56,7 +57,7 @@ class ImportanceCallback(GradientCallback):
         if control.should_log and self.accumulator.steps:
             logger = self._require_bound()
             values = {}
-            for name, score in self.accumulator.mean().items():
+            for name, score in self.accumulator.mean(across_ranks=False).items():  # this rank's, for the log
                 values |= {
                     f"{self.prefix}/{name}/mean": score.mean(),
                     f"{self.prefix}/{name}/std": score.std(),
@@ -66,6 +67,7 @@ class ImportanceCallback(GradientCallback):
             logger.scalars({k: float(v) for k, v in values.items()})
 
     def on_save(self, args, state, control, **kwargs):
+        self.accumulator.gather_()  # every rank: rank 0 then holds all micro-batch sums
         if state.is_world_process_zero:
             save_tensors(
                 os.path.join(_checkpoint_dir(args, state), IMPORTANCE_STATE_FILE), self.accumulator.state_dict()

@@ -73,6 +73,14 @@ class WarpArguments:
         default="per_layer",
         metadata={"help": "Freeze keep_ratio of every layer, or one quantile over all target layers."},
     )
+    importance_statistic: Literal["micro_batch", "step"] = field(
+        default="micro_batch",
+        metadata={
+            "help": "'micro_batch': the mean over backward passes of each micro-batch's gradient statistic (the "
+            "references' per-batch sum; independent of gradient accumulation and processes); 'step': of each "
+            "optimizer step's averaged gradient (opposite signs cancel first)."
+        },
+    )
     importance: Literal["abs", "squared"] = field(
         default="abs",
         metadata={"help": "Mean over optimizer steps of |dL/dC| or of (dL/dC)^2 (the step's mean gradient, squared)."},

@@ -1,9 +1,20 @@
 """Gradient importance: a running accumulator over optimizer steps and exact top-k mask builders.
 
-Importance of a coefficient is the mean over optimizer steps of ``|dL/dC|`` (``kind="abs"``) or
-``(dL/dC)^2`` (``kind="squared"``), where ``dL/dC`` is the step's gradient (averaged over its
-micro-batches and, under DDP, ranks): the square of a mean gradient, not a Fisher estimate. With
-``granularity="input"`` each step's gradient is summed over the output dimension first, giving one
+Importance of a coefficient is a mean of ``|dL/dC|`` (``kind="abs"``) or ``(dL/dC)^2``
+(``kind="squared"``, the square of a gradient, not a Fisher estimate) over
+
+- ``statistic="micro_batch"`` (default, as the WaRP references sum per-batch ``|gradient|``): the
+  gradient of every backward pass, read by a tensor hook before it is added to ``.grad``, times the
+  loss divisor (the gradient-accumulation steps the Trainer divides each micro-batch loss by), so
+  it is the gradient of the micro-batch's mean loss whatever the accumulation or the number of
+  processes (under DDP each rank adds its own micro-batches; :meth:`~ImportanceAccumulator.mean`
+  sums across ranks). A loss the Trainer normalises by the step's token count instead (causal LMs)
+  weights each micro-batch by its share of those tokens;
+- ``statistic="step"``: the gradient of each optimizer step (averaged over its micro-batches and,
+  under DDP, ranks). Averaging before the absolute value cancels opposite signs, so this one
+  depends on gradient accumulation x number of processes.
+
+With ``granularity="input"`` each gradient is summed over the output dimension first, giving one
 score per input direction (column); as the mean is linear this equals summing the element-wise
 importance afterwards, but needs only ``d_in`` floats.
 
@@ -15,6 +26,7 @@ global threshold.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping
@@ -22,7 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import distributed
+
 KINDS = ("abs", "squared")
+STATISTICS = ("micro_batch", "step")
 GRANULARITIES = ("element", "input")
 THRESHOLDS = ("per_layer", "global")
 
@@ -33,26 +48,46 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 class ImportanceAccumulator:
-    """Running sum of per-step gradient magnitudes of named parameters; memory is fixed.
+    """Running sum of gradient magnitudes of named parameters, per micro-batch or per step; memory is fixed.
 
     Call :meth:`update` once per optimizer step, after the gradients are complete (accumulated
     and, under DDP, averaged) and before clipping. ``grad_scale`` is the loss scale of fp16 mixed
-    precision, divided out so importance does not depend on it.
+    precision, divided out so importance does not depend on it. With ``statistic="micro_batch"``
+    the backward passes of the step were already read by tensor hooks; :meth:`update` then checks
+    them and adds them (a step with a non-finite gradient is skipped whole). Set ``loss_divisor`` to
+    the gradient-accumulation steps the training loop divides each micro-batch loss by.
     """
 
-    def __init__(self, params: Mapping[str, torch.Tensor], *, kind: str = "abs", granularity: str = "element"):
+    def __init__(
+        self,
+        params: Mapping[str, torch.Tensor],
+        *,
+        kind: str = "abs",
+        granularity: str = "element",
+        statistic: str = "micro_batch",
+    ):
         _check_choice("kind", kind, KINDS)
         _check_choice("granularity", granularity, GRANULARITIES)
+        _check_choice("statistic", statistic, STATISTICS)
         if not params:
             raise ValueError("no parameters to accumulate importance for")
         self.params = dict(params)
-        self.kind, self.granularity = kind, granularity
-        self.sums = {
-            name: torch.zeros(self._score_shape(p), dtype=torch.float32, device=p.device)
-            for name, p in self.params.items()
-        }
+        self.kind, self.granularity, self.statistic = kind, granularity, statistic
+        self.sums = {name: self._zeros(p) for name, p in self.params.items()}
         self.steps = 0
         self.skipped_steps = 0
+        self.micro_batches = 0
+        self.loss_divisor = 1.0
+        self._pending = {name: self._zeros(p) for name, p in self.params.items()} if statistic == "micro_batch" else {}
+        self._pending_passes = dict.fromkeys(self.params, 0)
+        self._hooks = [
+            p.register_hook(functools.partial(self._read_micro_batch, name))
+            for name, p in self.params.items()
+            if statistic == "micro_batch"
+        ]
+
+    def _zeros(self, param: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self._score_shape(param), dtype=torch.float32, device=param.device)
 
     def _score_shape(self, param: torch.Tensor) -> tuple[int, ...]:
         if self.granularity == "input":
@@ -61,47 +96,109 @@ class ImportanceAccumulator:
             return (param.shape[1],)
         return tuple(param.shape)
 
+    def _score(self, grad: torch.Tensor, scale: float) -> torch.Tensor:
+        g = grad.float()
+        if scale != 1.0:
+            g = g * scale
+        score = g.abs() if self.kind == "abs" else g.square()
+        return score.sum(dim=0) if self.granularity == "input" else score
+
+    @torch.no_grad()
+    def _read_micro_batch(self, name: str, grad: torch.Tensor) -> None:
+        self._pending[name] += self._score(grad, self.loss_divisor)
+        self._pending_passes[name] += 1
+
     @torch.no_grad()
     def update(self, grad_scale: float = 1.0) -> bool:
         """Add this step's gradients; returns False (and adds nothing) if any gradient is non-finite."""
+        if self.statistic == "micro_batch":
+            return self._add_pending(grad_scale)
         grads = {}
         for name, param in self.params.items():
             if param.grad is None:
                 raise RuntimeError(f"parameter {name!r} has no gradient: is it trainable and on the loss path?")
             grads[name] = param.grad
-        finite = torch.stack([torch.isfinite(g).all() for g in grads.values()]).all().item()
-        if not finite:
-            self.skipped_steps += 1
-            warnings.warn(
-                f"non-finite gradient at importance step {self.steps + self.skipped_steps}: step skipped", stacklevel=2
-            )
+        if not self._finite(grads.values()):
             return False
         for name, grad in grads.items():
-            g = grad.float()
-            if grad_scale != 1.0:
-                g = g / grad_scale
-            score = g.abs() if self.kind == "abs" else g.square()
-            self.sums[name] += score.sum(dim=0) if self.granularity == "input" else score
+            self.sums[name] += self._score(grad, 1.0 / grad_scale)
         self.steps += 1
         return True
 
-    def mean(self) -> dict[str, torch.Tensor]:
-        """The importance: mean over accumulated steps (float32)."""
+    def _add_pending(self, grad_scale: float) -> bool:
+        passes = set(self._pending_passes.values())
+        if passes == {0}:
+            raise RuntimeError(
+                f"parameters {sorted(self.params)[:3]} got no gradient in this step: are they trainable and on the "
+                "loss path?"
+            )
+        finite = self._finite(self._pending.values())
+        if finite:
+            divisor = grad_scale if self.kind == "abs" else grad_scale**2
+            for name, pending in self._pending.items():
+                self.sums[name] += pending / divisor
+            self.steps += 1
+            self.micro_batches += max(passes)
+        for pending in self._pending.values():
+            pending.zero_()
+        self._pending_passes = dict.fromkeys(self.params, 0)
+        return finite
+
+    def _finite(self, tensors) -> bool:
+        if torch.stack([torch.isfinite(t).all() for t in tensors]).all().item():
+            return True
+        self.skipped_steps += 1
+        warnings.warn(
+            f"non-finite gradient at importance step {self.steps + self.skipped_steps}: step skipped", stacklevel=3
+        )
+        return False
+
+    def mean(self, *, across_ranks: bool = True) -> dict[str, torch.Tensor]:
+        """The importance (float32): the mean over micro-batches of every rank (``statistic="micro_batch"``;
+        every rank must call it unless ``across_ranks=False``, which gives this rank's own mean) or over
+        optimizer steps."""
         if self.steps == 0:
             raise RuntimeError(
                 f"no importance accumulated: {self.skipped_steps} step(s) had non-finite gradients and none was finite"
                 if self.skipped_steps
                 else "no importance accumulated: no optimizer step ran"
             )
-        return {name: total / self.steps for name, total in self.sums.items()}
+        if self.statistic == "step":
+            return {name: total / self.steps for name, total in self.sums.items()}
+        totals = {name: total.clone() for name, total in self.sums.items()}
+        count = torch.tensor(float(self.micro_batches), device=next(iter(totals.values())).device)
+        if across_ranks:
+            distributed.all_reduce_sum_([*totals.values(), count])
+        return {name: total / count for name, total in totals.items()}
+
+    def gather_(self) -> None:
+        """Sum the micro-batch sums across ranks into rank 0 (the others keep zero), so rank 0 can save the
+        whole state; every rank must call it. A no-op for ``statistic="step"`` (the ranks agree)."""
+        if self.statistic != "micro_batch" or distributed.world_size() == 1:
+            return
+        count = torch.tensor(float(self.micro_batches), device=next(iter(self.sums.values())).device)
+        distributed.all_reduce_sum_([*self.sums.values(), count])
+        if not distributed.is_main_process():
+            for total in self.sums.values():
+                total.zero_()
+            count.zero_()
+        self.micro_batches = int(count.item())
+
+    def remove_hooks(self) -> None:
+        """Stop reading micro-batch gradients (the accumulated sums stay)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"{name}.sum": total for name, total in self.sums.items()}
         state["steps"] = torch.tensor(self.steps)
         state["skipped_steps"] = torch.tensor(self.skipped_steps)
+        state["micro_batches"] = torch.tensor(self.micro_batches)
         return state
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore a saved state (rank 0's, which holds every rank's sums; the other ranks start from zero)."""
         for name, total in self.sums.items():
             saved = state[f"{name}.sum"]
             if saved.shape != total.shape:
@@ -110,6 +207,11 @@ class ImportanceAccumulator:
                 )
             total.copy_(saved)
         self.steps, self.skipped_steps = int(state["steps"]), int(state["skipped_steps"])
+        self.micro_batches = int(state["micro_batches"]) if "micro_batches" in state else 0
+        if self.statistic == "micro_batch" and not distributed.is_main_process():
+            for total in self.sums.values():
+                total.zero_()
+            self.micro_batches = 0
 
 
 @dataclass

@@ -308,6 +308,7 @@ _PHASE2_KEYS = (
     ("warp", "granularity"),
     ("warp", "threshold"),
     ("warp", "importance"),
+    ("warp", "importance_statistic"),
     ("warp", "basis_rank"),
 )
 
@@ -390,7 +391,9 @@ def run_phase2(run: WarpRun) -> dict:
     model = run.load_model()
     params = _reparameterize_targets(run, model)
     trainable = set_trainable(model, params.values(), warp.extra_trainable)
-    accumulator = ImportanceAccumulator(params, kind=warp.importance, granularity=warp.granularity)
+    accumulator = ImportanceAccumulator(
+        params, kind=warp.importance, granularity=warp.granularity, statistic=warp.importance_statistic
+    )
     trainer = _trainer(
         run,
         model,
@@ -404,13 +407,16 @@ def run_phase2(run: WarpRun) -> dict:
     )
     result = trainer.train(resume_from_checkpoint=_resume(run, 2))
     importance = accumulator.mean()
+    accumulator.remove_hooks()
     masks, info = build_masks(importance, warp.keep_ratio, warp.threshold)
     metadata = {
         **info.to_json(),
         "importance_vs_eigenvalue": importance_vs_eigenvalues(importance, load_basis(run.dir)[1], warp.keep_ratio),
         "granularity": warp.granularity,
         "importance": warp.importance,
+        "importance_statistic": warp.importance_statistic,
         "steps": accumulator.steps,
+        "micro_batches": accumulator.micro_batches,
         "skipped_nonfinite_steps": accumulator.skipped_steps,
         "samples": len(run.safety.train),
         "trainable_parameters": trainable,
@@ -425,7 +431,13 @@ def run_phase2(run: WarpRun) -> dict:
         save_tensors(
             run.layout.importance,
             importance,
-            {"kind": warp.importance, "granularity": warp.granularity, "steps": accumulator.steps},
+            {
+                "kind": warp.importance,
+                "statistic": warp.importance_statistic,
+                "granularity": warp.granularity,
+                "steps": accumulator.steps,
+                "micro_batches": accumulator.micro_batches,
+            },
         )
         save_tensors(
             run.layout.masks,
