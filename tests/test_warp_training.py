@@ -7,6 +7,7 @@ from transformers import TrainingArguments
 
 from hf_ext.config import DataArguments
 from hf_ext.data import prepare_data
+from hf_ext.io import load_tensors
 from hf_ext.models import tiny_model
 from hf_ext.trainer import GradientCallback, HfExtTrainer
 from hf_ext.warp.callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
@@ -281,3 +282,20 @@ def test_only_gradient_callbacks_get_the_gradients_ready_event(tmp_path):
     )
     trainer.train()
     assert (Plain.calls, Reader.calls) == (0, 2)
+
+
+@pytest.mark.multiprocess
+def test_micro_batch_importance_under_ddp_is_the_mean_over_every_ranks_micro_batches(tmp_path):
+    from test_distributed import torchrun
+
+    torchrun("warp_importance_ddp.py", str(tmp_path / "importance.safetensors"), ",".join(TARGETS))
+    got, _ = load_tensors(tmp_path / "importance.safetensors")
+    model, tokenizer, params = _reparameterized_model()
+    data = _data(tokenizer, 4)
+    singles = []
+    for i in range(4):
+        model.zero_grad()
+        model(**data.collator([data.train[i]])).loss.backward()
+        singles.append({name: p.grad.abs().clone() for name, p in params.items()})
+    for name in params:
+        torch.testing.assert_close(got[name], sum(g[name] for g in singles) / 4, atol=1e-6, rtol=1e-4)
