@@ -95,3 +95,20 @@ def test_tensorboard_has_spectrum_retention_curve_and_eval_table(bert_run):
     phase3 = set(read_events(out / "phase3" / "runs").Tags()["scalars"])
     assert {"eval/safety_accuracy", "eval/utility_accuracy"} <= phase3  # the retention curve during phase 3
     assert "eval/held_out/text_summary" in read_events(out / "eval" / "runs").Tags()["tensors"]
+
+
+def test_verify_catches_a_head_row_of_the_other_task_that_moved(bert_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    from warp_runs import copy_run
+
+    out, _ = bert_run
+    run = tmp_path / "run"
+    copy_run(out, run, names=("config.json", "phase1", "phase2", "phase3", "plain"))
+    assert cli(["warp", "verify", "--run", str(run)]) == 0
+    assert "phase 3: safety rows of the head moved only by weight decay" in capsys.readouterr().out
+    weights = load_file(run / "phase3" / "model" / "model.safetensors")
+    weights["classifier.weight"][0, 0] += 0.01  # class 0 is a safety class: phase 3 must not train it
+    save_file(weights, run / "phase3" / "model" / "model.safetensors", metadata={"format": "pt"})
+    assert cli(["warp", "verify", "--run", str(run)]) == 1
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and "safety rows of the head" in failed[0] and "head.weight" in failed[0]

@@ -5,6 +5,8 @@
 - the masks freeze ``keep_ratio`` of the coefficients (within one entry per layer, or in total
   for a global threshold);
 - the frozen coefficients after phase 3 equal, bit for bit, those at its start;
+- the other task's rows of the shared classifier head (no gradient in a phase) changed at most by a
+  uniform weight-decay shrink in phase 2, phase 3 and the plain arm;
 - the basis, masks and phase-2 model that phase 3 and the plain arm used are the files phase 2
   recorded (SHA-256), and they are still the files on disk;
 - phases 2 and 3 have run: a missing phase is a failed check, not a silent pass.
@@ -16,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..activations import orthonormality_error
 from ..io import file_sha256, load_tensors, read_json
 from . import lineage
 from .layout import WarpLayout
 from .reparam import coefficient_parameters, reparameterize
-from .study import WarpRun, load_basis, load_masks
+from .study import _CLASSIFIER_HEADS, WarpRun, load_basis, load_masks
 
 ORTHONORMALITY_TOL = 1e-4
 RECONSTRUCTION_TOL = 1e-4  # relative to max |W|
@@ -52,11 +55,13 @@ def verify_run(run_dir: str | Path) -> list[Check]:
         error = orthonormality_error(u[:, :rank] if rank else u)
         checks.append(Check("U orthonormal: max |U^T U - I|", name, f"{error:.2e}", error < ORTHONORMALITY_TOL))
 
+    heads = {}
     starts = {}
     for label, phase in (("phase 2", None), ("phase 3", "phase2")):
         if phase and not run.layout.model(phase).is_dir():
             continue
         model = run.load_model(phase)
+        heads[phase] = _head(model)
         originals = {name: model.get_submodule(name).weight.detach().clone() for name in bases}
         modules = reparameterize(model, bases, rank=rank)
         for name, module in modules.items():
@@ -65,6 +70,8 @@ def verify_run(run_dir: str | Path) -> list[Check]:
                 Check(f"{label} start: max |C U^T - W| / max |W|", name, f"{error:.2e}", error < RECONSTRUCTION_TOL)
             )
         starts[label] = {name: c.detach().clone() for name, c in coefficient_parameters(modules).items()}
+
+    checks += _other_task_rows_checks(run, heads)
 
     if run.layout.masks.is_file():
         masks = load_masks(run.dir)
@@ -109,6 +116,53 @@ def verify_run(run_dir: str | Path) -> list[Check]:
                         torch.equal(final[name][frozen], start[frozen]),
                     )
                 )
+    return checks
+
+
+SHRINK_TOL = 1e-5  # spread of after/before ratios allowed for "moved only by a uniform weight decay"
+
+
+def _head(model) -> dict[str, torch.Tensor] | None:
+    """The classifier head's weight and bias (``None`` for a causal LM)."""
+    head = next((getattr(model, n) for n in _CLASSIFIER_HEADS if isinstance(getattr(model, n, None), nn.Linear)), None)
+    if head is None:
+        return None
+    return {name: t.detach().float().cpu().clone() for name, t in head.named_parameters()}
+
+
+def _other_task_rows_checks(run: WarpRun, heads: dict) -> list[Check]:
+    """Each phase trains one task's rows of the shared head; the other task's rows get no gradient and may
+    change only by AdamW's weight decay, a uniform shrink of each tensor (ratio after/before alike for all)."""
+    if heads.get(None) is None:
+        return []
+    steps = [
+        ("phase 2", None, "phase2", "utility"),
+        ("phase 3", "phase2", "phase3", "safety"),
+        ("plain", "phase2", "plain", "safety"),
+    ]
+    checks = []
+    for label, before_phase, after_phase, other in steps:
+        if before_phase not in heads or not run.layout.model(after_phase).is_dir():
+            continue
+        after = heads.get(after_phase) or _head(run.load_model(after_phase))
+        heads[after_phase] = after
+        rows = torch.tensor(run.classes(other))
+        for name, before in heads[before_phase].items():
+            b, a = before[rows], after[name][rows]
+            keep = b.abs() > 1e-6 * b.abs().max()
+            ratio = a[keep] / b[keep]
+            spread = (ratio.max() - ratio.min()).item() if ratio.numel() else 0.0
+            factor = ratio.median().item() if ratio.numel() else 1.0
+            tiny_moved = (a[~keep] - factor * b[~keep]).abs().max().item() if (~keep).any() else 0.0
+            ok = spread <= SHRINK_TOL and 0.5 < factor <= 1.0 + SHRINK_TOL and tiny_moved <= 1e-6 * b.abs().max()
+            checks.append(
+                Check(
+                    f"{label}: {other} rows of the head moved only by weight decay",
+                    f"head.{name}",
+                    f"x{factor:.6f} (spread {spread:.1e})",
+                    ok,
+                )
+            )
     return checks
 
 
