@@ -146,3 +146,37 @@ def test_the_old_importance_name_names_the_new_one(tmp_path):
     with pytest.raises(ConfigError, match=r"importance='fisher' was renamed: write 'squared'"):
         parse_config(types, [config, f"output_dir={tmp_path}", "importance=fisher"])
     assert parse_config(types, [config, f"output_dir={tmp_path}", "importance=squared"])[2].importance == "squared"
+
+
+def test_importance_after_training_is_the_mean_batch_gradient_in_eval_mode_and_changes_nothing():
+    from hf_ext.warp.importance import importance_after_training, mask_overlap
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 2))
+
+    class WithLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x, y):
+            return type("Out", (), {"loss": torch.nn.functional.cross_entropy(self.net(x), y)})()
+
+    wrapped = WithLoss().train()
+    batches = [{"x": torch.randn(3, 6), "y": torch.tensor([0, 1, 1])} for _ in range(3)]
+    weight = model[0].weight
+    expected = []
+    with torch.no_grad():
+        before = weight.clone()
+    for batch in batches:
+        model.eval()
+        (grad,) = torch.autograd.grad(wrapped(**batch).loss, weight)
+        expected.append(grad.abs())
+    model.train()
+    result = importance_after_training(wrapped, {"w": weight}, batches, granularity="element").mean()["w"]
+    torch.testing.assert_close(result, sum(expected) / 3)
+    assert wrapped.training and weight.grad is None and torch.equal(weight, before)
+    overlap = mask_overlap(
+        {"w": torch.tensor([True, True, False, False])}, {"w": torch.tensor([True, False, True, False])}
+    )
+    assert overlap == {"w": {"shared": 0.5, "chance": 0.5}}

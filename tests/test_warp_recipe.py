@@ -112,3 +112,18 @@ def test_verify_catches_a_head_row_of_the_other_task_that_moved(bert_run, tmp_pa
     assert cli(["warp", "verify", "--run", str(run)]) == 1
     failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
     assert len(failed) == 1 and "safety rows of the head" in failed[0] and "head.weight" in failed[0]
+
+
+def test_importance_after_training_reports_its_overlap_with_the_during_training_masks(bert_run, tmp_path):
+    from warp_runs import copy_run, run_phase
+
+    out, _ = bert_run
+    run = tmp_path / "run"
+    copy_run(out, run, names=("config.json", "phase1"))
+    run_phase(run, 2, "importance_pass=after_training")
+    meta = json.loads((run / "phase2" / "metadata.json").read_text())
+    assert meta["importance_pass"] == "after_training"
+    masks, _ = load_tensors(run / "phase2" / "masks.safetensors")
+    for name, overlap in meta["mask_overlap_with_during_training"].items():
+        assert int(masks[name].sum()) == 154 and overlap["chance"] == pytest.approx(154 / 1536)
+        assert 0 <= overlap["shared"] <= 1

@@ -81,6 +81,14 @@ class WarpArguments:
             "optimizer step's averaged gradient (opposite signs cancel first)."
         },
     )
+    importance_pass: Literal["during_training", "after_training"] = field(
+        default="during_training",
+        metadata={
+            "help": "Masks from the importance accumulated while phase 2 trains, or from a separate eval-mode "
+            "pass over the safety training data on the phase-2 model (the Safety-WaRP reference's current "
+            "choice); with after_training both are measured and their mask overlap is reported."
+        },
+    )
     importance: Literal["abs", "squared"] = field(
         default="abs",
         metadata={"help": "Mean over optimizer steps of |dL/dC| or of (dL/dC)^2 (the step's mean gradient, squared)."},

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import distributed
 
@@ -212,6 +213,52 @@ class ImportanceAccumulator:
             for total in self.sums.values():
                 total.zero_()
             self.micro_batches = 0
+
+
+def importance_after_training(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    batches,
+    *,
+    kind: str = "abs",
+    granularity: str = "element",
+    keep_training=(),
+) -> ImportanceAccumulator:
+    """Importance from a separate pass over ``batches`` (dicts the model takes, with labels) on the trained
+    model, as the Safety-WaRP reference now measures it: eval mode (no dropout), one backward per batch,
+    no optimizer step, per-micro-batch statistic. ``keep_training``: modules left in training mode (a
+    head whose class restriction acts only there). Under DDP give each rank its shard of the data;
+    ``.mean()`` (every rank) sums across ranks. Gradients are cleared afterwards."""
+    accumulator = ImportanceAccumulator(params, kind=kind, granularity=granularity, statistic="micro_batch")
+    device = next(iter(params.values())).device
+    was_training = model.training
+    model.eval()
+    for module in keep_training:
+        module.train()
+    try:
+        for batch in tqdm(batches, desc="importance after training", leave=False):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            model(**batch).loss.backward()
+            accumulator.update()
+            model.zero_grad(set_to_none=True)
+    finally:
+        accumulator.remove_hooks()
+        model.train(was_training)
+    return accumulator
+
+
+def mask_overlap(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Per layer: the share of ``first``'s frozen entries that ``second`` freezes too, and that share's chance
+    level (``second``'s frozen share: two random masks of these sizes)."""
+    out = {}
+    for name, mask in first.items():
+        other = second[name]
+        frozen = int(mask.sum())
+        out[name] = {
+            "shared": float((mask & other).sum()) / frozen if frozen else float("nan"),
+            "chance": float(other.float().mean()),
+        }
+    return out
 
 
 @dataclass

@@ -40,7 +40,13 @@ from ..trainer import HfExtTrainer
 from . import lineage
 from .callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
 from .config import WarpArguments
-from .importance import ImportanceAccumulator, build_masks, importance_vs_eigenvalues
+from .importance import (
+    ImportanceAccumulator,
+    build_masks,
+    importance_after_training,
+    importance_vs_eigenvalues,
+    mask_overlap,
+)
 from .layout import PHASE_LABELS, WarpLayout
 from .masking import MaskedUpdate
 from .reparam import coefficient_parameters, merge_model, reparameterize
@@ -202,6 +208,13 @@ def _argmax_within_label_task(groups: list[list[int]]):
 _CLASSIFIER_HEADS = ("classifier", "score")
 
 
+def classifier_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The sequence classifier's output layer (``classifier`` or ``score``), ``None`` for a causal LM."""
+    return next(
+        (getattr(model, n) for n in _CLASSIFIER_HEADS if isinstance(getattr(model, n, None), torch.nn.Linear)), None
+    )
+
+
 def restrict_classes(model: torch.nn.Module, class_ids: list[int]) -> torch.utils.hooks.RemovableHandle:
     """Make a classifier train among ``class_ids`` only: in training mode the other logits are pushed
     to the dtype's minimum by a forward hook on the head, so the model's own cross-entropy ignores them.
@@ -211,14 +224,7 @@ def restrict_classes(model: torch.nn.Module, class_ids: list[int]) -> torch.util
     whole (evaluation picks among a task's classes itself). A second call replaces the first
     restriction instead of stacking on it.
     """
-    head = next(
-        (
-            getattr(model, name)
-            for name in _CLASSIFIER_HEADS
-            if isinstance(getattr(model, name, None), torch.nn.Linear)
-        ),
-        None,
-    )
+    head = classifier_head(model)
     if head is None:
         raise ConfigError(
             f"no classifier head found on {type(model).__name__} (looked for {', '.join(_CLASSIFIER_HEADS)})"
@@ -309,6 +315,7 @@ _PHASE2_KEYS = (
     ("warp", "threshold"),
     ("warp", "importance"),
     ("warp", "importance_statistic"),
+    ("warp", "importance_pass"),
     ("warp", "basis_rank"),
 )
 
@@ -409,8 +416,25 @@ def run_phase2(run: WarpRun) -> dict:
     importance = accumulator.mean()
     accumulator.remove_hooks()
     masks, info = build_masks(importance, warp.keep_ratio, warp.threshold)
+    during_training = {}
+    if warp.importance_pass == "after_training":
+        during_masks = masks
+        head = classifier_head(model)  # stays in training mode: its class restriction applies there only
+        after = importance_after_training(
+            model,
+            params,
+            trainer.get_train_dataloader(),
+            kind=warp.importance,
+            granularity=warp.granularity,
+            keep_training=[head] if head is not None else [],
+        )
+        importance = after.mean()
+        masks, info = build_masks(importance, warp.keep_ratio, warp.threshold)
+        during_training = {"mask_overlap_with_during_training": mask_overlap(masks, during_masks)}
     metadata = {
         **info.to_json(),
+        "importance_pass": warp.importance_pass,
+        **during_training,
         "importance_vs_eigenvalue": importance_vs_eigenvalues(importance, load_basis(run.dir)[1], warp.keep_ratio),
         "granularity": warp.granularity,
         "importance": warp.importance,

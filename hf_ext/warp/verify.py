@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..activations import orthonormality_error
 from ..io import file_sha256, load_tensors, read_json
 from . import lineage
 from .layout import WarpLayout
 from .reparam import coefficient_parameters, reparameterize
-from .study import _CLASSIFIER_HEADS, WarpRun, load_basis, load_masks
+from .study import WarpRun, classifier_head, load_basis, load_masks
 
 ORTHONORMALITY_TOL = 1e-4
 RECONSTRUCTION_TOL = 1e-4  # relative to max |W|
@@ -124,7 +123,7 @@ SHRINK_TOL = 1e-5  # spread of after/before ratios allowed for "moved only by a 
 
 def _head(model) -> dict[str, torch.Tensor] | None:
     """The classifier head's weight and bias (``None`` for a causal LM)."""
-    head = next((getattr(model, n) for n in _CLASSIFIER_HEADS if isinstance(getattr(model, n, None), nn.Linear)), None)
+    head = classifier_head(model)
     if head is None:
         return None
     return {name: t.detach().float().cpu().clone() for name, t in head.named_parameters()}
