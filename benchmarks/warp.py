@@ -45,7 +45,7 @@ import torch
 from machine import CpuShare, processor  # benchmarks/machine.py (the script directory is on sys.path)
 
 import hf_ext.activations
-from hf_ext.activations import compute_bases
+from hf_ext.activations import compute_bases, orthonormality_error
 from hf_ext.config import ModelArguments
 from hf_ext.models import load_model, load_tokenizer
 from hf_ext.targets import select_linear
@@ -168,29 +168,39 @@ def _phase1(base, patterns, basis_batches, repeats: int) -> tuple[dict[str, torc
             eigh_seconds[0] += time.perf_counter() - start
 
     phase1: dict[str, list[float]] = {"plain forward": [], "compute_bases": [], "eigh": []}
+    phase1 |= {"compute_bases float32 eigh": [], "eigh float32": []}
     hf_ext.activations.eigenbasis = timed_eigenbasis
     try:
         with CpuShare() as cpu1:
             for _ in range(repeats):
                 phase1["plain forward"].append(_plain_forward(model, basis_batches))
-                eigh_seconds[0] = 0.0
-                start = time.perf_counter()
-                bases, _, _ = compute_bases(model, modules, basis_batches, progress=False)
-                phase1["compute_bases"].append(time.perf_counter() - start)
-                phase1["eigh"].append(eigh_seconds[0])
+                for suffix, dtype in (("", torch.float64), (" float32", torch.float32)):
+                    eigh_seconds[0] = 0.0
+                    start = time.perf_counter()
+                    found, _, _ = compute_bases(model, modules, basis_batches, eigh_dtype=dtype, progress=False)
+                    phase1["compute_bases" + (" float32 eigh" if suffix else "")].append(time.perf_counter() - start)
+                    phase1["eigh" + suffix].append(eigh_seconds[0])
+                    if not suffix:
+                        bases = found
+                    else:
+                        float32_error = max(orthonormality_error(u) for u in found.values())
     finally:
         hf_ext.activations.eigenbasis = original_eigenbasis
     del model
     best_at = min(range(repeats), key=lambda i: phase1["compute_bases"][i])
+    best32 = min(range(repeats), key=lambda i: phase1["compute_bases float32 eigh"][i])
     best1 = {
         "plain forward": min(phase1["plain forward"]),
         "compute_bases": phase1["compute_bases"][best_at],
         "  of which input statistics": phase1["compute_bases"][best_at] - phase1["eigh"][best_at],
         "  of which eigendecomposition": phase1["eigh"][best_at],
+        "compute_bases, float32 eigh": phase1["compute_bases float32 eigh"][best32],
+        "  of which eigendecomposition ": phase1["eigh float32"][best32],
     }
     print(f"\nphase 1: basis vs one plain forward pass (eval mode, no grad); CPU share {cpu1.share:.2f}")
     for name, seconds in best1.items():
         print(f"  {name:<30} {seconds:7.3f} s   ratio to plain forward {seconds / best1['plain forward']:.3f}")
+    print(f"  float32 eigh: max |U^T U - I| {float32_error:.1e}")
     print("  all repeats: " + "; ".join(f"{n} " + ", ".join(f"{x:.2f}" for x in v) for n, v in phase1.items()))
     return bases, best1["compute_bases"] / best1["plain forward"]
 

@@ -35,3 +35,9 @@ def barrier() -> None:
     """Wait for every rank; a no-op in a single process."""
     if world_size() > 1:
         dist.barrier()
+
+
+def broadcast_(tensor: torch.Tensor, src: int) -> None:
+    """Overwrite ``tensor`` on every rank with rank ``src``'s; a no-op in a single process."""
+    if world_size() > 1:
+        dist.broadcast(tensor, src=src)

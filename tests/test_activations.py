@@ -2,7 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from hf_ext.activations import InputRecorder, InputStatistics, collect_input_statistics, eigenbasis
+from hf_ext.activations import (
+    InputRecorder,
+    InputStatistics,
+    collect_input_statistics,
+    eigenbasis,
+    orthonormality_error,
+)
 from hf_ext.models import tiny_model
 from hf_ext.targets import select_linear
 
@@ -167,3 +173,16 @@ def test_progress_bar_has_a_total_for_an_unsized_stream(capsys):
     collect_input_statistics(model, modules, islice(batches, 0, None, 2), progress=True, total=3)
     err = capsys.readouterr().err
     assert "input statistics: 100%" in err and "3/3" in err
+
+
+def test_float32_eigenbasis_is_orthonormal_and_matches_float64_on_the_leading_directions():
+    torch.manual_seed(0)
+    x = torch.randn(2000, 48, dtype=torch.float64) * torch.linspace(3, 0.1, 48, dtype=torch.float64)
+    moment = x.T @ x / 2000
+    u64, values64 = eigenbasis(moment)
+    u32, values32 = eigenbasis(moment, dtype=torch.float32)
+    assert u32.dtype == torch.float32 and orthonormality_error(u32) < 1e-5
+    torch.testing.assert_close(values32.double(), values64, rtol=1e-4, atol=1e-5)
+    assert (u32.double() * u64).sum(0)[:10].min() > 0.9999  # same directions, same signs
+    with pytest.raises(ValueError, match="float64 or float32"):
+        eigenbasis(moment, dtype=torch.bfloat16)

@@ -54,6 +54,24 @@ def test_two_process_statistics_equal_one_process(tmp_path):
     assert single["model.layers.0.mlp.down_proj.count"].item() > 100
 
 
+@pytest.mark.multiprocess
+def test_two_process_bases_are_split_across_ranks_and_agree_with_one_process(tmp_path):
+    """Each rank decomposes every 2nd module and broadcasts it: both ranks end with the same bases, equal to
+    one process's up to the statistics' summation order."""
+    _run("input_statistics.py", str(tmp_path / "one"), "bases")
+    torchrun("input_statistics.py", str(tmp_path / "two"), "bases")
+    single, _ = load_tensors(tmp_path / "one.rank0.safetensors")
+    rank0, _ = load_tensors(tmp_path / "two.rank0.safetensors")
+    rank1, _ = load_tensors(tmp_path / "two.rank1.safetensors")
+    assert set(rank0) == set(single) and len(single) == 8
+    for name in single:
+        assert torch.equal(rank0[name], rank1[name]), name
+        if name.endswith(".eigenvalues"):
+            torch.testing.assert_close(rank0[name], single[name], rtol=1e-5, atol=1e-7)
+        else:  # the leading directions agree, signs included
+            assert (rank0[name] * single[name]).sum(0)[:3].min() > 0.999, name
+
+
 def _run(script: str, *args: str) -> None:
     _run_path(SCRIPTS / script, *args)
 

@@ -44,6 +44,13 @@ class WarpArguments:
         },
     )
     centered: bool = field(default=False, metadata={"help": "Basis from the centred covariance instead of E[x x^T]."})
+    basis_eigh_dtype: Literal["float64", "float32"] = field(
+        default="float64",
+        metadata={
+            "help": "Precision of the phase-1 eigendecompositions: float32 is about twice as fast (orthonormal to "
+            "~1e-6) and resolves the smallest eigenvalues less well."
+        },
+    )
     basis_data: Literal["safety", "utility"] = field(default="safety", metadata={"help": "Data of the phase-1 basis."})
     safety_dataset_name: str | None = field(
         default="builtin:safety",

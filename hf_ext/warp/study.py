@@ -301,6 +301,7 @@ _PHASE1_KEYS = (
     ("warp", "targets"),
     ("warp", "layers"),
     ("warp", "centered"),
+    ("warp", "basis_eigh_dtype"),
     ("warp", "basis_data"),
     ("warp", "safety_dataset_name"),
     ("warp", "safety_train_file"),
@@ -354,6 +355,7 @@ def run_phase1(run: WarpRun) -> dict[str, torch.Tensor]:
         modules,
         batches,
         centered=run.warp_args.centered,
+        eigh_dtype=getattr(torch, run.warp_args.basis_eigh_dtype),
         progress=distributed.is_main_process(),
         total=len(range(rank, len(loader), world)),
     )
@@ -368,6 +370,7 @@ def run_phase1(run: WarpRun) -> dict[str, torch.Tensor]:
             "examples": len(data.train),
             "basis_data": run.warp_args.basis_data,
             "centered": run.warp_args.centered,
+            "eigh_dtype": run.warp_args.basis_eigh_dtype,
             "model": run.model_args.model_name_or_path,
             "seconds": seconds,
         }
