@@ -102,6 +102,16 @@ class HfExtTrainer(Trainer):
         if not _internal_call:
             tracking.log_saved_model(self, directory, before)
 
+    def train_and_report(self, splits: dict, resume_from_checkpoint: str | bool | None = None):
+        """A recipe's ending: train, save the model to ``output_dir``, print and save the training metrics and
+        :meth:`report_splits` ``splits``; returns the ``TrainOutput``."""
+        result = self.train(resume_from_checkpoint=resume_from_checkpoint)
+        self.save_model()
+        self.log_metrics("train", result.metrics)
+        self.save_metrics("train", result.metrics)
+        self.report_splits(splits)
+        return result
+
     def report_splits(self, splits: dict) -> dict[str, dict[str, float]]:
         """Evaluate each dataset of ``{"eval": validation, "test": test}`` (``None`` skipped), print its metrics
         and save them as ``<split>_results.json``; returns the metrics by split."""

@@ -35,11 +35,7 @@ def main(argv=None):
     data = prepare_data(data_args, tokenizer, model_args.task_type, seed=training_args.seed)
     model = load_model(model_args, tokenizer, data.labels, seed=training_args.seed)
     trainer = HfExtTrainer(model=model, args=training_args, processing_class=tokenizer, **data.trainer_kwargs())
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.report_splits({"eval": data.validation, "test": data.test})
+    trainer.train_and_report({"eval": data.validation, "test": data.test}, training_args.resume_from_checkpoint)
     print_run_locations(trainer)
     return trainer
 

@@ -82,26 +82,27 @@ def test_importance_is_read_before_clipping_and_equals_hand_computation(tmp_path
         assert importance.sum() > 1e-3  # far above what clipping to 1e-4 would leave
 
 
+def _single_example_gradients(model, params, data, count):
+    singles = []
+    for i in range(count):
+        model.zero_grad()
+        model(**data.collator([data.train[i]])).loss.backward()
+        singles.append({name: p.grad.clone() for name, p in params.items()})
+    model.zero_grad()
+    return singles
+
+
 def test_micro_batch_importance_is_the_mean_of_each_micro_batch_gradient_under_accumulation(tmp_path):
     """The default statistic: 4 examples, batch 1 x 2 accumulation steps, 2 steps at lr 0: importance is the
     mean over the 4 examples of |dL_i/dC| (whatever their order), not |mean over a step| as with 'step'."""
     model, tokenizer, params = _reparameterized_model()
     data = _data(tokenizer, 4)
-    singles = []
-    for i in range(4):
-        model.zero_grad()
-        model(**data.collator([data.train[i]])).loss.backward()
-        singles.append({name: p.grad.clone() for name, p in params.items()})
-    model.zero_grad()
+    singles = _single_example_gradients(model, params, data, 4)
     accumulator = ImportanceAccumulator(params)  # statistic="micro_batch"
     args = _args(tmp_path, max_steps=2, per_device_train_batch_size=1, learning_rate=0.0, optim="sgd")
-    HfExtTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        data_collator=data.collator,
-        callbacks=[ImportanceCallback(accumulator)],
-    ).train()
+    trainer = HfExtTrainer(model=model, args=args, train_dataset=data.train, data_collator=data.collator)
+    trainer.add_callback(ImportanceCallback(accumulator))
+    trainer.train()
     assert (accumulator.steps, accumulator.micro_batches) == (2, 4)
     for name, importance in accumulator.mean().items():
         expected = sum(g[name].abs() for g in singles) / 4
@@ -291,11 +292,6 @@ def test_micro_batch_importance_under_ddp_is_the_mean_over_every_ranks_micro_bat
     torchrun("warp_importance_ddp.py", str(tmp_path / "importance.safetensors"), ",".join(TARGETS))
     got, _ = load_tensors(tmp_path / "importance.safetensors")
     model, tokenizer, params = _reparameterized_model()
-    data = _data(tokenizer, 4)
-    singles = []
-    for i in range(4):
-        model.zero_grad()
-        model(**data.collator([data.train[i]])).loss.backward()
-        singles.append({name: p.grad.abs().clone() for name, p in params.items()})
+    singles = _single_example_gradients(model, params, _data(tokenizer, 4), 4)
     for name in params:
-        torch.testing.assert_close(got[name], sum(g[name] for g in singles) / 4, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(got[name], sum(g[name].abs() for g in singles) / 4, atol=1e-6, rtol=1e-4)

@@ -126,11 +126,7 @@ def run_seq_cls(
     trainer = HfExtTrainer(model=model, args=training_args, processing_class=tokenizer, **data.trainer_kwargs())
     if not training_args.resume_from_checkpoint:  # the control: the same classifier before any step
         trainer.save_metrics("init", trainer.evaluate(data.validation, metric_key_prefix="init"))
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.report_splits({"eval": data.validation, "test": data.test})
+    trainer.train_and_report({"eval": data.validation, "test": data.test}, training_args.resume_from_checkpoint)
     print_run_locations(trainer)
     end_mlflow_run(trainer)
     return trainer
