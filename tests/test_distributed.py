@@ -108,9 +108,11 @@ def test_ddp_and_gradient_accumulation_match_one_big_batch(tmp_path, task_type):
 
 @pytest.mark.multiprocess
 def test_two_process_warp_phase2_matches_one_process(tmp_path):
-    """Same phase-1 basis, same global batch of 8: 2 ranks x 4 give the importance and masks of 1 x 8."""
+    """Same phase-1 basis, same global batch of 8: 2 ranks x 4 give the importance and masks of 1 x 8 with the
+    per-step statistic (the gradient after DDP averaging; the per-micro-batch one is tested in test_warp_training)."""
     recipe, config = ROOT / "recipes" / "warp.py", ROOT / "recipes" / "configs" / "warp_tiny_llama.json"
     common = [
+        "importance_statistic=step",
         "max_train_samples=64",
         "max_eval_samples=16",
         "safety_epochs=1",
