@@ -9,7 +9,7 @@ the data produce the statistics of one process that saw all of it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,49 +223,107 @@ def collect_input_statistics(
     max_batches: int | None = None,
     progress: bool = True,
     total: int | None = None,
+    stop_after: nn.Module | None = None,
 ) -> dict[str, InputStatistics]:
     """Run ``model`` over ``batches`` (dicts of model inputs) and return each module's input statistics.
 
     Labels are dropped so that no loss is computed; the model's device is used for the inputs.
     ``total`` (the number of batches, when ``batches`` has no length) gives the progress bar its ETA.
+    ``stop_after``: end each forward pass once this module has run (the rest of the model is not needed).
     Statistics are summed across ranks when a process group exists (every rank must call this).
     """
     device = model_device(model)
-    with eval_mode(model), InputRecorder(modules, compute_dtype) as recorder:
-        if max_batches is not None:
-            total = min(max_batches, total or max_batches)
-        bar = tqdm(batches, desc="input statistics", unit="batch", disable=not progress, total=total)
-        for index, batch in enumerate(bar):
-            if max_batches is not None and index >= max_batches:
-                break
-            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
-            recorder.set_token_mask(inputs.get(mask_key))
+    stop = stop_after.register_forward_hook(_stop_forward) if stop_after is not None else None
+    try:
+        with eval_mode(model), InputRecorder(modules, compute_dtype) as recorder:
+            _record_batches(model, recorder, batches, device, mask_key, max_batches, progress, total)
+    finally:
+        if stop is not None:
+            stop.remove()
+    return _reduced(recorder.statistics, modules)
+
+
+class _StopForward(Exception):
+    """Raised by :func:`_stop_forward` to end a forward pass early."""
+
+
+def _stop_forward(module: nn.Module, args, output) -> None:
+    raise _StopForward
+
+
+def _record_batches(model, recorder, batches, device, mask_key, max_batches, progress, total) -> None:
+    if max_batches is not None:
+        total = min(max_batches, total or max_batches)
+    bar = tqdm(batches, desc="input statistics", unit="batch", disable=not progress, total=total)
+    for index, batch in enumerate(bar):
+        if max_batches is not None and index >= max_batches:
+            break
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
+        recorder.set_token_mask(inputs.get(mask_key))
+        try:
             model(**inputs)
-    missing = [name for name in modules if name not in recorder.statistics]
+        except _StopForward:
+            pass
+
+
+def _reduced(statistics: dict[str, InputStatistics], modules: Mapping[str, nn.Module]) -> dict[str, InputStatistics]:
+    """Check that every module ran and saw tokens, and sum the statistics across ranks."""
+    missing = [name for name in modules if name not in statistics]
     if missing:
         raise ValueError(
             f"modules {missing} never ran during the forward passes (empty data, or not on the forward path)"
         )
     for name in modules:
-        recorder.statistics[name].all_reduce_()
-    empty = [name for name, stats in recorder.statistics.items() if stats.count.item() == 0]
+        statistics[name].all_reduce_()
+    empty = [name for name, stats in statistics.items() if stats.count.item() == 0]
     if empty:
         raise ValueError(
             f"no tokens reached {empty[:3]}{' ...' if len(empty) > 3 else ''}: the data was empty, every token "
             "was masked as padding, or the modules are not on the forward path"
         )
-    return recorder.statistics
+    return statistics
+
+
+def statistics_bytes(module: nn.Module, compute_dtype: torch.dtype = torch.float32) -> int:
+    """Memory the input statistics of ``module`` take: the float64 ``X^T X`` plus its ``compute_dtype`` buffer."""
+    width = module.in_features
+    return width * width * (8 + torch.finfo(compute_dtype).bits // 8)
+
+
+def group_by_memory(
+    modules: Mapping[str, nn.Module], budget_bytes: float | None, compute_dtype: torch.dtype = torch.float32
+) -> list[dict[str, nn.Module]]:
+    """Split ``modules`` (in model order) into consecutive groups whose statistics fit ``budget_bytes``
+    (``None``: one group)."""
+    if budget_bytes is None:
+        return [dict(modules)]
+    groups: list[dict[str, nn.Module]] = [{}]
+    used = 0
+    for name, module in modules.items():
+        size = statistics_bytes(module, compute_dtype)
+        if size > budget_bytes:
+            raise ValueError(
+                f"the input statistics of {name} take {size / 2**30:.2f} GiB, more than the memory budget of "
+                f"{budget_bytes / 2**30:.2f} GiB; raise the budget (basis_memory_gb)"
+            )
+        if groups[-1] and used + size > budget_bytes:
+            groups.append({})
+            used = 0
+        groups[-1][name] = module
+        used += size
+    return groups
 
 
 @torch.no_grad()
 def compute_bases(
     model: nn.Module,
     modules: Mapping[str, nn.Linear],
-    batches: Iterable[Mapping[str, Any]],
+    batches: Iterable[Mapping[str, Any]] | Callable[[], Iterable[Mapping[str, Any]]],
     *,
     centered: bool = False,
     compute_dtype: torch.dtype = torch.float32,
     eigh_dtype: torch.dtype = torch.float64,
+    memory_gb: float | None = None,
     progress: bool = True,
     total: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
@@ -276,25 +334,46 @@ def compute_bases(
     Under several processes each rank decomposes every ``world``-th module and broadcasts it, instead
     of every rank decomposing all of them; ``eigh_dtype`` is the decomposition's precision.
 
+    ``memory_gb`` bounds the memory the statistics take at once: the modules are processed in groups
+    (:func:`group_by_memory`), one pass over the data per group, each pass stopped after the group's
+    last module, and a group's statistics are freed once decomposed. Several groups need the data
+    more than once: give ``batches`` as a list, a DataLoader or a function returning a fresh iterable.
+
     Returns:
         ``(bases, eigenvalues, token_counts)``; ``bases[name]`` is float32 of shape (d_in, d_in),
         columns sorted by decreasing eigenvalue.
     """
-    statistics = collect_input_statistics(
-        model, modules, batches, compute_dtype=compute_dtype, progress=progress, total=total
-    )
+    groups = group_by_memory(modules, None if memory_gb is None else memory_gb * 2**30, compute_dtype)
+    if len(groups) > 1 and not callable(batches) and iter(batches) is batches:
+        raise ValueError(
+            f"{len(groups)} groups of modules need {len(groups)} passes over the data, but batches is a one-pass "
+            "iterator; give a list, a DataLoader or a function returning the batches"
+        )
     bases, eigenvalues, counts = {}, {}, {}
     rank, world = distributed.rank(), distributed.world_size()
-    for index, (name, stats) in enumerate(statistics.items()):
-        moment = stats.second_moment(centered=centered)
-        owner = index % world
-        if owner == rank:
-            u, values = eigenbasis(moment, dtype=eigh_dtype)
-            u, values = u.float(), values.float()
-        else:
-            u, values = moment.new_empty(moment.shape, dtype=torch.float32), moment.new_empty(moment.shape[:1])
-            values = values.float()
-        distributed.broadcast_(u, owner)
-        distributed.broadcast_(values, owner)
-        bases[name], eigenvalues[name], counts[name] = u, values, int(stats.count.item())
+    index = 0
+    for group in groups:
+        statistics = collect_input_statistics(
+            model,
+            group,
+            batches() if callable(batches) else batches,
+            compute_dtype=compute_dtype,
+            progress=progress,
+            total=total,
+            stop_after=list(group.values())[-1] if len(groups) > 1 else None,
+        )
+        for name, stats in statistics.items():
+            moment = stats.second_moment(centered=centered)
+            owner = index % world
+            index += 1
+            if owner == rank:
+                u, values = eigenbasis(moment, dtype=eigh_dtype)
+                u, values = u.float(), values.float()
+            else:
+                u = moment.new_empty(moment.shape, dtype=torch.float32)
+                values = moment.new_empty(moment.shape[:1], dtype=torch.float32)
+            distributed.broadcast_(u, owner)
+            distributed.broadcast_(values, owner)
+            bases[name], eigenvalues[name], counts[name] = u, values, int(stats.count.item())
+        del statistics
     return bases, eigenvalues, counts

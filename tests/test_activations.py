@@ -186,3 +186,31 @@ def test_float32_eigenbasis_is_orthonormal_and_matches_float64_on_the_leading_di
     assert (u32.double() * u64).sum(0)[:10].min() > 0.9999  # same directions, same signs
     with pytest.raises(ValueError, match="float64 or float32"):
         eigenbasis(moment, dtype=torch.bfloat16)
+
+
+def test_bases_in_memory_groups_equal_one_pass_and_each_pass_stops_after_its_group():
+    from hf_ext.activations import compute_bases, group_by_memory, statistics_bytes
+    from hf_ext.models import tiny_model
+    from hf_ext.targets import select_linear
+
+    model, tokenizer = tiny_model("llama", seed=1)
+    modules = select_linear(model, ["self_attn.q_proj", "mlp.down_proj"])  # 64- and 128-wide, 2 layers
+    texts = ["a good film", "the plot was bad and long", "fine", "sports news of the week"]
+    batches = [dict(tokenizer(texts[i : i + 2], padding=True, return_tensors="pt")) for i in (0, 2)]
+    one = compute_bases(model, modules, batches, compute_dtype=torch.float64, progress=False)
+    budget = statistics_bytes(modules["model.layers.0.mlp.down_proj"], torch.float64) / 2**30
+    groups = group_by_memory(modules, budget * 2**30, torch.float64)
+    assert [list(g) for g in groups] == [[name] for name in modules]  # one 128-wide target fits at a time
+    calls = []
+    last = model.model.layers[1].mlp.down_proj
+    handle = last.register_forward_pre_hook(lambda *_: calls.append(1))
+    grouped = compute_bases(model, modules, batches, compute_dtype=torch.float64, memory_gb=budget, progress=False)
+    handle.remove()
+    assert len(calls) == 2  # only the group that holds it ran it: the other passes stopped earlier
+    (bases, values, counts), (grouped_bases, grouped_values, grouped_counts) = one, grouped
+    assert counts == grouped_counts and bases.keys() == grouped_bases.keys()
+    assert all(torch.equal(bases[k], grouped_bases[k]) and torch.equal(values[k], grouped_values[k]) for k in bases)
+    with pytest.raises(ValueError, match="one-pass iterator"):
+        compute_bases(model, modules, iter(batches), memory_gb=budget, progress=False)
+    with pytest.raises(ValueError, match="more than the memory budget"):
+        compute_bases(model, modules, batches, memory_gb=budget / 100, progress=False)

@@ -127,3 +127,14 @@ def test_importance_after_training_reports_its_overlap_with_the_during_training_
     for name, overlap in meta["mask_overlap_with_during_training"].items():
         assert int(masks[name].sum()) == 154 and overlap["chance"] == pytest.approx(154 / 1536)
         assert 0 <= overlap["shared"] <= 1
+
+
+def test_phase1_in_memory_groups_writes_the_same_basis(tmp_path):
+    common = (*TINY_LLAMA[1:], "phase=1")
+    run_recipe("warp", TINY_LLAMA[0], f"output_dir={tmp_path / 'one'}", *common)
+    run_recipe("warp", TINY_LLAMA[0], f"output_dir={tmp_path / 'grouped'}", *common, "basis_memory_gb=0.0005")
+    one, _ = load_tensors(tmp_path / "one" / "phase1" / "basis.safetensors")
+    grouped, _ = load_tensors(tmp_path / "grouped" / "phase1" / "basis.safetensors")
+    assert one.keys() == grouped.keys() and len(one) == 28
+    for key in one:  # float32 statistics buffers: the same sums in the same order
+        torch.testing.assert_close(grouped[key], one[key], rtol=0, atol=0)

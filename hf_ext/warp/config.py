@@ -18,6 +18,7 @@ class WarpArguments:
     }
     BOUNDS: ClassVar[dict[str, Bounds]] = {
         "basis_rank": AT_LEAST_ONE,
+        "basis_memory_gb": POSITIVE,
         "safety_lr": POSITIVE,
         "safety_weight_decay": NON_NEGATIVE,
         "safety_epochs": POSITIVE,
@@ -44,6 +45,14 @@ class WarpArguments:
         },
     )
     centered: bool = field(default=False, metadata={"help": "Basis from the centred covariance instead of E[x x^T]."})
+    basis_memory_gb: float | None = field(
+        default=None,
+        metadata={
+            "help": "Memory budget of the phase-1 statistics (12 bytes x d_in^2 per target): targets are processed "
+            "in groups that fit, one pass over the basis data each, stopped after the group's last target; null: "
+            "all targets in one pass."
+        },
+    )
     basis_eigh_dtype: Literal["float64", "float32"] = field(
         default="float64",
         metadata={

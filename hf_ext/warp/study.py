@@ -348,14 +348,14 @@ def run_phase1(run: WarpRun) -> dict[str, torch.Tensor]:
     data = run.safety if run.warp_args.basis_data == "safety" else run.utility
     loader = DataLoader(data.train, batch_size=run.training_args.per_device_eval_batch_size, collate_fn=data.collator)
     rank, world = distributed.rank(), distributed.world_size()
-    batches = islice(loader, rank, None, world)
     start = time.perf_counter()
     bases, eigenvalues, counts = compute_bases(
         model,
         modules,
-        batches,
+        lambda: islice(loader, rank, None, world),
         centered=run.warp_args.centered,
         eigh_dtype=getattr(torch, run.warp_args.basis_eigh_dtype),
+        memory_gb=run.warp_args.basis_memory_gb,
         progress=distributed.is_main_process(),
         total=len(range(rank, len(loader), world)),
     )
