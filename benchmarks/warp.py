@@ -152,7 +152,9 @@ def _reparameterized(model, patterns, bases):
     return modules, coefficient_parameters(modules)
 
 
-def _phase1(base, patterns, basis_batches, repeats: int) -> tuple[dict[str, torch.Tensor], float]:
+def _phase1(
+    base, patterns, basis_batches, repeats: int, memory_gb: float | None = None
+) -> tuple[dict[str, torch.Tensor], float]:
     """compute_bases vs a plain forward pass over the same batches, eval mode; prints the table."""
     model = copy.deepcopy(base).eval()
     modules = select_linear(model, patterns)
@@ -168,7 +170,7 @@ def _phase1(base, patterns, basis_batches, repeats: int) -> tuple[dict[str, torc
             eigh_seconds[0] += time.perf_counter() - start
 
     phase1: dict[str, list[float]] = {"plain forward": [], "compute_bases": [], "eigh": []}
-    phase1 |= {"compute_bases float32 eigh": [], "eigh float32": []}
+    phase1 |= {"compute_bases float32 eigh": [], "eigh float32": [], "compute_bases grouped": []}
     hf_ext.activations.eigenbasis = timed_eigenbasis
     try:
         with CpuShare() as cpu1:
@@ -184,6 +186,10 @@ def _phase1(base, patterns, basis_batches, repeats: int) -> tuple[dict[str, torc
                         bases = found
                     else:
                         float32_error = max(orthonormality_error(u) for u in found.values())
+                if memory_gb is not None:
+                    start = time.perf_counter()
+                    compute_bases(model, modules, basis_batches, memory_gb=memory_gb, progress=False)
+                    phase1["compute_bases grouped"].append(time.perf_counter() - start)
     finally:
         hf_ext.activations.eigenbasis = original_eigenbasis
     del model
@@ -197,11 +203,13 @@ def _phase1(base, patterns, basis_batches, repeats: int) -> tuple[dict[str, torc
         "compute_bases, float32 eigh": phase1["compute_bases float32 eigh"][best32],
         "  of which eigendecomposition ": phase1["eigh float32"][best32],
     }
+    if memory_gb is not None:
+        best1[f"compute_bases, {memory_gb:g} GiB groups"] = min(phase1["compute_bases grouped"])
     print(f"\nphase 1: basis vs one plain forward pass (eval mode, no grad); CPU share {cpu1.share:.2f}")
     for name, seconds in best1.items():
         print(f"  {name:<30} {seconds:7.3f} s   ratio to plain forward {seconds / best1['plain forward']:.3f}")
     print(f"  float32 eigh: max |U^T U - I| {float32_error:.1e}")
-    print("  all repeats: " + "; ".join(f"{n} " + ", ".join(f"{x:.2f}" for x in v) for n, v in phase1.items()))
+    print("  all repeats: " + "; ".join(f"{n} " + ", ".join(f"{x:.2f}" for x in v) for n, v in phase1.items() if v))
     return bases, best1["compute_bases"] / best1["plain forward"]
 
 
@@ -221,6 +229,9 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--basis-memory-gb", type=float, default=None, help="also time phase 1 in groups that fit this budget"
+    )
     parser.add_argument(
         "--basis",
         choices=["computed", "random"],
@@ -250,7 +261,7 @@ def main() -> None:
     )
 
     if args.basis == "computed":
-        bases, ratio1 = _phase1(base, args.patterns, basis_batches, args.repeats)
+        bases, ratio1 = _phase1(base, args.patterns, basis_batches, args.repeats, args.basis_memory_gb)
     else:
         generator = torch.Generator().manual_seed(args.seed)
         bases = {
