@@ -63,6 +63,20 @@ def _warp_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warp_apply_delta(args: argparse.Namespace) -> int:
+    from .warp.delta import apply_delta
+    from .warp.study import WarpRun
+
+    run = WarpRun.from_dir(args.run, use_cpu=True)
+    model = run.load_model(None)
+    for phase in ["phase2"] if args.phase == "phase2" else ["phase2", args.phase]:
+        apply_delta(model, run.layout.delta(phase))
+    model.save_pretrained(args.out)
+    run.tokenizer.save_pretrained(args.out)
+    print(f"{args.out}: the base model with the {args.phase} delta applied")
+    return 0
+
+
 def _heads_runs(run: str):
     from pathlib import Path
 
@@ -390,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--run", required=True, help="the run's output_dir")
     evaluate.set_defaults(run_command=_warp_eval)
+    apply = warp.add_parser(
+        "apply-delta", help="rebuild a phase's full model from the base model and the run's delta files"
+    )
+    apply.add_argument("--run", required=True, help="the run's output_dir")
+    apply.add_argument("--phase", required=True, choices=["phase2", "phase3", "plain"])
+    apply.add_argument("--out", required=True, help="directory for the full model (save_pretrained)")
+    apply.set_defaults(run_command=_warp_apply_delta)
 
     heads = commands.add_parser(
         "heads", help="redo the head-plasticity analysis from saved JSONL files"

@@ -138,3 +138,22 @@ def test_phase1_in_memory_groups_writes_the_same_basis(tmp_path):
     assert one.keys() == grouped.keys() and len(one) == 28
     for key in one:  # float32 statistics buffers: the same sums in the same order
         torch.testing.assert_close(grouped[key], one[key], rtol=0, atol=0)
+
+
+def test_deltas_applied_to_the_base_rebuild_the_merged_models(bert_run, tmp_path):
+    out, _ = bert_run
+    for phase in ("phase2", "phase3", "plain"):
+        delta = out / phase / "delta.safetensors"
+        full = out / phase / "model" / "model.safetensors"
+        assert delta.stat().st_size < full.stat().st_size / 5
+        assert cli(["warp", "apply-delta", "--run", str(out), "--phase", phase, "--out", str(tmp_path / phase)]) == 0
+        rebuilt = AutoModelForSequenceClassification.from_pretrained(tmp_path / phase).state_dict()
+        merged = AutoModelForSequenceClassification.from_pretrained(out / phase / "model").state_dict()
+        assert rebuilt.keys() == merged.keys()
+        assert all(torch.equal(rebuilt[k], merged[k]) for k in merged), phase
+    from hf_ext.errors import FileFormatError
+    from hf_ext.models import tiny_model
+    from hf_ext.warp.delta import apply_delta
+
+    with pytest.raises(FileFormatError, match="delta of another model"):
+        apply_delta(tiny_model("bert", "seq_cls")[0], out / "phase3" / "delta.safetensors")

@@ -5,6 +5,7 @@
     config.json                      model/data/warp arguments, for `hf-ext warp verify|eval`
     phase1/basis.safetensors         <module>.U (d_in x d_in), <module>.eigenvalues; + metadata.json
     phase2/model/                    safety-tuned model, plain weights (from_pretrained loads it)
+    <phase>/delta.safetensors        the parameters a phase trained (phase2, phase3, plain): base + deltas = model
     phase2/importance.safetensors    per module, float32 (d_in,) or (d_out, d_in) by granularity
     phase2/masks.safetensors         per module, bool, True = frozen; + metadata.json
     phase3/model/, coefficients.safetensors, metadata.json
@@ -41,6 +42,10 @@ class WarpLayout:
 
     def model(self, phase: str) -> Path:
         return self.phase_dir(phase) / "model"
+
+    def delta(self, phase: str) -> Path:
+        """The parameters ``phase`` trained, merged (``phase2``, ``phase3``, ``plain``)."""
+        return self.phase_dir(phase) / "delta.safetensors"
 
     def metadata(self, phase: str) -> Path:
         return self.phase_dir(phase) / "metadata.json"

@@ -40,6 +40,7 @@ from ..trainer import HfExtTrainer
 from . import lineage
 from .callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
 from .config import WarpArguments
+from .delta import save_delta
 from .importance import (
     ImportanceAccumulator,
     build_masks,
@@ -455,6 +456,7 @@ def run_phase2(run: WarpRun) -> dict:
     merge_model(model)
     trainer.save_model(str(run.layout.model("phase2")))
     if distributed.is_main_process():
+        save_delta(model, run.layout.delta("phase2"), {"phase": "phase2"})
         save_tensors(
             run.layout.importance,
             importance,
@@ -526,6 +528,7 @@ def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
         merge_model(model)
     trainer.save_model(str(run.layout.model(phase)))
     if distributed.is_main_process():
+        save_delta(model, run.layout.delta(phase), {"phase": phase})
         write_json(run.layout.metadata(phase), metadata)
     distributed.barrier()
     print_run_locations(trainer)
