@@ -56,6 +56,8 @@ def main(out: str) -> None:
                 "max_rank_difference": max(float((g - gathered[0]).abs().max()) for g in gathered),
             },
         )
+    distributed.barrier()  # no rank leaves while another still talks to it
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ def main(out: str) -> None:
     importance = accumulator.mean()  # every rank
     if distributed.is_main_process():
         save_tensors(out, importance, {"micro_batches_here": accumulator.micro_batches})
+    distributed.barrier()  # no rank leaves while another still talks to it
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
