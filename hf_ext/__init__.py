@@ -64,10 +64,12 @@ _EXPORTS = {
     "tasks": ["load_builtin_task"],
     "trainer": ["GradientCallback", "HfExtTrainer"],
     "tracking": ["HfExtMLflowCallback", "end_mlflow_run"],
-    "warp.callbacks": ["CoefficientDriftCallback", "ImportanceCallback", "MaskedUpdateCallback"],
+    "warp.arms": ["control_masks"],
+    "warp.callbacks": ["CoefficientDriftCallback", "ImportanceCallback", "LeafWeightCallback", "MaskedUpdateCallback"],
     "warp.config": ["WarpArguments"],
-    "warp.importance": ["ImportanceAccumulator", "build_masks", "top_k_masks"],
+    "warp.importance": ["EmpiricalFisher", "ImportanceAccumulator", "build_masks", "make_accumulator", "top_k_masks"],
     "warp.layout": ["WarpLayout"],
+    "warp.leaf": ["LeafReparameterization"],
     "warp.masking": ["MaskedUpdate"],
     "warp.reparam": ["coefficient_parameters", "merge", "merge_model", "reparameterize"],
     "warp.study": ["WarpRun", "run_warp_study"],
@@ -120,10 +122,23 @@ if TYPE_CHECKING:
     from .tasks import load_builtin_task
     from .tracking import HfExtMLflowCallback, end_mlflow_run
     from .trainer import GradientCallback, HfExtTrainer
-    from .warp.callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
+    from .warp.arms import control_masks
+    from .warp.callbacks import (
+        CoefficientDriftCallback,
+        ImportanceCallback,
+        LeafWeightCallback,
+        MaskedUpdateCallback,
+    )
     from .warp.config import WarpArguments
-    from .warp.importance import ImportanceAccumulator, build_masks, top_k_masks
+    from .warp.importance import (
+        EmpiricalFisher,
+        ImportanceAccumulator,
+        build_masks,
+        make_accumulator,
+        top_k_masks,
+    )
     from .warp.layout import WarpLayout
+    from .warp.leaf import LeafReparameterization
     from .warp.masking import MaskedUpdate
     from .warp.reparam import coefficient_parameters, merge, merge_model, reparameterize
     from .warp.study import WarpRun, run_warp_study

@@ -5,10 +5,16 @@ moment ``X^T X`` in float64 (whatever the model dtype): memory is ``O(d_in^2)`` 
 not grow with the number of batches. Padding tokens are excluded through the attention mask.
 Under ``torch.distributed`` the sums are added across ranks, so N processes that each see 1/N of
 the data produce the statistics of one process that saw all of it.
+
+Modules that receive the very same input tensor in a forward pass (``q_proj``/``k_proj``/``v_proj`` of
+one attention block, ``gate_proj``/``up_proj`` of one MLP block) share one :class:`InputStatistics`:
+it is accumulated, all-reduced and eigendecomposed once and returned under each of their names.
+Sharing is detected at run time by tensor identity, not by names (see :class:`InputRecorder`).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,6 +168,19 @@ class InputRecorder:
                 recorder.set_token_mask(batch["attention_mask"])
                 model(**batch)
         stats = recorder.statistics  # {module name: InputStatistics}
+
+    Shared inputs: the first module to receive a tensor records it and keeps a weak reference to
+    it; a later module whose ``args[0]`` *is* that same tensor object (identity, not equality) is an
+    alias: ``statistics[alias]`` is the owner's object and the alias adds nothing. The weak reference
+    is replaced each time the owner runs, so sharing is judged within one forward pass, and it keeps no
+    activation alive. Which module aliases which is fixed the first time each module runs; a module
+    that shares differently on a later call (not seen in practice) raises a ``ValueError``, since
+    statistics already merged cannot be split. :attr:`aliases` maps each module that ran to the module
+    that owns its statistics (itself for an owner).
+
+    Statistics are created when a module first runs, so modules that share an input never hold
+    separate copies; :func:`collect_input_statistics` creates zeros for modules a rank never ran once
+    the ranks agree on the sharing, so every rank all-reduces the same tensors.
     """
 
     def __init__(self, modules: Mapping[str, nn.Module], compute_dtype: torch.dtype = torch.float32):
@@ -169,23 +188,44 @@ class InputRecorder:
             raise ValueError("InputRecorder needs at least one module")
         self.modules = dict(modules)
         self.compute_dtype = compute_dtype
-        # Created up front where the width is known, so every rank all-reduces the same tensors
-        # even if one of them never ran a module.
-        self.statistics: dict[str, InputStatistics] = {
-            name: InputStatistics.zeros(m.in_features, m.weight.device, compute_dtype)
-            for name, m in self.modules.items()
-            if isinstance(getattr(m, "in_features", None), int) and getattr(m, "weight", None) is not None
-        }
+        self.statistics: dict[str, InputStatistics] = {}
+        self.aliases: dict[str, str] = {}
         self._mask: torch.Tensor | None = None
         self._handles: list[Any] = []
+        # The last input each owner recorded: id -> (weak reference, version, owner name), and owner -> id.
+        self._recent: dict[int, tuple[weakref.ref, int | None, str]] = {}
+        self._recent_id: dict[str, int] = {}
 
     def set_token_mask(self, mask: torch.Tensor | None) -> None:
         """Mask ``[batch, seq]`` (nonzero = real token) applied to the next forward passes; ``None`` keeps all."""
         self._mask = None if mask is None else mask.bool()
 
+    def _sharer(self, x: torch.Tensor) -> str | None:
+        """The owner that recorded this very tensor object last, if any."""
+        entry = self._recent.get(id(x))
+        return entry[2] if entry is not None and entry[0]() is x and entry[1] == _version(x) else None
+
+    def _remember(self, owner: str, x: torch.Tensor) -> None:
+        old = self._recent_id.pop(owner, None)
+        if old is not None and self._recent.get(old, (None, None, None))[2] == owner:
+            del self._recent[old]
+        self._recent[id(x)] = (weakref.ref(x), _version(x), owner)
+        self._recent_id[owner] = id(x)
+
     def _hook(self, name: str):
         def record(module: nn.Module, args: tuple) -> None:
-            x = args[0].detach()
+            raw = args[0]
+            owner = self._sharer(raw) or name
+            known = self.aliases.setdefault(name, owner)
+            if known != owner:
+                raise ValueError(
+                    f"{name} shared its input with {known} in an earlier forward pass but with {owner} now; "
+                    "statistics of modules sharing an input are merged, so the sharing must not change"
+                )
+            if owner != name:  # the owner already recorded this very tensor
+                self.statistics[name] = self.statistics[owner]
+                return
+            x = raw.detach()
             pooled = x.ndim == 2 and self._mask is not None and x.shape[0] == self._mask.shape[0]
             if self._mask is not None and not pooled:  # one row per example (a pooler) has no padding to drop
                 if x.shape[:-1] != self._mask.shape:
@@ -196,8 +236,11 @@ class InputRecorder:
                 x = x[self._mask.to(x.device)]
             x = x.reshape(-1, x.shape[-1])
             if name not in self.statistics:
-                self.statistics[name] = InputStatistics.zeros(x.shape[-1], x.device, self.compute_dtype)
+                weight = getattr(module, "weight", None)
+                device = weight.device if isinstance(weight, torch.Tensor) else x.device
+                self.statistics[name] = InputStatistics.zeros(x.shape[-1], device, self.compute_dtype)
             self.statistics[name].update(x)
+            self._remember(name, raw)
 
         return record
 
@@ -210,6 +253,15 @@ class InputRecorder:
             handle.remove()
         self._handles = []
         self._mask = None
+        self._recent, self._recent_id = {}, {}
+
+
+def _version(x: torch.Tensor) -> int | None:
+    """The tensor's in-place modification counter (``None`` for inference-mode tensors, which keep none)."""
+    try:
+        return x._version
+    except RuntimeError:
+        return None
 
 
 @torch.no_grad()
@@ -231,6 +283,7 @@ def collect_input_statistics(
     ``total`` (the number of batches, when ``batches`` has no length) gives the progress bar its ETA.
     ``stop_after``: end each forward pass once this module has run (the rest of the model is not needed).
     Statistics are summed across ranks when a process group exists (every rank must call this).
+    Modules that received the same input tensor map to the same :class:`InputStatistics` object.
     """
     device = model_device(model)
     stop = stop_after.register_forward_hook(_stop_forward) if stop_after is not None else None
@@ -240,7 +293,7 @@ def collect_input_statistics(
     finally:
         if stop is not None:
             stop.remove()
-    return _reduced(recorder.statistics, modules)
+    return _reduced(recorder.statistics, recorder.modules, compute_dtype)
 
 
 class _StopForward(Exception):
@@ -266,15 +319,57 @@ def _record_batches(model, recorder, batches, device, mask_key, max_batches, pro
             pass
 
 
-def _reduced(statistics: dict[str, InputStatistics], modules: Mapping[str, nn.Module]) -> dict[str, InputStatistics]:
-    """Check that every module ran and saw tokens, and sum the statistics across ranks."""
+def _agreed_owners(statistics: Mapping[str, InputStatistics], names: list[str]) -> list[int | None]:
+    """For each module, the index (in ``names``) of the first module whose statistics it shares, agreed by all
+    ranks; ``None`` for a module no rank ran.
+
+    A rank that never ran a module (fewer batches than the others) learns the sharing from the ranks that
+    did; ranks that ran a module but disagree on its sharing raise the same error everywhere.
+    """
+    first: dict[int, int] = {}
+    local = torch.zeros(3, len(names), dtype=torch.float64)
+    for index, name in enumerate(names):
+        if name in statistics:
+            owner = first.setdefault(id(statistics[name]), index)
+            local[:, index] = torch.tensor([1.0, owner, owner * owner], dtype=torch.float64)
+    distributed.all_reduce_sum_([local])
+    ran, total, squares = local
+    if (squares * ran != total * total).any():
+        raise ValueError(
+            "the ranks disagree on which modules share an input: "
+            + ", ".join(names[i] for i in torch.nonzero(squares * ran != total * total).flatten().tolist()[:3])
+        )
+    return [int(total[i] / ran[i]) if ran[i] else None for i in range(len(names))]
+
+
+def _reduced(
+    statistics: dict[str, InputStatistics],
+    modules: Mapping[str, nn.Module],
+    compute_dtype: torch.dtype = torch.float32,
+) -> dict[str, InputStatistics]:
+    """Check that every module ran and saw tokens, and sum the statistics across ranks.
+
+    The ranks first agree on which modules share statistics (:func:`_agreed_owners`); a rank creates zeros for
+    an owner it never ran and points aliases at their owner, so every rank all-reduces the same tensors in the
+    same order, each shared object once.
+    """
+    names = list(modules)
+    owners = _agreed_owners(statistics, names)
+    for index, name in enumerate(names):
+        module, owner = modules[name], owners[index]
+        if owner is not None and owner != index:
+            statistics[name] = statistics[names[owner]]
+        elif name not in statistics and isinstance(getattr(module, "in_features", None), int):
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor):  # a module this rank never ran: its zeros join the all-reduce
+                statistics[name] = InputStatistics.zeros(module.in_features, weight.device, compute_dtype)
     missing = [name for name in modules if name not in statistics]
     if missing:
         raise ValueError(
             f"modules {missing} never ran during the forward passes (empty data, or not on the forward path)"
         )
-    for name in modules:
-        statistics[name].all_reduce_()
+    for stats in _distinct(statistics[name] for name in names):
+        stats.all_reduce_()
     empty = [name for name, stats in statistics.items() if stats.count.item() == 0]
     if empty:
         raise ValueError(
@@ -284,33 +379,70 @@ def _reduced(statistics: dict[str, InputStatistics], modules: Mapping[str, nn.Mo
     return statistics
 
 
+def _distinct(statistics: Iterable[InputStatistics]) -> list[InputStatistics]:
+    """Each object once, in first-seen order (modules sharing an input share one object)."""
+    return list({id(stats): stats for stats in statistics}.values())
+
+
 def statistics_bytes(module: nn.Module, compute_dtype: torch.dtype = torch.float32) -> int:
-    """Memory the input statistics of ``module`` take: the float64 ``X^T X`` plus its ``compute_dtype`` buffer."""
+    """Memory the input statistics of ``module`` take: the float64 ``X^T X`` plus its ``compute_dtype`` buffer.
+
+    An upper bound when ``module`` shares its input with another module of the same pass, which holds the
+    one shared copy.
+    """
     width = module.in_features
     return width * width * (8 + torch.finfo(compute_dtype).bits // 8)
+
+
+def _sibling_runs(modules: Mapping[str, nn.Module]) -> list[list[tuple[str, nn.Module]]]:
+    """Consecutive modules with the same parent and input width: those that may share an input (q/k/v, gate/up)."""
+    runs: list[list[tuple[str, nn.Module]]] = []
+    for name, module in modules.items():
+        last = runs[-1][-1] if runs else None
+        if (
+            last is not None
+            and last[0].rpartition(".")[0] == name.rpartition(".")[0]
+            and getattr(last[1], "in_features", None) == getattr(module, "in_features", None)
+        ):
+            runs[-1].append((name, module))
+        else:
+            runs.append([(name, module)])
+    return runs
 
 
 def group_by_memory(
     modules: Mapping[str, nn.Module], budget_bytes: float | None, compute_dtype: torch.dtype = torch.float32
 ) -> list[dict[str, nn.Module]]:
     """Split ``modules`` (in model order) into consecutive groups whose statistics fit ``budget_bytes``
-    (``None``: one group)."""
+    (``None``: one group).
+
+    The accounting is conservative: every module counts :func:`statistics_bytes`, although modules that turn
+    out to share an input (known only after a forward pass) hold one copy. Sharing is detected within a group
+    only, so a run of consecutive siblings with the same input width (``q/k/v_proj``, ``gate/up_proj``: the
+    candidates) starts a new group rather than being split when it fits in one; a run that does not fit is
+    split, which stays correct (its parts are recorded and decomposed once per group).
+    """
     if budget_bytes is None:
         return [dict(modules)]
     groups: list[dict[str, nn.Module]] = [{}]
     used = 0
-    for name, module in modules.items():
-        size = statistics_bytes(module, compute_dtype)
-        if size > budget_bytes:
-            raise ValueError(
-                f"the input statistics of {name} take {size / 2**30:.2f} GiB, more than the memory budget of "
-                f"{budget_bytes / 2**30:.2f} GiB; raise the budget (basis_memory_gb)"
-            )
-        if groups[-1] and used + size > budget_bytes:
+    for run in _sibling_runs(modules):
+        sizes = [statistics_bytes(module, compute_dtype) for _, module in run]
+        for (name, _), size in zip(run, sizes):
+            if size > budget_bytes:
+                raise ValueError(
+                    f"the input statistics of {name} take {size / 2**30:.2f} GiB, more than the memory budget of "
+                    f"{budget_bytes / 2**30:.2f} GiB; raise the budget (basis_memory_gb)"
+                )
+        if groups[-1] and used + sum(sizes) > budget_bytes >= sum(sizes):
             groups.append({})
             used = 0
-        groups[-1][name] = module
-        used += size
+        for (name, module), size in zip(run, sizes):
+            if groups[-1] and used + size > budget_bytes:
+                groups.append({})
+                used = 0
+            groups[-1][name] = module
+            used += size
     return groups
 
 
@@ -331,13 +463,17 @@ def compute_bases(
 
     The basis of WaRP's phase 1 and of LoRA-Null's null space. Padding tokens are excluded through
     the batches' attention masks and statistics are summed across ranks (every rank must call this).
-    Under several processes each rank decomposes every ``world``-th module and broadcasts it, instead
-    of every rank decomposing all of them; ``eigh_dtype`` is the decomposition's precision.
+    Modules that receive the same input tensor (q/k/v of one attention block, gate/up of one MLP) share
+    one statistics object, decomposed once; its basis and eigenvalues (the same tensor objects) and token
+    count are returned under each of their names. Under several processes each rank decomposes every
+    ``world``-th distinct statistics object and broadcasts it, instead of every rank decomposing all of
+    them; ``eigh_dtype`` is the decomposition's precision.
 
     ``memory_gb`` bounds the memory the statistics take at once: the modules are processed in groups
     (:func:`group_by_memory`), one pass over the data per group, each pass stopped after the group's
     last module, and a group's statistics are freed once decomposed. Several groups need the data
     more than once: give ``batches`` as a list, a DataLoader or a function returning a fresh iterable.
+    Sharing is detected within a group (the grouping keeps candidate siblings together when they fit).
 
     Returns:
         ``(bases, eigenvalues, token_counts)``; ``bases[name]`` is float32 of shape (d_in, d_in),
@@ -362,18 +498,23 @@ def compute_bases(
             total=total,
             stop_after=list(group.values())[-1] if len(groups) > 1 else None,
         )
+        decomposed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(statistics) -> (basis, eigenvalues)
         for name, stats in statistics.items():
-            moment = stats.second_moment(centered=centered)
-            owner = index % world
-            index += 1
-            if owner == rank:
-                u, values = eigenbasis(moment, dtype=eigh_dtype)
-                u, values = u.float(), values.float()
-            else:
-                u = moment.new_empty(moment.shape, dtype=torch.float32)
-                values = moment.new_empty(moment.shape[:1], dtype=torch.float32)
-            distributed.broadcast_(u, owner)
-            distributed.broadcast_(values, owner)
-            bases[name], eigenvalues[name], counts[name] = u, values, int(stats.count.item())
-        del statistics
+            if id(stats) not in decomposed:  # the ranks agree on the sharing, so on this order
+                moment = stats.second_moment(centered=centered)
+                owner = index % world
+                index += 1
+                if owner == rank:
+                    u, values = eigenbasis(moment, dtype=eigh_dtype)
+                    u, values = u.float(), values.float()
+                else:
+                    u = moment.new_empty(moment.shape, dtype=torch.float32)
+                    values = moment.new_empty(moment.shape[:1], dtype=torch.float32)
+                distributed.broadcast_(u, owner)
+                distributed.broadcast_(values, owner)
+                decomposed[id(stats)] = u, values
+                del moment
+            bases[name], eigenvalues[name] = decomposed[id(stats)]
+            counts[name] = int(stats.count.item())
+        del statistics, decomposed
     return bases, eigenvalues, counts

@@ -46,28 +46,48 @@ def _export(args: argparse.Namespace) -> None:
         print(f"{path}: {len(dataset)} examples")
 
 
+def _warp_seed_dirs(run: str) -> list[str]:
+    """The seed-* directories of a WaRP study run with several seeds, else ``[run]``."""
+    from pathlib import Path
+
+    root = Path(run)
+    seeds = sorted(p for p in root.glob("seed-*") if p.is_dir()) if not (root / "config.json").exists() else []
+    return [str(p) for p in seeds] or [run]
+
+
 def _warp_verify(args: argparse.Namespace) -> int:
     from .warp.verify import format_checks, verify_run
 
-    checks = verify_run(args.run)
-    print(format_checks(checks))
-    return 0 if all(c.ok for c in checks) else 1
+    passed = True
+    for run in _warp_seed_dirs(args.run):
+        checks = verify_run(run)
+        print(f"{run}:\n{format_checks(checks)}" if run != args.run else format_checks(checks))
+        passed &= all(c.ok for c in checks)
+    return 0 if passed else 1
 
 
 def _warp_eval(args: argparse.Namespace) -> int:
     from .warp.study import WarpRun, evaluate_run, format_table
 
-    rows = evaluate_run(WarpRun.from_dir(args.run))
-    print(format_table(rows))
-    print(f"written: {args.run}/eval.json, {args.run}/eval.md")
+    for run in _warp_seed_dirs(args.run):
+        rows = evaluate_run(WarpRun.from_dir(run))
+        print(format_table(rows))
+        print(f"written: {run}/eval.json, {run}/eval.md")
     return 0
 
 
 def _warp_apply_delta(args: argparse.Namespace) -> int:
+    from .errors import RunDirectoryError
     from .warp.delta import apply_delta
     from .warp.study import WarpRun
 
     run = WarpRun.from_dir(args.run, use_cpu=True)
+    deltas = sorted(p.parent.name for p in run.layout.root.glob("*/delta.safetensors"))
+    if args.phase not in deltas:
+        raise RunDirectoryError(
+            f"{run.layout.delta(args.phase)} not found: {args.run} holds the deltas of "
+            f"{', '.join(deltas) or 'nothing'}"
+        )
     model = run.load_model(None)
     for phase in ["phase2"] if args.phase == "phase2" else ["phase2", args.phase]:
         apply_delta(model, run.layout.delta(phase))
@@ -408,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
         "apply-delta", help="rebuild a phase's full model from the base model and the run's delta files"
     )
     apply.add_argument("--run", required=True, help="the run's output_dir")
-    apply.add_argument("--phase", required=True, choices=["phase2", "phase3", "plain"])
+    apply.add_argument(
+        "--phase", required=True, help="phase2, or an arm: phase3, phase3_random, plain, full_lr1e-05, ..."
+    )
     apply.add_argument("--out", required=True, help="directory for the full model (save_pretrained)")
     apply.set_defaults(run_command=_warp_apply_delta)
 

@@ -393,7 +393,7 @@ def test_verify_fails_when_a_frozen_coefficient_moved(bert_run, tmp_path, capsys
     try:
         save_tensors(out / "phase3" / "coefficients.safetensors", coefficients)
         assert cli(["warp", "verify", "--run", str(out)]) == 1
-        assert "FAIL  phase 3: frozen coefficients bit-identical" in capsys.readouterr().out
+        assert "FAIL  phase3: frozen coefficients bit-identical" in capsys.readouterr().out
     finally:
         coefficients[name] = original
         save_tensors(out / "phase3" / "coefficients.safetensors", coefficients)

@@ -137,3 +137,35 @@ def test_two_process_warp_phase2_matches_one_process(tmp_path):
     meta_one = json.loads((one / "phase2" / "metadata.json").read_text())
     meta_two = json.loads((two / "phase2" / "metadata.json").read_text())
     assert meta_one["steps"] == meta_two["steps"] == 8
+
+
+@pytest.mark.multiprocess
+def test_two_process_leaf_weight_phase3_matches_one_process(tmp_path):
+    """Phase 3 trains C through a leaf W that DDP all-reduces (C itself is on DDP's ignore list): 2 ranks x 4
+    give the coefficients of 1 x 8 from the same phase-2 model, and the frozen ones stay bit-identical."""
+    recipe, config = ROOT / "recipes" / "warp.py", ROOT / "recipes" / "configs" / "warp_tiny_llama.json"
+    common = [
+        "max_train_samples=64",
+        "max_eval_samples=16",
+        "safety_epochs=1",
+        "num_train_epochs=1",
+        "report_to=[]",
+        "dataloader_drop_last=true",
+        "warmup_steps=0",
+        "mask_controls=[]",
+    ]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run_path(recipe, config, f"output_dir={one}", "phase=1", *common)
+    _run_path(recipe, config, f"output_dir={one}", "phase=2", *common)
+    shutil.copytree(one, two)
+    _run_path(recipe, config, f"output_dir={one}", "phase=3", "per_device_train_batch_size=8", *common)
+    torchrun(str(recipe), str(config), f"output_dir={two}", "phase=3", "per_device_train_batch_size=4", *common)
+    single, _ = load_tensors(one / "phase3" / "coefficients.safetensors")
+    double, _ = load_tensors(two / "phase3" / "coefficients.safetensors")
+    masks, _ = load_tensors(one / "phase2" / "masks.safetensors")
+    assert set(single) == set(double) == set(masks) and len(single) == 14
+    for key in single:
+        torch.testing.assert_close(double[key], single[key], rtol=1e-3, atol=1e-5)
+        assert torch.equal(double[key][:, masks[key]], single[key][:, masks[key]])
+    meta = json.loads((two / "phase3" / "metadata.json").read_text())
+    assert meta["steps"] == 8 and meta["frozen_unchanged"] is True

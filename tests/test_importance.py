@@ -146,6 +146,12 @@ def test_the_old_importance_name_names_the_new_one(tmp_path):
     with pytest.raises(ConfigError, match=r"importance='fisher' was renamed: write 'squared'"):
         parse_config(types, [config, f"output_dir={tmp_path}", "importance=fisher"])
     assert parse_config(types, [config, f"output_dir={tmp_path}", "importance=squared"])[2].importance == "squared"
+    parsed = parse_config(types, [config, f"output_dir={tmp_path}", "importance=empirical_fisher"])
+    assert parsed[2].importance == "empirical_fisher"
+    with pytest.raises(ConfigError, match="set importance_statistic to 'micro_batch'"):
+        parse_config(
+            types, [config, f"output_dir={tmp_path}", "importance=empirical_fisher", "importance_statistic=step"]
+        )
 
 
 def test_importance_after_training_is_the_mean_batch_gradient_in_eval_mode_and_changes_nothing():

@@ -7,20 +7,45 @@ import torch
 from recipes_util import run_recipe
 from tb_events import read_events
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-from warp_runs import PHASE_FILES, TINY_LLAMA
+from warp_runs import ARMS, PHASE_FILES, TINY_LLAMA
 
 from hf_ext.cli import main as cli
 from hf_ext.io import load_tensors
 
 
 def test_all_phases_write_the_documented_run_directory(bert_run):
-    out, rows = bert_run
+    out, summary = bert_run
     for name in PHASE_FILES:
         assert (out / name).is_file(), name
-    assert set(rows) == {"phase2", "phase3", "plain"}
+    assert not any((out / arm / "model").exists() for arm in ARMS)  # deltas only, unless save_full_models
+    rows = json.loads((out / "eval.json").read_text())
+    assert list(rows) == ["phase2", *ARMS] == list(summary["arms"])
     assert rows["phase2"]["safety_accuracy"] > 0.75  # the safety task was learned in phase 2
     assert rows["phase3"]["utility_accuracy"] > 0.75
-    assert json.loads((out / "eval.json").read_text()) == rows
+    assert rows["full_lr0.0001"]["label"] == "plain, full fine-tune, lr 0.0001"
+    for arm, row in rows.items():
+        assert summary["arms"][arm]["per_seed"] == {42: row}
+        assert summary["arms"][arm]["safety_accuracy"]["mean"] == row["safety_accuracy"]
+    assert summary["eval_examples"] == {"safety": 128, "utility": 128}
+
+
+def test_arms_train_what_they_say(bert_run):
+    out, _ = bert_run
+    meta = {arm: json.loads((out / arm / "metadata.json").read_text()) for arm in ARMS}
+    phase2_masks, _ = load_tensors(out / "phase2" / "masks.safetensors")
+    for arm in ("phase3", "phase3_random", "phase3_eigenvalue"):
+        assert meta[arm]["frozen_unchanged"] is True
+        assert meta[arm]["frozen_entries"] == {n: 154 * 384 for n in phase2_masks}  # frozen columns x d_out
+    assert set(meta["phase3_none"]["frozen_entries"].values()) == {0}
+    random, _ = load_tensors(out / "phase3_random" / "masks.safetensors")
+    eigen, _ = load_tensors(out / "phase3_eigenvalue" / "masks.safetensors")
+    for name, mask in phase2_masks.items():
+        assert eigen[name][:154].all() and not eigen[name][154:].any()  # directions sorted by eigenvalue
+        assert int(random[name].sum()) == 154 and not torch.equal(random[name], mask)
+    assert meta["plain"]["learning_rate"] == 1e-3 and meta["plain_lr0.0001"]["learning_rate"] == 1e-4
+    assert meta["plain"]["trainable_parameters"] == 2 * 384 * 1536 + 4 * 384 + 4  # targets + classifier
+    assert meta["full_lr0.0001"]["trainable_parameters"] > 22_000_000  # every parameter of MiniLM
+    assert meta["phase3"]["trainable_parameters"] == meta["plain"]["trainable_parameters"]  # C, not also W
 
 
 def test_basis_importance_and_masks_files(bert_run):
@@ -43,11 +68,12 @@ def test_basis_importance_and_masks_files(bert_run):
     assert phase3["frozen_unchanged"] is True and set(phase3["frozen_max_deviation"].values()) == {0.0}
 
 
-def test_merged_models_load_with_plain_transformers(bert_run):
+def test_models_load_with_plain_transformers(bert_run, tmp_path):
     out, _ = bert_run
-    for phase in ("phase2", "phase3", "plain"):
-        model = AutoModelForSequenceClassification.from_pretrained(out / phase / "model")
-        assert not any("parametrizations" in key for key in model.state_dict())
+    assert cli(["warp", "apply-delta", "--run", str(out), "--phase", "phase3", "--out", str(tmp_path / "p3")]) == 0
+    for path in (out / "phase2" / "model", tmp_path / "p3"):
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        assert not any("parametrizations" in key or "coefficients" in key for key in model.state_dict())
         assert model.config.num_labels == 4 and model.config.id2label[0].startswith("safety:")
 
 
@@ -70,6 +96,9 @@ def test_verify_passes_and_eval_rescores(bert_run, capsys):
     assert cli(["warp", "verify", "--run", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "FAIL" not in printed and "frozen coefficients bit-identical" in printed and "checks passed" in printed
+    assert "phase3_random: frozen coefficients bit-identical" in printed
+    assert "phase3_eigenvalue: as many frozen as phase 2" in printed and "phase3_none: nothing frozen" in printed
+    rows = json.loads((out / "eval.json").read_text())
     assert cli(["warp", "eval", "--run", str(out)]) == 0
     assert "phase 3: WaRP masks" in capsys.readouterr().out
     assert json.loads((out / "eval.json").read_text()) == rows
@@ -77,8 +106,11 @@ def test_verify_passes_and_eval_rescores(bert_run, capsys):
 
 def test_causal_lm_runs_all_phases_in_bf16(tmp_path):
     """bf16 weights: coefficients stay float32, verify passes (it failed 14 of 70 checks with bf16 coefficients)."""
-    rows = run_recipe("warp", *TINY_LLAMA[:1], f"output_dir={tmp_path}", *TINY_LLAMA[1:], "dtype=bfloat16")
-    assert set(rows) == {"phase2", "phase3", "plain"}
+    summary = run_recipe(
+        "warp", *TINY_LLAMA[:1], f"output_dir={tmp_path}", *TINY_LLAMA[1:], "dtype=bfloat16", "save_full_models=true"
+    )
+    rows = json.loads((tmp_path / "eval.json").read_text())
+    assert list(rows) == ["phase2", "phase3", "plain"] == list(summary["arms"])
     assert all(0 <= v <= 1 for row in rows.values() for k, v in row.items() if k.endswith("accuracy"))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "phase3" / "model")
     assert not any("parametrizations" in key for key in model.state_dict())
@@ -98,17 +130,18 @@ def test_tensorboard_has_spectrum_retention_curve_and_eval_table(bert_run):
 
 
 def test_verify_catches_a_head_row_of_the_other_task_that_moved(bert_run, tmp_path, capsys):
-    from safetensors.torch import load_file, save_file
     from warp_runs import copy_run
+
+    from hf_ext.io import save_tensors
 
     out, _ = bert_run
     run = tmp_path / "run"
     copy_run(out, run, names=("config.json", "phase1", "phase2", "phase3", "plain"))
     assert cli(["warp", "verify", "--run", str(run)]) == 0
-    assert "phase 3: safety rows of the head moved only by weight decay" in capsys.readouterr().out
-    weights = load_file(run / "phase3" / "model" / "model.safetensors")
+    assert "phase3: safety rows of the head moved only by weight decay" in capsys.readouterr().out
+    weights, metadata = load_tensors(run / "phase3" / "delta.safetensors")
     weights["classifier.weight"][0, 0] += 0.01  # class 0 is a safety class: phase 3 must not train it
-    save_file(weights, run / "phase3" / "model" / "model.safetensors", metadata={"format": "pt"})
+    save_tensors(run / "phase3" / "delta.safetensors", weights, metadata)
     assert cli(["warp", "verify", "--run", str(run)]) == 1
     failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
     assert len(failed) == 1 and "safety rows of the head" in failed[0] and "head.weight" in failed[0]
@@ -142,13 +175,19 @@ def test_phase1_in_memory_groups_writes_the_same_basis(tmp_path):
 
 def test_deltas_applied_to_the_base_rebuild_the_merged_models(bert_run, tmp_path):
     out, _ = bert_run
+    run = tmp_path / "full"
+    from warp_runs import copy_run, run_phase
+
+    copy_run(out, run, names=("config.json", "phase1", "phase2"))
+    run_phase(run, 3, "save_full_models=true", "mask_controls=[]")
+    run_phase(run, "plain", "save_full_models=true", "plain_learning_rates=[0.001]", "full_learning_rates=[]")
     for phase in ("phase2", "phase3", "plain"):
-        delta = out / phase / "delta.safetensors"
-        full = out / phase / "model" / "model.safetensors"
+        delta = run / phase / "delta.safetensors"
+        full = run / phase / "model" / "model.safetensors"
         assert delta.stat().st_size < full.stat().st_size / 5
-        assert cli(["warp", "apply-delta", "--run", str(out), "--phase", phase, "--out", str(tmp_path / phase)]) == 0
+        assert cli(["warp", "apply-delta", "--run", str(run), "--phase", phase, "--out", str(tmp_path / phase)]) == 0
         rebuilt = AutoModelForSequenceClassification.from_pretrained(tmp_path / phase).state_dict()
-        merged = AutoModelForSequenceClassification.from_pretrained(out / phase / "model").state_dict()
+        merged = AutoModelForSequenceClassification.from_pretrained(run / phase / "model").state_dict()
         assert rebuilt.keys() == merged.keys()
         assert all(torch.equal(rebuilt[k], merged[k]) for k in merged), phase
     from hf_ext.errors import FileFormatError
@@ -157,3 +196,4 @@ def test_deltas_applied_to_the_base_rebuild_the_merged_models(bert_run, tmp_path
 
     with pytest.raises(FileFormatError, match="delta of another model"):
         apply_delta(tiny_model("bert", "seq_cls")[0], out / "phase3" / "delta.safetensors")
+    assert cli(["warp", "apply-delta", "--run", str(out), "--phase", "phase4", "--out", str(tmp_path / "x")]) == 2

@@ -63,9 +63,12 @@ def test_layout_names_every_documented_file(tmp_path):
             layout.importance,
             layout.masks,
             layout.coefficients,
-            layout.model("plain"),
+            layout.arm_masks("phase3_random"),
+            layout.delta("plain"),
             layout.eval_json,
             layout.eval_md,
+            layout.figure,
+            layout.seed_dir(43),
         )
     }
     assert relative == {
@@ -76,7 +79,10 @@ def test_layout_names_every_documented_file(tmp_path):
         "phase2/importance.safetensors",
         "phase2/masks.safetensors",
         "phase3/coefficients.safetensors",
-        "plain/model",
+        "phase3_random/masks.safetensors",
+        "plain/delta.safetensors",
         "eval.json",
         "eval.md",
+        "safety_vs_utility.png",
+        "seed-43",
     }

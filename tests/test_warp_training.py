@@ -111,10 +111,8 @@ def test_micro_batch_importance_is_the_mean_of_each_micro_batch_gradient_under_a
         assert not torch.allclose(expected, cancelled)
 
 
-def _masked_run(tmp_path, masks, *, max_steps=6, resume=None, save_steps=None, bf16=False):
-    model, tokenizer, params = _reparameterized_model()
-    initial = {name: p.detach().clone() for name, p in params.items()}
-    masked = MaskedUpdate(params, masks)
+def _masked_trainer(tmp_path, model, tokenizer, callbacks, *, max_steps=6, save_steps=None, **overrides):
+    """AdamW with a large weight decay over 48 examples in batches of 4 x 2 accumulation steps."""
     args = _args(
         tmp_path,
         max_steps=max_steps,
@@ -123,16 +121,21 @@ def _masked_run(tmp_path, masks, *, max_steps=6, resume=None, save_steps=None, b
         optim="adamw_torch",
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
-        report_to=["tensorboard"],
-        bf16=bf16,
+        **({"report_to": ["tensorboard"]} | overrides),
     )
     data = _data(tokenizer, 48)
-    trainer = HfExtTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        data_collator=data.collator,
-        callbacks=[MaskedUpdateCallback(masked), CoefficientDriftCallback(params, masks)],
+    return HfExtTrainer(
+        model=model, args=args, train_dataset=data.train, data_collator=data.collator, callbacks=callbacks
+    )
+
+
+def _masked_run(tmp_path, masks, *, max_steps=6, resume=None, save_steps=None, bf16=False):
+    model, tokenizer, params = _reparameterized_model()
+    initial = {name: p.detach().clone() for name, p in params.items()}
+    masked = MaskedUpdate(params, masks)
+    callbacks = [MaskedUpdateCallback(masked), CoefficientDriftCallback(params, masks)]
+    trainer = _masked_trainer(
+        tmp_path, model, tokenizer, callbacks, max_steps=max_steps, save_steps=save_steps, bf16=bf16
     )
     trainer.train(resume_from_checkpoint=resume)
     return params, initial, masked, trainer

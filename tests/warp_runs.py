@@ -12,6 +12,11 @@ from hf_ext.io import load_tensors, save_tensors
 MINILM = (
     "warp_minilm.json",
     'targets=["layer.[4-5].output.dense"]',
+    'extra_trainable=["classifier"]',
+    "seeds=1",
+    "safety_epochs=1",
+    "num_train_epochs=1",
+    "plain_learning_rates=[0.001,0.0001]",
     "max_train_samples=768",
     "max_eval_samples=128",
     "warmup_steps=0",
@@ -19,8 +24,10 @@ MINILM = (
     "eval_strategy=steps",
     "eval_steps=12",
 )
+ARMS = ["phase3", "phase3_none", "phase3_random", "phase3_eigenvalue", "plain", "plain_lr0.0001", "full_lr0.0001"]
 TINY_LLAMA = (
     "warp_tiny_llama.json",
+    "mask_controls=[]",
     "max_train_samples=256",
     "max_eval_samples=64",
     "logging_steps=2",
@@ -34,20 +41,21 @@ PHASE_FILES = [
     "phase2/importance.safetensors",
     "phase2/masks.safetensors",
     "phase2/metadata.json",
-    "phase3/model/config.json",
     "phase3/coefficients.safetensors",
-    "phase3/metadata.json",
-    "plain/model/config.json",
+    "phase3_random/masks.safetensors",
+    "phase3_eigenvalue/coefficients.safetensors",
+    *(f"{arm}/{name}" for arm in ARMS for name in ("delta.safetensors", "metadata.json")),
     "eval.json",
     "eval.md",
+    "safety_vs_utility.png",
 ]
 
 
 def make_bert_run(tmp_path_factory):
-    """All phases of warp_minilm.json on a small share of the data; ``(output_dir, eval rows)``."""
+    """All phases and arms of warp_minilm.json, one seed, on a small share of the data; ``(output_dir, summary)``."""
     out = tmp_path_factory.mktemp("warp_bert")
-    rows = run_recipe("warp", *MINILM[:1], f"output_dir={out}", *MINILM[1:])
-    return out, rows
+    summary = run_recipe("warp", *MINILM[:1], f"output_dir={out}", *MINILM[1:])
+    return out, summary
 
 
 def run_phase(out, phase, *extra):

@@ -19,6 +19,7 @@ from ..io import load_tensors, save_tensors
 from ..run_logger import LoggingCallback
 from ..trainer import GradientCallback
 from .importance import ImportanceAccumulator
+from .leaf import LeafReparameterization
 from .masking import MaskedUpdate
 
 IMPORTANCE_STATE_FILE = "importance_state.safetensors"
@@ -138,3 +139,29 @@ class CoefficientDriftCallback(LoggingCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_log:
             self._require_bound().scalars(self.drift())
+
+
+class LeafWeightCallback(GradientCallback):
+    """Phase 3 through :class:`~hf_ext.warp.leaf.LeafReparameterization`: project ``W``'s gradient onto the
+    coefficients once per optimizer step, then (with a :class:`MaskedUpdate`) zero the frozen ones before
+    clipping; restore the frozen entries after the step and form ``W`` again before anything reads it."""
+
+    def __init__(self, leaf: LeafReparameterization, masked_update: MaskedUpdate | None = None):
+        self.leaf = leaf
+        self.masked = MaskedUpdateCallback(masked_update) if masked_update is not None else None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.masked is not None:
+            self.masked.on_train_begin(args, state, control, **kwargs)
+
+    def on_gradients_ready(self, args, state, control, **kwargs):
+        self.leaf.project_grads_()
+        if self.masked is not None:
+            self.masked.on_gradients_ready(args, state, control, **kwargs)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.masked is not None:
+            self.masked.on_optimizer_step(args, state, control, **kwargs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.leaf.form_weights_()

@@ -8,9 +8,16 @@
     <phase>/delta.safetensors        the parameters a phase trained (phase2, phase3, plain): base + deltas = model
     phase2/importance.safetensors    per module, float32 (d_in,) or (d_out, d_in) by granularity
     phase2/masks.safetensors         per module, bool, True = frozen; + metadata.json
-    phase3/model/, coefficients.safetensors, metadata.json
-    plain/model/, metadata.json
-    eval.json, eval.md               the retention/utility table
+    phase3/coefficients.safetensors  C after the masked utility fine-tune; + metadata.json
+    phase3_<control>/                the control arms (none, random, eigenvalue): masks.safetensors (theirs),
+                                     coefficients.safetensors, metadata.json
+    plain/, plain_lr<lr>/, full_lr<lr>/   the unmasked arms: metadata.json
+    <arm>/model/                     only with save_full_models (delta.safetensors is always there)
+    eval.json, eval.md               held-out scores of phase 2 and every arm
+    safety_vs_utility.png            one point per arm
+
+With ``seeds`` > 1 each seed's run is ``seed-<seed>/`` (all of the above, phase 1 copied from the first),
+and ``eval.json``, ``eval.md`` and ``safety_vs_utility.png`` in the root give every arm over the seeds.
 """
 
 from __future__ import annotations
@@ -19,8 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# Run subdirectories of the phases that train, and how the evaluation table names their models.
-PHASE_LABELS = {"phase2": "phase 2: safety", "phase3": "phase 3: WaRP masks", "plain": "phase 3: plain"}
+PHASE2_LABEL = "phase 2: safety"
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,11 @@ class WarpLayout:
         return self.root / "config.json"
 
     def phase_dir(self, phase: str) -> Path:
-        """``phase1``, ``phase2``, ``phase3`` or ``plain``."""
+        """``phase1``, ``phase2`` or an arm (``phase3``, ``phase3_random``, ``plain``, ``full_lr1e-05``, ...)."""
         return self.root / phase
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.root / f"seed-{seed}"
 
     def model(self, phase: str) -> Path:
         return self.phase_dir(phase) / "model"
@@ -64,7 +73,14 @@ class WarpLayout:
 
     @property
     def coefficients(self) -> Path:
-        return self.phase_dir("phase3") / "coefficients.safetensors"
+        return self.arm_coefficients("phase3")
+
+    def arm_coefficients(self, arm: str) -> Path:
+        return self.phase_dir(arm) / "coefficients.safetensors"
+
+    def arm_masks(self, arm: str) -> Path:
+        """A control arm's own masks (the ``phase3`` arm uses phase 2's)."""
+        return self.phase_dir(arm) / "masks.safetensors"
 
     @property
     def eval_json(self) -> Path:
@@ -73,3 +89,7 @@ class WarpLayout:
     @property
     def eval_md(self) -> Path:
         return self.root / "eval.md"
+
+    @property
+    def figure(self) -> Path:
+        return self.root / "safety_vs_utility.png"

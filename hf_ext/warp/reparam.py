@@ -43,31 +43,35 @@ class BasisParametrization(nn.Module):
         weight = weight if self.residual is None else weight + self.residual
         return weight.to(self.weight_dtype)
 
-    @torch.no_grad()
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        return (weight.double() @ self.basis.double()).to(self.basis.dtype)
+        return fit_coefficients(weight, self.basis)
 
 
-def reparameterize(
+@torch.no_grad()
+def fit_coefficients(weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``C = W @ U`` computed in float64, returned in the basis' dtype."""
+    return (weight.double() @ basis.double()).to(basis.dtype)
+
+
+@torch.no_grad()
+def basis_and_residual(weight: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The basis on the weight's device in float32 at least (C, U and the residual never take a 16-bit dtype),
+    and the part of ``W`` outside a basis of fewer than ``in_features`` directions (``None`` at full rank)."""
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    basis = basis.to(weight.device, dtype)
+    if basis.shape[1] == weight.shape[1]:
+        return basis, None
+    u, w = basis.double(), weight.double()
+    return basis, (w - (w @ u) @ u.T).to(dtype)
+
+
+def plan_bases(
     model: nn.Module, bases: Mapping[str, torch.Tensor], *, rank: int | None = None, atol: float = 1e-4
-) -> dict[str, nn.Linear]:
-    """Rewrite the weight of each module named in ``bases`` as ``C @ U.T`` with ``U = bases[name][:, :rank]``.
+) -> dict[str, tuple[nn.Linear, torch.Tensor]]:
+    """Check ``bases`` against ``model`` and return ``{name: (module, U[:, :rank])}``; touches nothing.
 
-    Args:
-        model: the model holding the modules.
-        bases: ``{module name: U}`` with ``U`` of shape ``(in_features, >= rank)``, orthonormal
-            columns sorted by importance (as :func:`hf_ext.activations.compute_bases` returns them). ``U`` is stored
-            in the weight's dtype for the forward; ``C`` is computed from it in float64.
-        rank: keep the first ``rank`` directions; the rest of ``W`` becomes a frozen residual.
-            ``None`` keeps all of them and needs no residual.
-        atol: largest allowed ``|U.T U - I|`` entry.
-
-    Returns:
-        ``{name: module}`` of the reparameterized modules.
-
-    Raises ``ValueError`` before touching any module if a name is not a linear module of the
-    model, its weight is tied to another module's, a basis has the wrong shape or is not
-    orthonormal, or a module is already reparameterized.
+    Raises ``ValueError`` if a name is not a linear module of the model, its weight is tied to another
+    module's, a basis has the wrong shape or is not orthonormal, or a module is already reparameterized.
     """
     module_names = dict(model.named_modules())
     owners: dict[int, list[str]] = {}
@@ -108,17 +112,37 @@ def reparameterize(
         if error > atol:
             raise ValueError(f"basis for {name!r} is not orthonormal: max |U^T U - I| = {error:.2e} > {atol:g}")
         plans[name] = (module, basis)
+    return plans
+
+
+def reparameterize(
+    model: nn.Module, bases: Mapping[str, torch.Tensor], *, rank: int | None = None, atol: float = 1e-4
+) -> dict[str, nn.Linear]:
+    """Rewrite the weight of each module named in ``bases`` as ``C @ U.T`` with ``U = bases[name][:, :rank]``.
+
+    Args:
+        model: the model holding the modules.
+        bases: ``{module name: U}`` with ``U`` of shape ``(in_features, >= rank)``, orthonormal
+            columns sorted by importance (as :func:`hf_ext.activations.compute_bases` returns them). ``U`` is stored
+            in the weight's dtype for the forward; ``C`` is computed from it in float64.
+        rank: keep the first ``rank`` directions; the rest of ``W`` becomes a frozen residual.
+            ``None`` keeps all of them and needs no residual.
+        atol: largest allowed ``|U.T U - I|`` entry.
+
+    Returns:
+        ``{name: module}`` of the reparameterized modules.
+
+    Raises ``ValueError`` before touching any module if a name is not a linear module of the
+    model, its weight is tied to another module's, a basis has the wrong shape or is not
+    orthonormal, or a module is already reparameterized.
+    """
+    plans = plan_bases(model, bases, rank=rank, atol=atol)
     for module, basis in plans.values():
         weight = module.weight.detach()
-        dtype = torch.promote_types(weight.dtype, torch.float32)  # C, U and the residual: float32 at least
-        basis = basis.to(weight.device, dtype)  # the forward's basis; C is fitted to it in float64
-        residual = None
-        if basis.shape[1] < module.in_features:
-            u, w = basis.double(), weight.double()
-            residual = (w - (w @ u) @ u.T).to(dtype)
+        basis, residual = basis_and_residual(weight, basis)  # the forward's basis; C is fitted to it in float64
         parametrization = BasisParametrization(basis, residual, weight.dtype)
         # parametrize takes C's dtype from the weight it starts from: start from a float32 copy
-        module.weight = nn.Parameter(weight.to(dtype), requires_grad=module.weight.requires_grad)
+        module.weight = nn.Parameter(weight.to(basis.dtype), requires_grad=module.weight.requires_grad)
         parametrize.register_parametrization(module, "weight", parametrization, unsafe=True)
     _keep_out_of_ddp_broadcast(model)
     return {name: module for name, (module, _) in plans.items()}
@@ -136,8 +160,13 @@ def _keep_out_of_ddp_broadcast(model: nn.Module) -> None:
         if isinstance(module, BasisParametrization)
         for buffer_name, _ in module.named_buffers(recurse=False)
     }
-    others = {n for n in getattr(model, DDP_IGNORE, ()) if ".parametrizations.weight." not in n}
-    object.__setattr__(model, DDP_IGNORE, sorted(others | ours))
+    update_ddp_ignore(model, add=ours, drop=lambda name: ".parametrizations.weight." in name)
+
+
+def update_ddp_ignore(model: nn.Module, *, add: Iterable[str] = (), drop=lambda name: False) -> None:
+    """Edit the list of parameter and buffer names DDP leaves alone (read when DDP wraps the model)."""
+    kept = {name for name in getattr(model, DDP_IGNORE, ()) if not drop(name)}
+    object.__setattr__(model, DDP_IGNORE, sorted(kept | set(add)))
 
 
 def is_reparameterized(module: nn.Module) -> bool:

@@ -38,19 +38,22 @@ from ..targets import select_linear, set_trainable
 from ..tasks import is_refusal
 from ..trainer import HfExtTrainer
 from . import lineage
-from .callbacks import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback
+from .arms import Arm, control_masks, study_arms
+from .callbacks import CoefficientDriftCallback, ImportanceCallback, LeafWeightCallback
 from .config import WarpArguments
-from .delta import save_delta
+from .delta import apply_delta, save_delta
 from .importance import (
-    ImportanceAccumulator,
     build_masks,
     importance_after_training,
     importance_vs_eigenvalues,
+    make_accumulator,
     mask_overlap,
 )
-from .layout import PHASE_LABELS, WarpLayout
+from .layout import PHASE2_LABEL, WarpLayout
+from .leaf import LeafReparameterization
 from .masking import MaskedUpdate
 from .reparam import coefficient_parameters, merge_model, reparameterize
+from .summary import format_summary, plot_safety_vs_utility, summarize
 
 Task = Literal["safety", "utility"]
 
@@ -90,13 +93,15 @@ class WarpRun:
         """Load the tokenizer and both tasks' data. With ``check_output`` the output directory is checked
         first: writable, and holding no finished result of the phases to run (unless ``overwrite_output_dir``)."""
         if check_output:
-            layout = WarpLayout(training_args.output_dir)
-            check_output_dir(
-                layout.root,
-                finished=[layout.metadata(phase).relative_to(layout.root) for phase in PHASE_STEPS[warp_args.phase]],
-                overwrite=getattr(training_args, "overwrite_output_dir", False),
-                resuming=bool(training_args.resume_from_checkpoint),
-            )
+            steps = phase_steps(warp_args, training_args.learning_rate)
+            for root in seed_roots(warp_args, training_args).values():
+                layout = WarpLayout(root)
+                check_output_dir(
+                    layout.root,
+                    finished=[layout.metadata(step).relative_to(layout.root) for step in steps],
+                    overwrite=getattr(training_args, "overwrite_output_dir", False),
+                    resuming=bool(training_args.resume_from_checkpoint),
+                )
         tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
         safety_args = dataclasses.replace(
             data_args,
@@ -135,6 +140,12 @@ class WarpRun:
     def from_dir(cls, run_dir: str | Path, **training_overrides) -> WarpRun:
         """Rebuild a run from its ``config.json`` (for verification and evaluation after the fact)."""
         path = WarpLayout(run_dir).config
+        seeds = sorted(p.name for p in Path(run_dir).glob("seed-*") if p.is_dir())
+        if not path.is_file() and seeds:
+            raise RunDirectoryError(
+                f"{run_dir} holds the runs of several seeds ({', '.join(seeds)}): name one of them, e.g. "
+                f"{Path(run_dir) / seeds[0]}"
+            )
         if not path.is_file():
             raise RunDirectoryError(
                 f"{path} not found: {run_dir} is not the output_dir of a WaRP run, or no phase of it has finished"
@@ -147,10 +158,25 @@ class WarpRun:
             report_to=[],
             seed=saved["seed"],
             per_device_eval_batch_size=saved["eval_batch_size"],
+            **({"learning_rate": saved["learning_rate"]} if "learning_rate" in saved else {}),  # names the arms
             **training_overrides,
         )
         model_args, data_args = ModelArguments(**saved["model"]), DataArguments(**saved["data"])
         return cls.build(model_args, data_args, WarpArguments(**saved["warp"]), training_args, check_output=False)
+
+    def seed_runs(self) -> list[WarpRun]:
+        """This run once per seed (``warp_args.seeds``), each in its own directory; itself with one seed."""
+        roots = seed_roots(self.warp_args, self.training_args)
+        if len(roots) == 1:
+            return [self]
+        return [
+            dataclasses.replace(
+                self,
+                warp_args=dataclasses.replace(self.warp_args, seeds=1),
+                training_args=dataclasses.replace(self.training_args, output_dir=str(root), seed=seed),
+            )
+            for seed, root in roots.items()
+        ]
 
     def config_record(self) -> dict[str, Any]:
         """The arguments that produced the run's files (``config.json``, and each phase's metadata)."""
@@ -160,6 +186,7 @@ class WarpRun:
             "warp": dataclasses.asdict(self.warp_args),
             "seed": self.training_args.seed,
             "eval_batch_size": self.training_args.per_device_eval_batch_size,
+            "learning_rate": self.training_args.learning_rate,
             "hf_ext_version": __version__,
         }
 
@@ -169,18 +196,37 @@ class WarpRun:
             write_json(self.layout.config, self.config_record())
 
     def load_model(self, phase: str | None = None) -> PreTrainedModel:
-        """The base model (``phase=None``) or a phase's saved model, on the training device."""
+        """The base model (``phase=None``), phase 2's model, or an arm's: its full model if it was saved, else
+        phase 2's model with the arm's ``delta.safetensors`` applied; on the training device."""
         args = self.model_args
+        delta = None
         if phase is not None:
             path = self.layout.model(phase)
+            if not path.is_dir() and phase != "phase2" and self.layout.delta(phase).is_file():
+                path, delta = self.layout.model("phase2"), self.layout.delta(phase)
             if not path.is_dir():
-                raise RunDirectoryError(f"{path} not found: run phase {phase.removeprefix('phase')} first")
+                raise RunDirectoryError(f"{path} not found: run {phase} first")
             args = dataclasses.replace(args, model_name_or_path=str(path))
         model = load_model(args, self.tokenizer, self.labels, seed=self.training_args.seed)
+        if delta is not None:
+            apply_delta(model, delta)
         return model.to(self.training_args.device)
+
+    @property
+    def arms(self) -> list[Arm]:
+        """The utility fine-tunes after phase 2 (:mod:`hf_ext.warp.arms`)."""
+        return study_arms(self.warp_args, self.training_args.learning_rate)
 
     def targets(self, model) -> dict[str, torch.nn.Linear]:
         return select_linear(model, self.warp_args.targets, layers=self.warp_args.layers)
+
+
+def seed_roots(warp_args: WarpArguments, training_args: TrainingArguments) -> dict[int, Path]:
+    """``{seed: run directory}``: ``output_dir`` itself with one seed, else ``output_dir/seed-<seed>``."""
+    layout = WarpLayout(training_args.output_dir)
+    if warp_args.seeds == 1:
+        return {training_args.seed: layout.root}
+    return {training_args.seed + k: layout.seed_dir(training_args.seed + k) for k in range(warp_args.seeds)}
 
 
 def _shift_labels(data: PreparedData, offset: int) -> PreparedData:
@@ -276,8 +322,8 @@ def load_basis(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     return bases, eigenvalues, metadata
 
 
-def _reparameterize_targets(run: WarpRun, model) -> dict[str, torch.nn.Parameter]:
-    """Reparameterize the configured targets with the phase-1 basis; ``{module name: C}``."""
+def _target_bases(run: WarpRun, model) -> dict[str, torch.Tensor]:
+    """The phase-1 basis of each configured target; refused if the targets changed since phase 1."""
     bases, _, _ = load_basis(run.dir)
     modules = run.targets(model)
     if set(modules) != set(bases):
@@ -291,8 +337,7 @@ def _reparameterize_targets(run: WarpRun, model) -> dict[str, torch.nn.Parameter
             if part
         )
         raise RunDirectoryError(f"{found}: targets changed since phase 1; keep phase 1's targets or rerun phase 1")
-    reparameterize(model, bases, rank=run.warp_args.basis_rank)
-    return coefficient_parameters(modules)
+    return bases
 
 
 # The arguments whose values a phase's files depend on; a later phase must use the same ones.
@@ -400,10 +445,11 @@ def run_phase2(run: WarpRun) -> dict:
     _check_same_arguments(run, "phase1", _PHASE1_KEYS)
     basis_sha256 = file_sha256(run.layout.basis) if run.layout.basis.is_file() else None
     model = run.load_model()
-    params = _reparameterize_targets(run, model)
+    modules = reparameterize(model, _target_bases(run, model), rank=warp.basis_rank)
+    params = coefficient_parameters(modules)
     trainable = set_trainable(model, params.values(), warp.extra_trainable)
-    accumulator = ImportanceAccumulator(
-        params, kind=warp.importance, granularity=warp.granularity, statistic=warp.importance_statistic
+    accumulator = make_accumulator(
+        modules, kind=warp.importance, granularity=warp.granularity, statistic=warp.importance_statistic
     )
     trainer = _trainer(
         run,
@@ -431,6 +477,7 @@ def run_phase2(run: WarpRun) -> dict:
             kind=warp.importance,
             granularity=warp.granularity,
             keep_training=[head] if head is not None else [],
+            modules=modules,
         )
         importance = after.mean()
         masks, info = build_masks(importance, warp.keep_ratio, warp.threshold)
@@ -488,28 +535,52 @@ def load_masks(run_dir: str | Path) -> dict[str, torch.Tensor]:
     return load_tensors(path)[0]
 
 
-def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
-    """Utility fine-tune from the phase-2 model: with the masks in the basis (``phase3/``), or plain (``plain/``)."""
-    phase = "phase3" if masked else "plain"
+def _arm_masks(run: WarpRun, arm: Arm) -> dict[str, torch.Tensor]:
+    """The masks of a masked arm: phase 2's, or a control with as many frozen entries per layer (saved in the
+    arm's directory)."""
+    masks = load_masks(run.dir)
+    if arm.masks == "importance":
+        return masks
+    controls = control_masks(arm.masks, masks, load_basis(run.dir)[1], seed=run.training_args.seed)
+    if distributed.is_main_process():
+        save_tensors(run.layout.arm_masks(arm.name), controls, {"control": arm.masks, "same_counts_as": "phase2"})
+    return controls
+
+
+def run_arm(run: WarpRun, arm: Arm) -> dict:
+    """One utility fine-tune from the phase-2 model (:mod:`hf_ext.warp.arms`); writes ``<arm.name>/``.
+
+    A masked arm trains the coefficients through :class:`~hf_ext.warp.leaf.LeafReparameterization`
+    (``W`` formed once per optimizer step), its masks' entries kept bit-identical."""
     if not run.layout.basis.is_file():
         raise RunDirectoryError(f"{run.layout.basis} not found: run phases 1 and 2 first")
     if not run.layout.metadata("phase2").is_file():
         raise RunDirectoryError(f"{run.layout.metadata('phase2')} not found: run phase 2 first")
     _check_same_arguments(run, "phase2", _PHASE2_KEYS)
-    inputs = lineage.check_inputs(run.layout, phase)  # before anything is trained or written
+    inputs = lineage.check_inputs(run.layout, arm.lineage)  # before anything is trained or written
     model = run.load_model("phase2")
-    if masked:
-        masks = load_masks(run.dir)
-        params = _reparameterize_targets(run, model)
+    targets = run.targets(model)
+    extra = run.warp_args.extra_trainable
+    leaf = masks = None
+    if arm.kind == "masked":
+        masks = _arm_masks(run, arm)
+        leaf = LeafReparameterization(model, _target_bases(run, model), rank=run.warp_args.basis_rank, masks=masks)
+        params = leaf.coefficients
         masked_update = MaskedUpdate(params, masks)  # checks the masks against the model before anything is written
-        callbacks = [MaskedUpdateCallback(masked_update), CoefficientDriftCallback(params, masks)]
+        callbacks = [LeafWeightCallback(leaf, masked_update), CoefficientDriftCallback(params, masks)]
+        # W only carries the gradient to C: it is not counted, and the optimizer never steps it
+        trainable = set_trainable(model, [*params.values(), *leaf.weights.values()], extra)
+        trainable -= sum(w.numel() for w in leaf.weights.values())
     else:
-        params = {name: module.weight for name, module in run.targets(model).items()}
+        params = {name: module.weight for name, module in targets.items()}
         callbacks = [CoefficientDriftCallback(params, prefix="weight_drift")]
-    trainable = set_trainable(model, params.values(), run.warp_args.extra_trainable)
-    trainer = _trainer(run, model, phase, "utility", callbacks)
-    result = trainer.train(resume_from_checkpoint=_resume(run, 3 if masked else "plain"))
+        trainable = set_trainable(model, model.parameters() if arm.kind == "full" else params.values(), extra)
+    overrides = {} if arm.learning_rate is None else {"learning_rate": arm.learning_rate}
+    trainer = _trainer(run, model, arm.name, "utility", callbacks, **overrides)
+    result = trainer.train(resume_from_checkpoint=_resume(run, 3 if arm.kind == "masked" else "plain"))
     metadata = {
+        "arm": dataclasses.asdict(arm) | {"label": arm.label},
+        "learning_rate": trainer.args.learning_rate,
         "steps": trainer.state.global_step,
         "samples": len(run.utility.train),
         "trainable_parameters": trainable,
@@ -517,22 +588,27 @@ def run_phase3(run: WarpRun, *, masked: bool = True) -> dict:
         "lineage": inputs,
         "config": run.config_record(),
     }
-    if masked:
+    if leaf is not None:
         metadata |= {
             "frozen_unchanged": masked_update.unchanged(),
             "frozen_max_deviation": masked_update.max_deviation(),
             "frozen_entries": masked_update.frozen_counts,
         }
         if distributed.is_main_process():
-            save_tensors(run.layout.coefficients, {n: p.detach() for n, p in params.items()})
-        merge_model(model)
-    trainer.save_model(str(run.layout.model(phase)))
+            save_tensors(run.layout.arm_coefficients(arm.name), {n: p.detach() for n, p in params.items()})
+        leaf.merge()
+    if run.warp_args.save_full_models:
+        trainer.save_model(str(run.layout.model(arm.name)))
     if distributed.is_main_process():
-        save_delta(model, run.layout.delta(phase), {"phase": phase})
-        write_json(run.layout.metadata(phase), metadata)
+        save_delta(model, run.layout.delta(arm.name), {"phase": arm.name, "starts_from": "phase2"})
+        write_json(run.layout.metadata(arm.name), metadata)
     distributed.barrier()
     print_run_locations(trainer)
     return metadata
+
+
+def _held_out(data: PreparedData):
+    return data.test if data.test is not None else data.validation
 
 
 def score_model(run: WarpRun, model: PreTrainedModel) -> dict[str, float]:
@@ -542,7 +618,7 @@ def score_model(run: WarpRun, model: PreTrainedModel) -> dict[str, float]:
     for task in ("safety", "utility"):
         data = run.data(task)
         if run.model_args.task_type == "seq_cls":
-            held_out = data.test if data.test is not None else data.validation
+            held_out = _held_out(data)
             scores[f"{task}_accuracy"] = classification_accuracy(
                 model, held_out, data.collator, run.classes(task), batch_size=batch_size, desc=f"{task} accuracy"
             )
@@ -566,15 +642,14 @@ def score_model(run: WarpRun, model: PreTrainedModel) -> dict[str, float]:
 
 
 def evaluate_run(run: WarpRun) -> dict[str, dict[str, float]]:
-    """Score every saved model of the run; writes ``eval.json`` and ``eval.md`` and returns the rows."""
+    """Score phase 2's model and every arm's; writes ``eval.json`` and ``eval.md`` and returns the rows."""
     if not run.layout.model("phase2").is_dir():
         raise RunDirectoryError(f"{run.layout.model('phase2')} not found: nothing to evaluate before phase 2")
+    labels = {"phase2": PHASE2_LABEL} | {arm.name: arm.label for arm in run.arms}
     rows = {}
-    for phase in PHASE_LABELS:
-        if run.layout.model(phase).is_dir():
-            rows[phase] = score_model(run, run.load_model(phase))
-    if "phase2" not in rows:
-        raise RunDirectoryError(f"{run.layout.model('phase2')} not found: nothing to evaluate before phase 2")
+    for name, label in labels.items():
+        if run.layout.model(name).is_dir() or (name != "phase2" and run.layout.delta(name).is_file()):
+            rows[name] = {"label": label, **score_model(run, run.load_model(name))}
     reference = rows["phase2"]["safety_accuracy"]
     for row in rows.values():
         row["safety_retention"] = row["safety_accuracy"] / reference if reference else float("nan")
@@ -589,22 +664,32 @@ def evaluate_run(run: WarpRun) -> dict[str, dict[str, float]]:
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     lines = ["| model | safety accuracy | safety retention | utility accuracy |", "| --- | --- | --- | --- |"]
-    for phase, row in rows.items():
+    for row in rows.values():
         lines.append(
-            f"| {PHASE_LABELS[phase]} | {row['safety_accuracy']:.3f} | "
+            f"| {row['label']} | {row['safety_accuracy']:.3f} | "
             f"{row['safety_retention']:.3f} | {row['utility_accuracy']:.3f} |"
         )
     return "\n".join(lines)
 
 
+def phase_steps(warp_args: WarpArguments, learning_rate: float, phase=None) -> list[str]:
+    """The run subdirectories ``phase`` (default: the configured one) writes, in order."""
+    arms = study_arms(warp_args, learning_rate)
+    masked = [arm.name for arm in arms if arm.kind == "masked"]
+    plain = [arm.name for arm in arms if arm.kind != "masked"]
+    steps = {1: ["phase1"], 2: ["phase2"], 3: masked, "plain": plain, "eval": []}
+    steps["all"] = ["phase1", "phase2", *masked, *plain]
+    return steps[warp_args.phase if phase is None else phase]
+
+
 def _remove_stale_results(run: WarpRun, *, after: str) -> None:
     """Rerunning a phase (``overwrite_output_dir``) invalidates what later phases computed from it: remove them,
-    and say so, rather than leave results that no longer belong to this run."""
-    later = PHASE_STEPS["all"][PHASE_STEPS["all"].index(after) + 1 :]
-    if after == "phase3":
-        later = ()  # the plain arm does not depend on phase 3
+    and say so, rather than leave results that no longer belong to this run. The arms do not depend on
+    each other."""
+    order = phase_steps(run.warp_args, run.training_args.learning_rate, "all")
+    later = order[order.index(after) + 1 :] if after in ("phase1", "phase2") else []
     stale = [run.layout.phase_dir(p) for p in later if run.layout.phase_dir(p).exists()]
-    stale += [path for path in (run.layout.eval_json, run.layout.eval_md) if path.exists()]
+    stale += [path for path in (run.layout.eval_json, run.layout.eval_md, run.layout.figure) if path.exists()]
     if (
         not stale
         or not run.layout.metadata(after).exists()
@@ -621,41 +706,65 @@ def _remove_stale_results(run: WarpRun, *, after: str) -> None:
     distributed.barrier()
 
 
-PHASE_STEPS: dict[Any, tuple[str, ...]] = {
-    1: ("phase1",),
-    2: ("phase2",),
-    3: ("phase3",),
-    "plain": ("plain",),
-    "eval": (),
-    "all": ("phase1", "phase2", "phase3", "plain"),
-}
-_RUNNERS = {
-    "phase1": run_phase1,
-    "phase2": run_phase2,
-    "phase3": run_phase3,
-    "plain": lambda run: run_phase3(run, masked=False),
-}
+def _run_step(run: WarpRun, step: str) -> None:
+    if step == "phase1":
+        run_phase1(run)
+    elif step == "phase2":
+        run_phase2(run)
+    else:
+        run_arm(run, next(arm for arm in run.arms if arm.name == step))
 
 
-def run_warp_study(run: WarpRun) -> dict | None:
-    """Run the configured phase(s); 'all' runs 1, 2, 3, plain and eval and prints the table.
+def _share_phase1(first: WarpRun, run: WarpRun) -> None:
+    """Phase 1 depends on the data and the base model only, not the seed: later seeds get the first one's."""
+    if distributed.is_main_process():
+        target = run.layout.phase_dir("phase1")
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(first.layout.phase_dir("phase1"), target)
+    distributed.barrier()
 
-    ``config.json`` is written after each phase that succeeds, never by a failed invocation.
-    """
-    phase = run.warp_args.phase
-    for step in PHASE_STEPS[phase]:
+
+def _run_seed(run: WarpRun, *, first: WarpRun | None = None) -> dict | None:
+    for step in phase_steps(run.warp_args, run.training_args.learning_rate):
         _remove_stale_results(run, after=step)
-        _RUNNERS[step](run)
+        if step == "phase1" and first is not None:
+            _share_phase1(first, run)
+        else:
+            _run_step(run, step)
         run.save_config()
-    if phase not in ("eval", "all"):
+    if run.warp_args.phase not in ("eval", "all"):
         return None
     rows = evaluate_run(run) if distributed.is_main_process() else None
     distributed.barrier()
-    if rows is not None:
-        print(
-            f"\nWaRP on {run.model_args.model_name_or_path}: held-out scores\n\n{format_table(rows)}\n\n"
-            f"run directory: {run.dir.resolve()}  (check it: hf-ext warp verify --run {run.dir})\n"
-            f"tensorboard:   tensorboard --logdir {run.dir.resolve()}  (one run per phase)",
-            flush=True,
-        )
     return rows
+
+
+def run_warp_study(run: WarpRun) -> dict | None:
+    """Run the configured phase(s) for every seed; 'all' runs 1, 2, the arms and eval, and prints the table
+    of every arm (mean and 95% interval over seeds) and writes the safety-vs-utility figure.
+
+    ``config.json`` is written after each phase that succeeds, never by a failed invocation.
+    """
+    seeds = run.seed_runs()
+    rows_by_seed = {}
+    for index, seed_run in enumerate(seeds):
+        rows = _run_seed(seed_run, first=seeds[0] if index else None)
+        if rows is not None:
+            rows_by_seed[seed_run.training_args.seed] = rows
+    if not rows_by_seed:
+        return None
+    sizes = {task: len(_held_out(run.data(task))) for task in ("safety", "utility")}
+    summary = summarize(rows_by_seed, sizes)
+    if len(seeds) > 1:
+        write_json(run.layout.eval_json, summary)
+        run.layout.eval_md.write_text(format_summary(summary) + "\n", encoding="utf-8")
+    plot_safety_vs_utility(summary, run.layout.figure)
+    print(
+        f"\nWaRP on {run.model_args.model_name_or_path}: held-out scores\n\n{format_summary(summary)}\n\n"
+        f"run directory: {run.dir.resolve()}  (check it: hf-ext warp verify --run {run.dir})\n"
+        f"figure:        {run.layout.figure.resolve()}\n"
+        f"tensorboard:   tensorboard --logdir {run.dir.resolve()}  (one run per phase and arm)",
+        flush=True,
+    )
+    return summary

@@ -4,11 +4,12 @@
 - reparameterizing reproduces the weights at the start of phases 2 and 3;
 - the masks freeze ``keep_ratio`` of the coefficients (within one entry per layer, or in total
   for a global threshold);
-- the frozen coefficients after phase 3 equal, bit for bit, those at its start;
+- each control arm's masks freeze as many coefficients per layer as phase 2's (none for ``none``);
+- the frozen coefficients after each masked arm equal, bit for bit, those at its start;
 - the other task's rows of the shared classifier head (no gradient in a phase) changed at most by a
-  uniform weight-decay shrink in phase 2, phase 3 and the plain arm;
-- the basis, masks and phase-2 model that phase 3 and the plain arm used are the files phase 2
-  recorded (SHA-256), and they are still the files on disk;
+  uniform weight-decay shrink in phase 2 and every arm;
+- the basis, masks and phase-2 model that the arms used are the files phase 2 recorded (SHA-256),
+  and they are still the files on disk;
 - phases 2 and 3 have run: a missing phase is a failed check, not a silent pass.
 """
 
@@ -98,18 +99,28 @@ def verify_run(run_dir: str | Path) -> list[Check]:
                 )
             )
 
-        for phase in ("phase3", "plain"):
-            if run.layout.metadata(phase).is_file():
-                checks += _lineage_checks(run.layout, phase)
-        if run.layout.coefficients.is_file() and "phase 3" in starts:
-            final, _ = load_tensors(run.layout.coefficients)
+        for arm in run.arms:
+            if run.layout.metadata(arm.name).is_file():
+                checks += _lineage_checks(run.layout, arm.name, arm.lineage)
+            arm_masks = masks
+            if arm.kind == "masked" and arm.masks != "importance" and run.layout.arm_masks(arm.name).is_file():
+                arm_masks, _ = load_tensors(run.layout.arm_masks(arm.name))
+                for name, mask in arm_masks.items():
+                    expected = 0 if arm.masks == "none" else int(masks[name].sum())
+                    value = f"{int(mask.sum())} frozen (expected {expected})"
+                    what = f"{arm.name}: " + ("nothing frozen" if arm.masks == "none" else "as many frozen as phase 2")
+                    checks.append(Check(what, name, value, int(mask.sum()) == expected))
+            coefficients = run.layout.arm_coefficients(arm.name)
+            if arm.kind != "masked" or not coefficients.is_file() or "phase 3" not in starts:
+                continue
+            final, _ = load_tensors(coefficients)
             for name, start in starts["phase 3"].items():
-                frozen = _frozen(masks[name], start.shape)
+                frozen = _frozen(arm_masks[name], start.shape)
                 deviation = (final[name][frozen] - start[frozen]).abs().max().item() if frozen.any() else 0.0
                 moved = (final[name][~frozen] - start[~frozen]).norm().item()
                 checks.append(
                     Check(
-                        "phase 3: frozen coefficients bit-identical",
+                        f"{arm.name}: frozen coefficients bit-identical",
                         name,
                         f"max dev {deviation:.1e}, trainable moved {moved:.3g}",
                         torch.equal(final[name][frozen], start[frozen]),
@@ -134,14 +145,14 @@ def _other_task_rows_checks(run: WarpRun, heads: dict) -> list[Check]:
     change only by AdamW's weight decay, a uniform shrink of each tensor (ratio after/before alike for all)."""
     if heads.get(None) is None:
         return []
-    steps = [
-        ("phase 2", None, "phase2", "utility"),
-        ("phase 3", "phase2", "phase3", "safety"),
-        ("plain", "phase2", "plain", "safety"),
-    ]
+    steps = [("phase 2", None, "phase2", "utility")]
+    steps += [(arm.name, "phase2", arm.name, "safety") for arm in run.arms]
     checks = []
     for label, before_phase, after_phase, other in steps:
-        if before_phase not in heads or not run.layout.model(after_phase).is_dir():
+        saved = run.layout.model(after_phase).is_dir() or (
+            after_phase != "phase2" and run.layout.delta(after_phase).is_file()
+        )
+        if before_phase not in heads or not saved:
             continue
         after = heads.get(after_phase) or _head(run.load_model(after_phase))
         heads[after_phase] = after
@@ -169,7 +180,7 @@ def _missing_phases(layout: WarpLayout) -> list[Check]:
     """A failed check per phase whose files are missing: a partial run must not read as verified."""
     expected = {
         "phase 2": [layout.model("phase2"), layout.masks, layout.metadata("phase2")],
-        "phase 3": [layout.model("phase3"), layout.coefficients, layout.metadata("phase3")],
+        "phase 3": [layout.delta("phase3"), layout.coefficients, layout.metadata("phase3")],
     }
     checks = []
     for label, paths in expected.items():
@@ -187,11 +198,12 @@ def _phase2_basis_check(layout: WarpLayout) -> Check:
     return Check("phase 2 trained in this basis", "phase1/basis.safetensors", value, recorded == found)
 
 
-def _lineage_checks(layout: WarpLayout, phase: str) -> list[Check]:
-    """The files ``phase`` used are those phase 2 recorded, and those ``phase`` recorded are still there."""
+def _lineage_checks(layout: WarpLayout, phase: str, kind: str) -> list[Check]:
+    """The files arm ``phase`` used are those phase 2 recorded, and those ``phase`` recorded are still there;
+    ``kind`` names what it reads (:data:`hf_ext.warp.lineage.INPUTS`)."""
     used = read_json(layout.metadata(phase)).get("lineage", {})
     checks = []
-    for link in lineage.links(layout, phase):
+    for link in lineage.links(layout, kind):
         ok = link.ok and used.get(link.name) == link.found
         value = (
             "matches phase 2's record"
