@@ -178,6 +178,10 @@ class DataArguments:
     test_file: str | None = field(default=None, metadata={"help": "Local test data: .json, .jsonl or .csv."})
     task_seed: int = field(default=0, metadata={"help": "Seed that generates a builtin task (not the training seed)."})
     text_column: str = field(default="text", metadata={"help": "Input text column for seq_cls."})
+    text_pair_column: str | None = field(
+        default=None,
+        metadata={"help": "seq_cls sentence-pair tasks: the second segment's column (e.g. hypothesis after premise)."},
+    )
     label_column: str = field(default="label", metadata={"help": "Label column for seq_cls (ints or strings)."})
     prompt_column: str = field(default="prompt", metadata={"help": "Prompt column for causal_lm."})
     response_column: str = field(default="response", metadata={"help": "Response column for causal_lm."})
@@ -200,6 +204,13 @@ class DataArguments:
         default=10,
         metadata={
             "help": "Percent of train held out as validation when the data has no validation split.",
+        },
+    )
+    split_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of that held-out validation split; not the training seed, so runs with different "
+            "seeds see the same split.",
         },
     )
     max_train_samples: int | None = field(

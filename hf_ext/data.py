@@ -8,6 +8,8 @@ Every recipe takes the same :class:`~hf_ext.config.DataArguments`: ``dataset_nam
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,10 +33,11 @@ PLAIN_PROMPT = "User: {prompt}\nAssistant:"
 BUILTIN_PREFIX = "builtin:"
 
 
-def load_raw_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
+def load_raw_datasets(args: DataArguments) -> DatasetDict:
     """Load the splits named by ``args``; make a validation split from train when there is none.
 
-    ``seed`` shuffles the carved-out validation split. Sample limits are applied last.
+    ``args.split_seed`` draws the carved-out validation split (the same for every training seed). Sample
+    limits are applied last.
     """
     if args.train_file:
         raw = _load_files(args)
@@ -61,7 +64,7 @@ def load_raw_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
             "the data has no validation split: holding out %d%% of train (validation_split_percentage)",
             args.validation_split_percentage,
         )
-        split = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100, seed=seed)
+        split = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100, seed=args.split_seed)
         raw = DatasetDict({**raw, "train": split["train"], "validation": split["test"]})
     limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
     return DatasetDict(
@@ -179,8 +182,10 @@ def _seq_cls_tokenizer(tokenizer: PreTrainedTokenizerBase, args: DataArguments, 
     index = None if labels is None else {name: i for i, name in enumerate(labels)}
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
-        _require_columns(batch, [args.text_column, args.label_column])
-        encoded = tokenizer(batch[args.text_column], truncation=True, max_length=args.max_seq_length)
+        pair = [args.text_pair_column] if args.text_pair_column else []
+        _require_columns(batch, [args.text_column, *pair, args.label_column])
+        segments = [batch[column] for column in (args.text_column, *pair)]
+        encoded = tokenizer(*segments, truncation=True, max_length=args.max_seq_length)
         values = batch[args.label_column]
         encoded["labels"] = list(values) if index is None else [index[str(v)] for v in values]
         return encoded
@@ -289,13 +294,15 @@ def check_columns(raw: DatasetDict, args: DataArguments, task_type: str) -> None
         if len(split) == 0:
             raise DataError(f"the {name} split is empty")
         keys = REQUIRED_COLUMNS[task_type]
+        if task_type == "seq_cls" and args.text_pair_column:
+            keys = ("text_column", "text_pair_column", "label_column")
         missing = [f"{key}={getattr(args, key)!r}" for key in keys if getattr(args, key) not in split.column_names]
         if missing:
             raise DataError(
                 f"{task_type} reads {', '.join(missing)}, not in the {name} split (columns: {split.column_names}); "
                 "set the *_column keys to the data's column names"
             )
-        for key in keys[:1] if task_type == "seq_cls" else keys:
+        for key in (k for k in keys if k != "label_column"):
             column = getattr(args, key)
             feature = split.features[column]
             if getattr(feature, "dtype", None) not in ("string", "large_string"):
@@ -324,14 +331,12 @@ def fit_max_seq_length(args: DataArguments, tokenizer: PreTrainedTokenizerBase) 
     return args
 
 
-def prepare_data(
-    args: DataArguments, tokenizer: PreTrainedTokenizerBase, task_type: str, seed: int = 42
-) -> PreparedData:
+def prepare_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, task_type: str) -> PreparedData:
     """Load, check, label and tokenize the data named by ``args`` for ``task_type``."""
     if task_type not in REQUIRED_COLUMNS:
         raise ConfigError(f"task_type must be one of {sorted(REQUIRED_COLUMNS)}, got {task_type!r}")
     args = fit_max_seq_length(args, tokenizer)
-    raw = load_raw_datasets(args, seed=seed)
+    raw = load_raw_datasets(args)
     check_columns(raw, args, task_type)
     labels = (
         infer_label_names(raw, args)
@@ -351,14 +356,29 @@ def prepare_data(
     )
 
 
+def example_hashes(dataset, indices: list[int]) -> list[str]:
+    """A short SHA-256 of each chosen example (every column, e.g. its tokens and label): what the example is,
+    not where it sits."""
+    return [
+        hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        for row in dataset.select(indices)
+    ]
+
+
 def eval_subset(dataset, size: int, seed: int, path: Path) -> list[int]:
-    """Indices of the evaluation subset, drawn once and saved to ``path`` (reused when it exists)."""
+    """Indices of the evaluation subset, drawn once and saved to ``path`` with each example's content hash;
+    reused when it exists, after checking that those indices still hold the same examples."""
     if path.is_file():
         saved = read_json(path)
         if saved["size"] != min(size, len(dataset)) or saved["seed"] != seed:
             raise RunDirectoryError(
                 f"{path} holds a subset of size {saved['size']} seed "
                 f"{saved['seed']}; delete it or use another output_dir"
+            )
+        if "hashes" in saved and example_hashes(dataset, saved["indices"]) != saved["hashes"]:
+            raise RunDirectoryError(
+                f"{path} was drawn from other validation examples than this run's (their content hashes differ): "
+                "the data, its split (split_seed) or the tokenizer changed; delete it or use another output_dir"
             )
         return saved["indices"]
     if size > len(dataset):
@@ -368,5 +388,7 @@ def eval_subset(dataset, size: int, seed: int, path: Path) -> list[int]:
     generator = torch.Generator().manual_seed(seed)
     indices = sorted(torch.randperm(len(dataset), generator=generator)[: min(size, len(dataset))].tolist())
     if distributed.is_main_process():
-        write_json(path, {"size": len(indices), "seed": seed, "indices": indices})
+        write_json(
+            path, {"size": len(indices), "seed": seed, "indices": indices, "hashes": example_hashes(dataset, indices)}
+        )
     return indices

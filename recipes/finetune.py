@@ -32,7 +32,7 @@ def main(argv=None):
         resuming=bool(training_args.resume_from_checkpoint),
     )
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(data_args, tokenizer, model_args.task_type, seed=training_args.seed)
+    data = prepare_data(data_args, tokenizer, model_args.task_type)
     model = load_model(model_args, tokenizer, data.labels, seed=training_args.seed)
     trainer = HfExtTrainer(model=model, args=training_args, processing_class=tokenizer, **data.trainer_kwargs())
     trainer.train_and_report({"eval": data.validation, "test": data.test}, training_args.resume_from_checkpoint)

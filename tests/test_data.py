@@ -50,7 +50,7 @@ def test_csv_with_string_labels_and_carved_validation(tmp_path):
     args = DataArguments(
         train_file=str(path), text_column="sentence", label_column="sentiment", validation_split_percentage=25
     )
-    raw = load_raw_datasets(args, seed=1)
+    raw = load_raw_datasets(args)
     assert (len(raw["train"]), len(raw["validation"])) == (30, 10)
     labels = infer_label_names(raw, args)
     assert labels == ["neg", "pos"]

@@ -32,6 +32,24 @@ def test_prefix_cached_ablation_equals_naive_ablation(tiny_architecture):
         torch.testing.assert_close(grouped.accuracy_drop, naive.accuracy_drop, atol=0, rtol=0)
 
 
+def test_a_block_that_writes_into_its_input_does_not_corrupt_the_prefix_cache():
+    """Block 1's pre-hook adds into its input in place; the cached output of block 0 it is fed must stay intact,
+    so the cached ablation still equals the naive one (it did not when the cache was handed out as is)."""
+    model, batches = _setup("llama")
+    blocks = model.model.layers
+
+    def in_place(module, args, kwargs):
+        args[0].add_(0.5) if args else kwargs["hidden_states"].add_(0.5)
+
+    blocks[1].register_forward_pre_hook(in_place, with_kwargs=True)
+    seen = []
+    blocks[0].register_forward_hook(lambda m, a, o: seen.append(model.config.use_cache))
+    cached = ablation_importance(model, batches, progress=False)
+    naive = ablation_importance(model, batches, cache_prefix=False, progress=False)
+    torch.testing.assert_close(cached.loss_increase, naive.loss_increase, atol=1e-6, rtol=0)
+    assert seen and not any(seen) and model.config.use_cache is True  # no KV cache while measuring, restored
+
+
 def test_ablation_of_one_head_matches_a_gated_forward_by_hand():
     model, batches = _setup("llama")
     result = ablation_importance(model, batches, progress=False)

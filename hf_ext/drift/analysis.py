@@ -22,6 +22,7 @@ import torch
 
 from ..errors import RunDirectoryError
 from ..io import read_json, write_json
+from ..plotting import require_pyplot, save_figures
 from .measure import compare_dumps
 from .metrics import gram_linear_cka
 from .shards import DumpReader
@@ -238,10 +239,7 @@ def analyze_run(root: str | Path) -> dict[str, Any]:
 
 def figures(root: str | Path) -> dict[str, Any]:
     """The study's figure (CKA heatmap, drift reduction per layer, task metric per run) as matplotlib figures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require_pyplot()
 
     if not (Path(root) / "drift.json").is_file():
         raise RunDirectoryError(
@@ -311,15 +309,7 @@ def _mean(values: list[float]) -> float:
 
 def plot(root: str | Path) -> list[Path]:
     """Write the figures of :func:`figures` as PNG files in ``root``; return their paths."""
-    paths = []
-    for name, figure in figures(root).items():
-        path = Path(root) / f"{name}.png"
-        figure.savefig(path, dpi=110)
-        paths.append(path)
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
-    return paths
+    return save_figures(figures(root), root)
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:

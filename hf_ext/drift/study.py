@@ -25,6 +25,7 @@ from ..errors import FileFormatError, RunDirectoryError
 from ..io import read_json, write_json
 from ..models import load_model, load_tokenizer
 from ..outputs import changed_settings, check_output_dir, tensorboard_writer
+from ..plotting import plotting_available
 from ..trainer import HfExtTrainer
 from .analysis import analyze_run, figures, format_summary, plot, run_dir
 from .callbacks import DriftCallback
@@ -95,7 +96,7 @@ def run_drift_study(
     if not overwrite:
         _check_same_study(root / "study.json", settings)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(data_args, tokenizer, model_args.task_type, seed=training_args.seed)
+    data = prepare_data(data_args, tokenizer, model_args.task_type)
     base = load_model(model_args, tokenizer, data.labels, seed=training_args.seed).to(training_args.device)
     RepresentationRecorder(base, pooling=drift.pooling, layers=drift.layers)  # checks both before any work
     if "lora" in drift.methods:
@@ -132,8 +133,10 @@ def run_drift_study(
             _train_run(model_args, drift, training_args, data, tokenizer, batches, dump, directory, seed, method)
     if distributed.is_main_process():
         summary = analyze_run(root)
-        plot(root)
-        writer = tensorboard_writer(training_args, root / "analysis")
+        drawn = plotting_available("drift figure")
+        if drawn:
+            plot(root)
+        writer = tensorboard_writer(training_args, root / "analysis") if drawn else None
         if writer is not None:
             for name, figure in figures(root).items():
                 writer.add_figure(f"drift/{name}", figure, close=True)

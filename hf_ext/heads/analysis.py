@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..io import write_json
+from ..plotting import require_pyplot, save_figures
 
 MEASUREMENTS = {  # column -> (file, field)
     "I_pre": ("I_pre.jsonl", "loss_increase"),
@@ -52,12 +53,19 @@ class CaseThresholds:
                 )
 
 
+def _json_number(value: float) -> float | None:
+    """NaN and infinities are not JSON: a non-finite measurement is written as null (read back as NaN)."""
+    return float(value) if np.isfinite(value) else None
+
+
 def write_jsonl(path: str | Path, values: dict[str, np.ndarray]) -> None:
-    """One line per head from ``[num_layers, num_heads]`` arrays of the same shape."""
+    """One line per head from ``[num_layers, num_heads]`` arrays of the same shape (standard JSON: NaN -> null)."""
     arrays = {k: np.asarray(v, dtype=float) for k, v in values.items()}
     layers, heads = next(iter(arrays.values())).shape
     lines = [
-        json.dumps({"layer": layer, "head": h, **{k: float(a[layer, h]) for k, a in arrays.items()}})
+        json.dumps(
+            {"layer": layer, "head": h, **{k: _json_number(a[layer, h]) for k, a in arrays.items()}}, allow_nan=False
+        )
         for layer in range(layers)
         for h in range(heads)
     ]
@@ -65,7 +73,7 @@ def write_jsonl(path: str | Path, values: dict[str, np.ndarray]) -> None:
 
 
 def read_jsonl(path: str | Path, field: str) -> np.ndarray:
-    """``[num_layers, num_heads]`` array of ``field``; every head must appear exactly once."""
+    """``[num_layers, num_heads]`` array of ``field`` (null -> NaN); every head must appear exactly once."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} not found: is {path.parent} a head-plasticity seed directory?")
@@ -85,11 +93,13 @@ def read_jsonl(path: str | Path, field: str) -> np.ndarray:
         raise ValueError(f"{path}: line {rows.index(missing_keys[0]) + 1} lacks 'layer', 'head' or {field!r}")
     layers, heads = max(r["layer"] for r in rows) + 1, max(r["head"] for r in rows) + 1
     values = np.full((layers, heads), np.nan)
+    seen = np.zeros((layers, heads), dtype=bool)
     for r in rows:
-        if not np.isnan(values[r["layer"], r["head"]]):
+        if seen[r["layer"], r["head"]]:
             raise ValueError(f"{path}: layer {r['layer']} head {r['head']} appears twice")
-        values[r["layer"], r["head"]] = r[field]
-    missing = np.argwhere(np.isnan(values))
+        seen[r["layer"], r["head"]] = True
+        values[r["layer"], r["head"]] = np.nan if r[field] is None else r[field]
+    missing = np.argwhere(~seen)
     if len(missing):
         shown = ", ".join(f"({layer}, {h})" for layer, h in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ValueError(f"{path}: {len(missing)} of {layers * heads} heads missing (layer, head): {shown}")
@@ -205,22 +215,12 @@ def aggregate_seeds(root: str | Path, seed_dirs: list[Path]) -> dict:
 def plot(run: str | Path) -> list[Path]:
     """Scatter plots (I_pre vs Urel, I_pre vs G_pre, cases marked), a statistics figure and layer x head
     heatmaps of I_pre, I_post and Urel, as PNG files in the run directory; returns their paths."""
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for name, fig in figures(run).items():
-        paths.append(Path(run) / f"{name}.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    return paths
+    return save_figures(figures(run), run)
 
 
 def figures(run: str | Path) -> dict:
     """The study's matplotlib figures by name (see :func:`plot`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require_pyplot()
 
     run = Path(run)
     columns = load_measurements(run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..plotting import has_matplotlib, require_pyplot
 from ..run_logger import LoggingCallback
 from .importance import gradient_importance
 
@@ -24,13 +25,8 @@ class HeadImportanceCallback(LoggingCallback):
         logger.scalars(
             {f"{self.prefix}/layer_{layer}": float(row.mean()) for layer, row in enumerate(result.gradient)}
         )
-        if logger.writer() is not None:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(5, 3.5))
+        if logger.writer() is not None and has_matplotlib():  # the scalars above are logged either way
+            fig, ax = require_pyplot().subplots(figsize=(5, 3.5))
             image = ax.imshow(result.gradient.numpy(), aspect="auto")
             ax.set(xlabel="head", ylabel="layer", title=f"gradient head importance, step {state.global_step}")
             fig.colorbar(image, ax=ax)

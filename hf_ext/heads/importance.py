@@ -77,8 +77,8 @@ class _Replay(nn.Module):
         self.cache, self.index, self.repeat = cache, 0, 1
 
     def forward(self, *args, **kwargs):
-        cached = self.cache[self.index]
-        return cached if self.repeat == 1 else _repeat(cached, self.repeat)
+        # always a copy (repeat copies, even once): the next block may write into its input in place
+        return _repeat(self.cache[self.index], self.repeat)
 
 
 class _PrefixCache:
@@ -174,7 +174,7 @@ def ablation_importance(
         loss, accuracy = per_example_loss(model(**_repeat(inputs, g)).logits, _repeat(labels, g))
         return loss.view(g, size), accuracy.view(g, size)
 
-    with eval_mode(model), gates:
+    with eval_mode(model), gates, _no_kv_cache(model):
         base = [evaluate(b) for b in batches]
         base_loss = torch.cat([r[0] for r in base]).mean().item()
         base_accuracy = torch.cat([r[1] for r in base]).mean().item()
@@ -204,6 +204,21 @@ def ablation_importance(
                 bar.update(len(group))
         bar.close()
     return AblationResult(loss_up, acc_drop, base_loss, base_accuracy, blocks)
+
+
+@contextlib.contextmanager
+def _no_kv_cache(model: nn.Module) -> Iterator[None]:
+    """A causal LM builds a key/value cache in every forward unless told not to; measurements need none."""
+    config = getattr(model, "config", None)
+    previous = getattr(config, "use_cache", None)
+    if previous is None:
+        yield
+        return
+    config.use_cache = False
+    try:
+        yield
+    finally:
+        config.use_cache = previous
 
 
 @contextlib.contextmanager
@@ -239,7 +254,7 @@ def gradient_importance(
     device = model_device(model)
     shape = HeadGates(model).shape
     gradient, fisher, examples = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64), 0
-    with eval_mode(model), _frozen_parameters(model):
+    with eval_mode(model), _frozen_parameters(model), _no_kv_cache(model):
         for batch in tqdm(batches, desc="head gradients", disable=not progress):
             inputs, labels = _inputs(batch, device)
             gates = torch.ones(labels.shape[0], *shape, device=device, requires_grad=True)

@@ -24,6 +24,7 @@ from ..config import DataArguments, ModelArguments, given_keys
 from ..data import eval_subset, prepare_data
 from ..models import load_model, load_tokenizer
 from ..outputs import check_output_dir
+from ..plotting import plotting_available
 from ..run_logger import RunLogger, print_run_locations
 from ..targets import find_attention
 from ..trainer import HfExtTrainer
@@ -63,7 +64,7 @@ def _measure_ablation(model, batches, path: Path) -> None:
 def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: TrainingArguments, seed: int) -> Path:
     run = Path(training_args.output_dir) / f"seed-{seed}"
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(data_args, tokenizer, model_args.task_type, seed=seed)
+    data = prepare_data(data_args, tokenizer, model_args.task_type)
     model = load_model(model_args, tokenizer, data.labels, seed=seed).to(training_args.device)
     check_top_k(study.top_k, math.prod(HeadGates(model).shape))  # before any measurement or training
     indices = eval_subset(
@@ -109,10 +110,11 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
         size, relative = head_update_sizes(initial, model.state_dict(), find_attention(model))
         write_jsonl(run / "U.jsonl", {"U": size.numpy(), "Urel": relative.numpy()})
         stats = aggregate(run, top_k=study.top_k, thresholds=study.thresholds)
-        plot(run)
         logger = RunLogger(trainer)
-        for name, figure in figures(run).items():
-            logger.figure(f"heads/{name}", figure)
+        if plotting_available("head-study figures"):
+            plot(run)
+            for name, figure in figures(run).items():
+                logger.figure(f"heads/{name}", figure)
         logger.scalars(
             {
                 "heads/I_pre_vs_Urel_spearman_rho": stats["I_pre_vs_Urel"]["spearman_rho"],

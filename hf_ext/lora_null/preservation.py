@@ -31,6 +31,7 @@ from ..config import AT_LEAST_ONE, Bounds, DataArguments, ModelArguments, check_
 from ..errors import ConfigError
 from ..io import write_json
 from ..models import eval_mode, load_model, model_device
+from ..plotting import plotting_available, require_pyplot
 from ..tasks import load_builtin_task
 from ..texts import text_batches
 from ..trainer import HfExtTrainer
@@ -234,14 +235,12 @@ def _write(root: Path, rows: list[dict[str, Any]], base_probe: float, study: Pre
         cells = [f"{m:.4f} ± {s:.4f}" for m, s in values.values()]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     print("\n".join(lines), flush=True)
-    _figure(root, rows, base_probe, study)
+    if plotting_available("preservation figure"):
+        _figure(root, rows, base_probe, study)
 
 
 def _figure(root: Path, rows: list[dict[str, Any]], base_probe: float, study: PreservationArguments) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require_pyplot()
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for method in study.methods:

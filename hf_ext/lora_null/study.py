@@ -58,7 +58,7 @@ def prepare_run(model_args, data_args, args: LoraNullArguments, training_args, f
         root, finished=[finished], overwrite=getattr(training_args, "overwrite_output_dir", False), resuming=False
     )
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(data_args, tokenizer, model_args.task_type, seed=training_args.seed)
+    data = prepare_data(data_args, tokenizer, model_args.task_type)
     model = load_model(model_args, tokenizer, data.labels, seed=training_args.seed)
     args.check_targets(model)
     return root, tokenizer, data, model

@@ -40,7 +40,7 @@ def prepare_seq_cls(model_args: ModelArguments, data_args: DataArguments, select
     if model_args.task_type != "seq_cls":
         raise ConfigError(f"task_type={model_args.task_type!r}: the seq_cls recipe trains classifiers; set seq_cls")
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(data_args, tokenizer, "seq_cls", seed=seed)
+    data = prepare_data(data_args, tokenizer, "seq_cls")
     model = load_model(model_args, tokenizer, data.labels, seed=seed)
     model, selection = select_trainable(model, selective, "seq_cls", seed=seed)
     if not selective.train_head:

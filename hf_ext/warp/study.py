@@ -111,9 +111,8 @@ class WarpRun:
             validation_file=warp_args.safety_validation_file,
             test_file=warp_args.safety_test_file,
         )
-        seed = training_args.seed
-        safety = prepare_data(safety_args, tokenizer, model_args.task_type, seed=seed)
-        utility = prepare_data(data_args, tokenizer, model_args.task_type, seed=seed)
+        safety = prepare_data(safety_args, tokenizer, model_args.task_type)
+        utility = prepare_data(data_args, tokenizer, model_args.task_type)
         labels = safety_classes = utility_classes = None
         if model_args.task_type == "seq_cls":
             offset = len(safety.labels)

@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..plotting import plotting_available, require_pyplot
+
 METRICS = ("safety_accuracy", "utility_accuracy", "safety_retention")
 
 
@@ -77,13 +79,9 @@ def format_summary(summary: Mapping) -> str:
 def plot_safety_vs_utility(summary: Mapping, path: str | Path) -> Path | None:
     """One point per arm and seed (safety against utility accuracy), the arm's mean as a larger marker;
     ``None`` (and a message) without matplotlib."""
-    try:
-        import matplotlib
-    except ImportError:
-        print(f"matplotlib is not installed: no {Path(path).name} (pip install 'hf_ext[plots]')", flush=True)
+    if not plotting_available(Path(path).name):
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require_pyplot()
 
     figure, axes = plt.subplots(figsize=(10, 5.5))
     colors = plt.get_cmap("tab10")
