@@ -34,6 +34,7 @@ _EXPORTS = {
     "heads.config": ["HeadStudyArguments"],
     "heads.gates": ["HeadGates", "head_update_sizes"],
     "heads.importance": ["ablation_importance", "gradient_importance"],
+    "heads.probe": ["fit_probe", "head_state", "restore_head"],
     "heads.study": ["run_head_study"],
     "drift.analysis": ["analyze_run"],
     "drift.callbacks": ["DriftCallback"],
@@ -102,6 +103,7 @@ if TYPE_CHECKING:
     from .heads.config import HeadStudyArguments
     from .heads.gates import HeadGates, head_update_sizes
     from .heads.importance import ablation_importance, gradient_importance
+    from .heads.probe import fit_probe, head_state, restore_head
     from .heads.study import run_head_study
     from .io import load_tensors, read_json, save_tensors, write_json
     from .lora_null.callbacks import LoraNullCallback

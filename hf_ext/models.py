@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -294,3 +295,11 @@ def _first_reason(err: Exception) -> str:
     """The telling line of a state-dict error (a size mismatch), else its first line."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
     return next((line for line in lines if "size mismatch" in line), lines[0])
+
+
+CLASSIFIER_HEADS = ("classifier", "score")
+
+
+def classifier_head(model: nn.Module) -> nn.Linear | None:
+    """The sequence classifier's output layer (``classifier`` or ``score``), ``None`` for a causal LM."""
+    return next((getattr(model, n) for n in CLASSIFIER_HEADS if isinstance(getattr(model, n, None), nn.Linear)), None)

@@ -1,5 +1,6 @@
 import json
 
+import torch
 from recipes_util import run_recipe
 from tb_events import read_events
 
@@ -70,3 +71,38 @@ def test_aggregate_of_a_run_with_missing_heads_is_an_error(tmp_path, capsys):
     (tmp_path / "I_pre.jsonl").write_text('{"layer": 0, "head": 1, "loss_increase": 0.5}\n')
     assert cli(["heads", "aggregate", "--run", str(tmp_path)]) == 2
     assert "heads missing" in capsys.readouterr().err
+
+
+def test_probe_before_importance_restores_the_random_head_and_reports_stability(tmp_path):
+    """seq_cls on a tiny BERT: the probe writes probe.json (with the stability of I_pre over another head
+    initialisation); the model fine-tuning starts from is the one a run without probe starts from, unless LP-FT."""
+    from safetensors.torch import load_file
+
+    common = [
+        "head_plasticity_minilm_topic.json",
+        "model_name_or_path=tiny:bert",
+        "seeds=[1]",
+        "eval_subset_size=24",
+        "max_train_samples=64",
+        "per_device_train_batch_size=16",
+        "per_device_eval_batch_size=8",
+        "warmup_steps=0",
+        "top_k=3",
+        "log_head_importance_steps=0",
+        "probe_epochs=1",
+    ]
+    runs = {}
+    for name, extra in (("probe", ["probe_seeds=[7]"]), ("none", ["probe_before_importance=false"])):
+        runs[name] = run_recipe("head_plasticity", *common[:1], f"output_dir={tmp_path / name}", *common[1:], *extra)[
+            0
+        ]
+    run_recipe("head_plasticity", *common[:1], f"output_dir={tmp_path / 'lpft'}", *common[1:], "keep_probe_head=true")
+    probe = json.loads((runs["probe"] / "probe.json").read_text())
+    assert probe["head_modules"] == ["classifier", "bert.pooler"] and 0 <= probe["accuracy"] <= 1
+    assert probe["steps"] == 4 and set(probe["stability"]["probe_seeds"]) == {"7"}
+    assert probe["stability"]["chance_overlap"] == 3 / 8
+    assert not (runs["none"] / "probe.json").exists()
+    initial = {name: load_file(runs[name] / "initial" / "model.safetensors") for name in runs}
+    lpft = load_file(tmp_path / "lpft" / "seed-1" / "initial" / "model.safetensors")
+    assert all(torch.equal(initial["probe"][k], initial["none"][k]) for k in initial["none"])
+    assert not torch.equal(lpft["classifier.weight"], initial["none"]["classifier.weight"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..config import AT_LEAST_ONE, NON_NEGATIVE, PERCENTILE, Bounds, check_bounds
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, PERCENTILE, POSITIVE, Bounds, check_bounds
 from ..errors import ConfigError
 from .analysis import CaseThresholds
 
@@ -26,6 +26,8 @@ class HeadStudyArguments:
         "plastic_percentile": PERCENTILE,
         "unimportant_percentile": PERCENTILE,
         "log_head_importance_steps": NON_NEGATIVE,
+        "probe_epochs": AT_LEAST_ONE,
+        "probe_lr": POSITIVE,
     }
 
     seeds: list[int] = field(default_factory=list, metadata={"help": "Training seeds; empty: just the 'seed' key."})
@@ -46,6 +48,31 @@ class HeadStudyArguments:
         default=0,
         metadata={
             "help": "Log gradient head importance to TensorBoard every N steps during training (0: never).",
+        },
+    )
+
+    probe_before_importance: bool = field(
+        default=True,
+        metadata={
+            "help": "seq_cls: fit only the task head (classifier and pooler) on frozen features before measuring "
+            "I_pre/G_pre/F_pre, so importance is that of a model that does the task, not of a random head; "
+            "probe.json records the probe's accuracy and loss on the evaluation subset."
+        },
+    )
+    probe_epochs: int = field(default=3, metadata={"help": "Epochs of the probe over the training data."})
+    probe_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the probe."})
+    keep_probe_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Fine-tune from the probed head (linear probing then fine-tuning, LP-FT); default: the "
+            "random head is restored bit for bit, so fine-tuning and U are those without a probe."
+        },
+    )
+    probe_seeds: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Other head initialisations to probe and measure I_pre with: probe.json reports their "
+            "Spearman rho and top-K overlap with the run's I_pre (how much the head's initialisation decides it)."
         },
     )
 

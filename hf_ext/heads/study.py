@@ -16,23 +16,26 @@ import math
 from pathlib import Path
 
 import torch
+from scipy.stats import spearmanr
 from torch.utils.data import DataLoader
 from transformers import TrainingArguments
 
 from .. import distributed
 from ..config import DataArguments, ModelArguments, given_keys
 from ..data import eval_subset, prepare_data
+from ..io import read_json, write_json
 from ..models import load_model, load_tokenizer
 from ..outputs import check_output_dir
 from ..plotting import plotting_available
 from ..run_logger import RunLogger, print_run_locations
 from ..targets import find_attention
 from ..trainer import HfExtTrainer
-from .analysis import aggregate, aggregate_seeds, check_top_k, figures, plot, write_jsonl
+from .analysis import aggregate, aggregate_seeds, check_top_k, figures, plot, read_jsonl, top_k_overlap, write_jsonl
 from .callbacks import HeadImportanceCallback
 from .config import HeadStudyArguments
 from .gates import HeadGates, head_update_sizes
 from .importance import ablation_importance, gradient_importance
+from .probe import fit_probe, head_state, reinitialise_head, restore_head, task_head
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,64 @@ def _measure_ablation(model, batches, path: Path) -> None:
     write_jsonl(path, {"loss_increase": result.loss_increase.numpy(), "accuracy_drop": result.accuracy_drop.numpy()})
 
 
+def _train_batches(data, training_args: TrainingArguments) -> list:
+    loader = DataLoader(data.train, batch_size=training_args.per_device_train_batch_size, collate_fn=data.collator)
+    return list(loader)
+
+
+def _probe(model, task_type, data, study, training_args, batches, run: Path, seed: int) -> dict | None:
+    """Fit the task head alone before the measurements (``probe_before_importance``); ``{"random", "probed"}``
+    head states, or None when there is no probe (a causal LM keeps its pretrained LM head)."""
+    if not study.probe_before_importance or task_type != "seq_cls":
+        return None
+    random = head_state(model)
+    result = fit_probe(
+        model,
+        _train_batches(data, training_args),
+        batches,
+        epochs=study.probe_epochs,
+        learning_rate=study.probe_lr,
+        seed=seed,
+    )
+    write_json(run / "probe.json", {"head_modules": list(task_head(model)), **result.to_json()})
+    print(
+        f"probe (task head only, {result.trainable_parameters} parameters, {result.steps} steps): accuracy "
+        f"{result.accuracy:.3f}, loss {result.loss:.4f} on the evaluation subset",
+        flush=True,
+    )
+    return {"random": random, "probed": head_state(model)}
+
+
+def _probe_stability(model, data, study, training_args, batches, run: Path) -> None:
+    """I_pre through probes from other head initialisations (``probe_seeds``), against the run's own I_pre."""
+    if not study.probe_seeds:
+        return
+    reference = read_jsonl(run / "I_pre.jsonl", "loss_increase")
+    k = min(study.top_k, reference.size)
+    rows = {}
+    for probe_seed in study.probe_seeds:
+        reinitialise_head(model, probe_seed)
+        result = fit_probe(
+            model,
+            _train_batches(data, training_args),
+            batches,
+            epochs=study.probe_epochs,
+            learning_rate=study.probe_lr,
+            seed=probe_seed,
+        )
+        other = ablation_importance(model, batches, progress=False).loss_increase.numpy()
+        rho, p = spearmanr(reference.ravel(), other.ravel())
+        rows[str(probe_seed)] = {
+            "probe_accuracy": result.accuracy,
+            "spearman_rho": float(rho),
+            "spearman_p": float(p),
+            f"top{k}_overlap": top_k_overlap(reference, other, k),
+        }
+    record = read_json(run / "probe.json")
+    record["stability"] = {"top_k": k, "chance_overlap": k / reference.size, "probe_seeds": rows}
+    write_json(run / "probe.json", record)
+
+
 def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: TrainingArguments, seed: int) -> Path:
     run = Path(training_args.output_dir) / f"seed-{seed}"
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
@@ -79,8 +140,8 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
     )
     main = distributed.is_main_process()
     if main:
-        model.save_pretrained(run / "initial")
-        tokenizer.save_pretrained(run / "initial")
+        run.mkdir(parents=True, exist_ok=True)
+        heads = _probe(model, model_args.task_type, data, study, training_args, batches, run, seed)
         _measure_ablation(model, batches, run / "I_pre.jsonl")
         gradients = gradient_importance(model, batches, progress=True)
         write_jsonl(
@@ -91,6 +152,11 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
                 "gradient_layer_normalised": gradients.normalised().numpy(),
             },
         )
+        if heads is not None:
+            _probe_stability(model, data, study, training_args, batches, run)
+            restore_head(model, heads["probed" if study.keep_probe_head else "random"])  # LP-FT, or as without
+        model.save_pretrained(run / "initial")
+        tokenizer.save_pretrained(run / "initial")
     # Only the main process measures the update size, so only it keeps the initial weights.
     initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if main else None
     args = dataclasses.replace(training_args, output_dir=str(run), seed=seed, **choose_precision(training_args))

@@ -31,7 +31,7 @@ from ..data import PreparedData, prepare_data, uses_chat_template
 from ..errors import ConfigError, RunDirectoryError
 from ..evaluation import classification_accuracy, first_word_accuracy, generate_responses, refusal_accuracy
 from ..io import file_sha256, load_tensors, read_json, save_tensors, write_json
-from ..models import load_model, load_tokenizer
+from ..models import CLASSIFIER_HEADS, classifier_head, load_model, load_tokenizer
 from ..outputs import check_output_dir, tensorboard_writer
 from ..run_logger import RunLogger, print_run_locations
 from ..targets import select_linear, set_trainable
@@ -251,16 +251,6 @@ def _argmax_within_label_task(groups: list[list[int]]):
     return argmax_within_task
 
 
-_CLASSIFIER_HEADS = ("classifier", "score")
-
-
-def classifier_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The sequence classifier's output layer (``classifier`` or ``score``), ``None`` for a causal LM."""
-    return next(
-        (getattr(model, n) for n in _CLASSIFIER_HEADS if isinstance(getattr(model, n, None), torch.nn.Linear)), None
-    )
-
-
 def restrict_classes(model: torch.nn.Module, class_ids: list[int]) -> torch.utils.hooks.RemovableHandle:
     """Make a classifier train among ``class_ids`` only: in training mode the other logits are pushed
     to the dtype's minimum by a forward hook on the head, so the model's own cross-entropy ignores them.
@@ -273,7 +263,7 @@ def restrict_classes(model: torch.nn.Module, class_ids: list[int]) -> torch.util
     head = classifier_head(model)
     if head is None:
         raise ConfigError(
-            f"no classifier head found on {type(model).__name__} (looked for {', '.join(_CLASSIFIER_HEADS)})"
+            f"no classifier head found on {type(model).__name__} (looked for {', '.join(CLASSIFIER_HEADS)})"
         )
     others = torch.ones(head.out_features, dtype=torch.bool)
     others[class_ids] = False

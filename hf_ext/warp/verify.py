@@ -22,10 +22,11 @@ import torch
 
 from ..activations import orthonormality_error
 from ..io import file_sha256, load_tensors, read_json
+from ..models import classifier_head
 from . import lineage
 from .layout import WarpLayout
 from .reparam import coefficient_parameters, reparameterize
-from .study import WarpRun, classifier_head, load_basis, load_masks
+from .study import WarpRun, load_basis, load_masks
 
 ORTHONORMALITY_TOL = 1e-4
 RECONSTRUCTION_TOL = 1e-4  # relative to max |W|
