@@ -109,8 +109,10 @@ class _Variant:
         self.trainable = sum(p.numel() for p in params)
 
     def step(self, batch) -> None:
-        loss = self.model(**batch).loss
-        loss.backward()
+        """One optimizer step over ``batch``, or over a list of micro-batches (their losses averaged)."""
+        micro_batches = batch if isinstance(batch, list) else [batch]
+        for micro_batch in micro_batches:
+            (self.model(**micro_batch).loss / len(micro_batches)).backward()
         for hook in self.after_backward:
             hook()
         self.optimizer.step()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import time
 
 import torch
 import warp  # benchmarks/warp.py
@@ -36,23 +35,7 @@ from hf_ext.warp.masking import MaskedUpdate
 from hf_ext.warp.reparam import coefficient_parameters, reparameterize
 
 
-class _Variant(warp._Variant):
-    """warp.py's variant, stepping once per ``len(micro_batches)`` accumulated backward passes."""
-
-    def step(self, micro_batches) -> float:
-        start = time.perf_counter()
-        for batch in micro_batches:
-            (self.model(**batch).loss / len(micro_batches)).backward()
-        for hook in self.after_backward:
-            hook()
-        self.optimizer.step()
-        for hook in self.after_step:
-            hook()
-        self.optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
-
-
-def _variants(base, patterns, bases, masks, args) -> list[_Variant]:
+def _variants(base, patterns, bases, masks, args) -> list[warp._Variant]:
     plain = copy.deepcopy(base)
     weights = [m.weight for m in select_linear(plain, patterns).values()]
     parametrized = copy.deepcopy(base)
@@ -63,8 +46,8 @@ def _variants(base, patterns, bases, masks, args) -> list[_Variant]:
     leaf_masked = MaskedUpdate(leaf.coefficients, masks)
     leaf_params = [*leaf.coefficients.values(), *leaf.weights.values()]  # W carries the gradient, has no step
     return [
-        _Variant("plain (target W trainable)", plain, weights, args.lr, args.weight_decay),
-        _Variant(
+        warp._Variant("plain (target W trainable)", plain, weights, args.lr, args.weight_decay),
+        warp._Variant(
             "parametrized + MaskedUpdate",
             parametrized,
             list(params.values()),
@@ -73,7 +56,7 @@ def _variants(base, patterns, bases, masks, args) -> list[_Variant]:
             [masked.zero_frozen_grads_],
             [masked.restore_],
         ),
-        _Variant(
+        warp._Variant(
             "leaf W + MaskedUpdate",
             leaf_model,
             leaf_params,
@@ -141,7 +124,7 @@ def main() -> None:
                     chosen = steps[1 + repeat * args.steps + i]
                     shift = (repeat * args.steps + i) % len(variants)
                     for v in variants[shift:] + variants[:shift]:
-                        totals[v.name] += v.step(chosen)
+                        totals[v.name] += v.timed_step(chosen)
                 for name, total in totals.items():
                     best[name] = min(best[name], total / args.steps)
         plain, parametrized, leaf = best.values()

@@ -64,9 +64,9 @@ def _measure_ablation(model, batches, path: Path) -> None:
     write_jsonl(path, {"loss_increase": result.loss_increase.numpy(), "accuracy_drop": result.accuracy_drop.numpy()})
 
 
-def _train_batches(data, training_args: TrainingArguments) -> list:
-    loader = DataLoader(data.train, batch_size=training_args.per_device_train_batch_size, collate_fn=data.collator)
-    return list(loader)
+def _fit_probe(model, data, study, training_args, batches, seed: int):
+    train = DataLoader(data.train, batch_size=training_args.per_device_train_batch_size, collate_fn=data.collator)
+    return fit_probe(model, list(train), batches, epochs=study.probe_epochs, learning_rate=study.probe_lr, seed=seed)
 
 
 def _probe(model, task_type, data, study, training_args, batches, run: Path, seed: int) -> dict | None:
@@ -75,14 +75,7 @@ def _probe(model, task_type, data, study, training_args, batches, run: Path, see
     if not study.probe_before_importance or task_type != "seq_cls":
         return None
     random = head_state(model)
-    result = fit_probe(
-        model,
-        _train_batches(data, training_args),
-        batches,
-        epochs=study.probe_epochs,
-        learning_rate=study.probe_lr,
-        seed=seed,
-    )
+    result = _fit_probe(model, data, study, training_args, batches, seed)
     write_json(run / "probe.json", {"head_modules": list(task_head(model)), **result.to_json()})
     print(
         f"probe (task head only, {result.trainable_parameters} parameters, {result.steps} steps): accuracy "
@@ -101,14 +94,7 @@ def _probe_stability(model, data, study, training_args, batches, run: Path) -> N
     rows = {}
     for probe_seed in study.probe_seeds:
         reinitialise_head(model, probe_seed)
-        result = fit_probe(
-            model,
-            _train_batches(data, training_args),
-            batches,
-            epochs=study.probe_epochs,
-            learning_rate=study.probe_lr,
-            seed=probe_seed,
-        )
+        result = _fit_probe(model, data, study, training_args, batches, probe_seed)
         other = ablation_importance(model, batches, progress=False).loss_increase.numpy()
         rho, p = spearmanr(reference.ravel(), other.ravel())
         rows[str(probe_seed)] = {
