@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -142,24 +143,60 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return len(top_a & top_b) / k
 
 
-def statistics(columns: dict[str, np.ndarray], cases: np.ndarray, top_k: int) -> dict:
+# Every comparison the study is about: importance before fine-tuning (ablation I_pre, gradient G_pre, Fisher
+# F_pre) against what fine-tuning moved (U, Urel), importance before against after, and the two importances.
+PAIRS = (
+    ("I_pre", "U"),
+    ("I_pre", "Urel"),
+    ("G_pre", "U"),
+    ("G_pre", "Urel"),
+    ("F_pre", "U"),
+    ("F_pre", "Urel"),
+    ("I_pre", "I_post"),
+    ("I_pre", "G_pre"),
+)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     from scipy.stats import spearmanr
 
-    def pair(x: str, y: str) -> dict:
-        rho, p = spearmanr(columns[x].ravel(), columns[y].ravel())
-        return {
-            "spearman_rho": float(rho),
-            "p_value": float(p),
+    rho, p = spearmanr(x, y)
+    return float(rho), float(p)
+
+
+def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
+    """Spearman correlation of ``x`` and ``y`` with ``z`` (here: the layer index) partialled out, from the three
+    rank correlations: ``(r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2))``."""
+    r_xy, r_xz, r_yz = _spearman(x, y)[0], _spearman(x, z)[0], _spearman(y, z)[0]
+    denominator = np.sqrt((1 - r_xz**2) * (1 - r_yz**2))
+    return float((r_xy - r_xz * r_yz) / denominator) if denominator > 0 else math.nan
+
+
+def within_layer_spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean over layers of the Spearman correlation among one layer's heads (layers where either column is
+    constant are left out); compares heads at the same depth only."""
+    rhos = [_spearman(a, b)[0] for a, b in zip(x, y) if np.ptp(a) > 0 and np.ptp(b) > 0]
+    return float(np.mean(rhos)) if rhos else math.nan
+
+
+def statistics(columns: dict[str, np.ndarray], cases: np.ndarray, top_k: int) -> dict:
+    """``stats.json`` of one run: for every pair of :data:`PAIRS` the Spearman rho and p over all heads, the
+    mean within-layer rho, the partial rho controlling for depth, and the top-K overlap with its chance level
+    K/N; the depth trend of every column (Spearman with the layer index); the case counts."""
+    depth = np.broadcast_to(np.arange(cases.shape[0])[:, None], cases.shape).ravel().astype(float)
+    stats = {"heads": int(cases.size), "top_k": top_k, "chance_top_k_overlap": top_k / cases.size}
+    for x, y in PAIRS:
+        rho, p = _spearman(columns[x].ravel(), columns[y].ravel())
+        stats[f"{x}_vs_{y}"] = {
+            "spearman_rho": rho,
+            "p_value": p,
+            "within_layer_rho": within_layer_spearman(columns[x], columns[y]),
+            "partial_rho_given_layer": partial_spearman(columns[x].ravel(), columns[y].ravel(), depth),
             f"top{top_k}_overlap": top_k_overlap(columns[x], columns[y], top_k),
         }
-
-    return {
-        "heads": int(cases.size),
-        "top_k": top_k,
-        "I_pre_vs_Urel": pair("I_pre", "Urel"),
-        "I_pre_vs_G_pre": pair("I_pre", "G_pre"),
-        "cases": {name: int((cases == name).sum()) for name in (IMPORTANT_STATIC, PLASTIC_UNIMPORTANT)},
-    }
+    stats["depth_rho"] = {name: _spearman(column.ravel(), depth)[0] for name, column in columns.items()}
+    stats["cases"] = {name: int((cases == name).sum()) for name in (IMPORTANT_STATIC, PLASTIC_UNIMPORTANT)}
+    return stats
 
 
 def aggregate(run: str | Path, *, top_k: int | None = 20, thresholds: CaseThresholds | None = None) -> dict:
@@ -205,9 +242,10 @@ def aggregate_seeds(root: str | Path, seed_dirs: list[Path]) -> dict:
                 row = [f"{fn(stacked[c][:, layer, h]):.8g}" for c in names for fn in (np.mean, np.std)]
                 writer.writerow([layer, h, *row])
     summary = {"seeds": list(stats), "per_seed": stats}
-    for key in ("I_pre_vs_Urel", "I_pre_vs_G_pre"):
-        rhos = np.array([s[key]["spearman_rho"] for s in stats.values()])
-        summary[f"{key}_spearman_rho"] = {"mean": float(rhos.mean()), "std": float(rhos.std())}
+    for key in (f"{x}_vs_{y}" for x, y in PAIRS):
+        rhos = np.array([s[key]["spearman_rho"] for s in stats.values() if key in s])
+        if len(rhos):
+            summary[f"{key}_spearman_rho"] = {"mean": float(rhos.mean()), "std": float(rhos.std())}
     write_json(root / "stats_across_seeds.json", summary)
     return summary
 
@@ -244,13 +282,14 @@ def figures(run: str | Path) -> dict:
         ax.legend(fontsize=8)
         fig.tight_layout()
         out[f"scatter_I_pre_vs_{y}"] = fig
-    fig, ax = plt.subplots(figsize=(5, 3))
-    pairs = ("I_pre_vs_Urel", "I_pre_vs_G_pre")
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    pairs = [f"{x}_vs_{y}" for x, y in PAIRS]
     k = stats["top_k"]
     x = np.arange(len(pairs))
     ax.bar(x - 0.2, [stats[p]["spearman_rho"] for p in pairs], 0.4, label="Spearman rho")
     ax.bar(x + 0.2, [stats[p][f"top{k}_overlap"] for p in pairs], 0.4, label=f"top-{k} overlap")
-    ax.set_xticks(x, [p.replace("_vs_", " vs ") for p in pairs])
+    ax.set_xticks(x, [p.replace("_vs_", " vs ") for p in pairs], rotation=30, fontsize=7)
+    ax.axhline(k / stats["heads"], linestyle=":", color="gray", label="chance overlap")
     ax.axhline(0, linewidth=0.8, color="black")
     ax.set_title(
         f"{stats['cases'][IMPORTANT_STATIC]} important-but-static, "
