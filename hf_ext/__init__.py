@@ -32,9 +32,11 @@ _EXPORTS = {
     "data": ["PreparedData", "prepare_data"],
     "heads.callbacks": ["HeadImportanceCallback"],
     "heads.config": ["HeadStudyArguments"],
-    "heads.gates": ["HeadGates", "head_update_sizes"],
+    "heads.entropy": ["attention_entropy"],
+    "heads.gates": ["HeadGates", "head_update_sizes", "mean_head_outputs"],
     "heads.importance": ["ablation_importance", "gradient_importance"],
     "heads.probe": ["fit_probe", "head_state", "restore_head"],
+    "heads.pruning": ["prune_curve"],
     "heads.study": ["run_head_study"],
     "drift.analysis": ["analyze_run"],
     "drift.callbacks": ["DriftCallback"],
@@ -101,9 +103,11 @@ if TYPE_CHECKING:
     from .errors import ConfigError, DataError, FileFormatError, HfExtError, RunDirectoryError, exit_on_user_error
     from .heads.callbacks import HeadImportanceCallback
     from .heads.config import HeadStudyArguments
-    from .heads.gates import HeadGates, head_update_sizes
+    from .heads.entropy import attention_entropy
+    from .heads.gates import HeadGates, head_update_sizes, mean_head_outputs
     from .heads.importance import ablation_importance, gradient_importance
     from .heads.probe import fit_probe, head_state, restore_head
+    from .heads.pruning import prune_curve
     from .heads.study import run_head_study
     from .io import load_tensors, read_json, save_tensors, write_json
     from .lora_null.callbacks import LoraNullCallback

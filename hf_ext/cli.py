@@ -118,22 +118,42 @@ def _heads_aggregate(args: argparse.Namespace) -> int:
     root, runs = _heads_runs(args.run)
     thresholds = CaseThresholds(args.important, args.static, args.plastic, args.unimportant)
     for run in runs:
-        saved = run / "stats.json"
-        top_k = (
-            args.top_k
-            if args.top_k is not None
-            else (json.loads(saved.read_text())["top_k"] if saved.is_file() else None)
-        )
-        stats = aggregate(run, top_k=top_k, thresholds=thresholds)
+        saved = json.loads((run / "stats.json").read_text()) if (run / "stats.json").is_file() else {}
+        chosen = {  # an option not given keeps the run's own choice
+            "top_k": args.top_k if args.top_k is not None else saved.get("top_k"),
+            "metric": args.metric or saved.get("importance_metric", "loss"),
+            "cases_by": args.cases_by or saved.get("cases_by", "Urel"),
+            "bootstrap_samples": args.bootstrap_samples
+            if args.bootstrap_samples is not None
+            else saved.get("bootstrap_samples", 1000),
+        }
+        stats = aggregate(run, thresholds=thresholds, **chosen)
         print(
-            f"{run}: I_pre vs Urel rho {stats['I_pre_vs_Urel']['spearman_rho']:.3f} "
+            f"{run}: I_pre ({chosen['metric']}) vs Urel rho {stats['I_pre_vs_Urel']['spearman_rho']:.3f} "
             f"(p {stats['I_pre_vs_Urel']['p_value']:.3g}), I_pre vs "
             f"G_pre rho {stats['I_pre_vs_G_pre']['spearman_rho']:.3f}, "
-            f"cases {stats['cases']}"
+            f"cases by {chosen['cases_by']} {stats['cases']}"
         )
     if len(runs) > 1:
-        aggregate_seeds(root, runs)
+        aggregate_seeds(root, runs, bootstrap_samples=chosen["bootstrap_samples"])
         print(f"{root}: heads_across_seeds.csv, stats_across_seeds.json")
+    return 0
+
+
+def _heads_prune_curve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import parse_config
+    from .heads.study import HEAD_STUDY_ARGUMENT_TYPES, prune_saved_model
+
+    out = Path(args.out) if args.out else Path(args.model) / "prune_curve.json"
+    record = prune_saved_model(
+        args.model, *parse_config(HEAD_STUDY_ARGUMENT_TYPES, [args.config, *args.overrides]), out
+    )
+    for name, rows in record["curves"].items():
+        shown = ", ".join(f"{100 * r['share_removed']:.0f}%: {r['accuracy']:.3f}" for r in rows)
+        print(f"{name}: accuracy at heads removed {shown}")
+    print(out)
     return 0
 
 
@@ -178,14 +198,21 @@ def _drift_dump(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _integer_at_least(low: int, name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {name} integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a {name} integer, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _integer_at_least(1, "positive")
+_non_negative_int = _integer_at_least(0, "non-negative")
 
 
 def _check_new_file(path: str | None, option: str = "--json") -> None:
@@ -435,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.set_defaults(run_command=_warp_apply_delta)
 
     heads = commands.add_parser(
-        "heads", help="redo the head-plasticity analysis from saved JSONL files"
+        "heads", help="redo the head-plasticity analysis from saved files; pruning curves of saved models"
     ).add_subparsers(dest="action", required=True)
     aggregate = heads.add_parser("aggregate", help="heads.csv, stats.json, cases.json (and across seeds)")
     aggregate.add_argument(
@@ -448,7 +475,33 @@ def build_parser() -> argparse.ArgumentParser:
         aggregate.add_argument(
             f"--{name}", type=float, default=default, help=f"{name} percentile (default {default:g})"
         )
+    aggregate.add_argument(
+        "--metric",
+        choices=["loss", "accuracy"],
+        default=None,
+        help="I_pre/I_post as loss increase or accuracy drop (default: the run's own, else loss)",
+    )
+    aggregate.add_argument(
+        "--cases-by",
+        choices=["Urel", "U"],
+        default=None,
+        help="update size the cases are cut on (default: the run's own, else Urel)",
+    )
+    aggregate.add_argument(
+        "--bootstrap-samples",
+        type=_non_negative_int,
+        default=None,
+        help="resamplings for the 95%% intervals (default: the run's own, else 1000; 0: none)",
+    )
     aggregate.set_defaults(run_command=_heads_aggregate)
+    prune = heads.add_parser(
+        "prune-curve", help="iterative pruning curve of a saved model on a head-plasticity run's evaluation subset"
+    )
+    prune.add_argument("config", help="the head-plasticity config of the run (.json)")
+    prune.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. prune_step=0.05")
+    prune.add_argument("--model", required=True, help="a saved model, e.g. <output_dir>/seed-42/final")
+    prune.add_argument("--out", default=None, help="JSON to write (default: <model>/prune_curve.json; figure beside)")
+    prune.set_defaults(run_command=_heads_prune_curve)
     plot = heads.add_parser("plot", help="scatter, statistics and heatmap figures as PNG files")
     plot.add_argument("--run", required=True, help="a seed directory, or the output_dir holding seed-* directories")
     plot.set_defaults(run_command=_heads_plot)

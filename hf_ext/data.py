@@ -375,10 +375,13 @@ def eval_subset(dataset, size: int, seed: int, path: Path) -> list[int]:
                 f"{path} holds a subset of size {saved['size']} seed "
                 f"{saved['seed']}; delete it or use another output_dir"
             )
-        if "hashes" in saved and example_hashes(dataset, saved["indices"]) != saved["hashes"]:
+        if max(saved["indices"], default=-1) >= len(dataset) or (
+            "hashes" in saved and example_hashes(dataset, saved["indices"]) != saved["hashes"]
+        ):
             raise RunDirectoryError(
-                f"{path} was drawn from other validation examples than this run's (their content hashes differ): "
-                "the data, its split (split_seed) or the tokenizer changed; delete it or use another output_dir"
+                f"{path} was drawn from other validation examples than this run's (their content hashes differ or "
+                "indices are out of range): the data, its split (split_seed) or the tokenizer changed; delete it or "
+                "use another output_dir"
             )
         return saved["indices"]
     if size > len(dataset):

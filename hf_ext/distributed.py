@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -41,3 +44,24 @@ def broadcast_(tensor: torch.Tensor, src: int) -> None:
     """Overwrite ``tensor`` on every rank with rank ``src``'s; a no-op in a single process."""
     if world_size() > 1:
         dist.broadcast(tensor, src=src)
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's share of ``items`` (every ``world_size()``-th item from ``rank()``); all of them in one process."""
+    return list(items[rank() :: world_size()])
+
+
+def gather_examples(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along ``dim`` in rank order; ranks may hold different numbers of
+    examples (none included) but must agree on the other dimensions. Every rank must call it."""
+    if world_size() == 1:
+        return tensor
+    moved = tensor.movedim(dim, 0).contiguous()
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([moved.shape[0]], device=tensor.device))
+    longest = max(int(s) for s in sizes)
+    padded = torch.zeros(longest, *moved.shape[1:], dtype=moved.dtype, device=moved.device)
+    padded[: moved.shape[0]] = moved
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(size)] for part, size in zip(parts, sizes)]).movedim(0, dim)

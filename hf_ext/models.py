@@ -179,6 +179,14 @@ def _loading(name: str) -> Iterator[None]:
         ) from None
 
 
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")  # how tiny_tokenizer's tokenizers save
+
+
+def _saved_tokenizer_class(path: str) -> str | None:
+    config = Path(path) / "tokenizer_config.json"
+    return read_json(config).get("tokenizer_class") if config.is_file() else None
+
+
 def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer for a model name (``embedded:``, ``tiny:``, hub id or directory).
 
@@ -189,7 +197,13 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedT
         tokenizer = tiny_tokenizer(_tiny_architecture(name))
     else:
         with _loading(name):
-            tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+            path = resolve_model_path(name)
+            if _saved_tokenizer_class(path) in GENERIC_TOKENIZERS:
+                # AutoTokenizer would swap in the model type's class (e.g. Qwen2Tokenizer), which rebuilds the
+                # pipeline from the vocabulary and tokenises differently from the saved tokenizer.json
+                tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ConfigError(
@@ -265,6 +279,21 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def no_kv_cache(model: nn.Module) -> Iterator[None]:
+    """A causal LM builds a key/value cache in every forward unless told not to; measurements need none."""
+    config = getattr(model, "config", None)
+    previous = getattr(config, "use_cache", None)
+    if previous is None:
+        yield
+        return
+    config.use_cache = False
+    try:
+        yield
+    finally:
+        config.use_cache = previous
 
 
 def load_with_adapter(model: str, adapter: str | None, task_type: str, num_labels: int | None):

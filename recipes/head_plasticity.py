@@ -4,22 +4,14 @@ the statistics and figures that relate them (see hf_ext/heads/study.py for the f
     accelerate launch --config_file accelerate_configs/cpu.yaml \
         recipes/head_plasticity.py recipes/configs/head_plasticity_minilm_topic.json [key=value ...]
 
-Redo the analysis from the saved JSONL files without the model: hf-ext heads aggregate|plot --run DIR
+Redo the analysis from the saved files without the model: hf-ext heads aggregate|plot --run DIR
+Pruning curve of a saved model: hf-ext heads prune-curve CONFIG --model DIR/seed-<s>/initial
 """
 
 import sys
 
-from hf_ext import (
-    DataArguments,
-    HeadStudyArguments,
-    HfExtTrainingArguments,
-    ModelArguments,
-    exit_on_user_error,
-    parse_config,
-    run_head_study,
-)
-
-ARGUMENT_TYPES = (ModelArguments, DataArguments, HeadStudyArguments, HfExtTrainingArguments)
+from hf_ext import exit_on_user_error, parse_config, run_head_study
+from hf_ext.heads.study import HEAD_STUDY_ARGUMENT_TYPES as ARGUMENT_TYPES
 
 
 def main(argv=None):

@@ -43,6 +43,9 @@ def test_eval_subset_is_checked_by_content_on_reuse(tmp_path):
     shuffled = data.select(list(range(49, -1, -1)))  # same size and seed, other examples at those indices
     with pytest.raises(RunDirectoryError, match="content hashes differ"):
         eval_subset(shuffled, 10, 3, path)
+    smaller = data.select(range(max(indices)))  # the subset's last example is gone, as if filtered out
+    with pytest.raises(RunDirectoryError, match="other validation examples"):
+        eval_subset(smaller, 10, 3, path)
 
 
 def test_sentence_pair_task_tokenises_both_segments(tmp_path):

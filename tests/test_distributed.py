@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -169,3 +170,53 @@ def test_two_process_leaf_weight_phase3_matches_one_process(tmp_path):
         assert torch.equal(double[key][:, masks[key]], single[key][:, masks[key]])
     meta = json.loads((two / "phase3" / "metadata.json").read_text())
     assert meta["steps"] == 8 and meta["frozen_unchanged"] is True
+
+
+@pytest.mark.multiprocess
+def test_two_process_head_study_measures_shards_and_matches_one_process(tmp_path):
+    """Every rank measures its shard of the evaluation batches (none waits in a collective while another
+    measures) and the gathered results equal one process's: probe, ablation, gradients, entropy, pruning."""
+    from hf_ext.heads.analysis import read_jsonl
+
+    recipe = ROOT / "recipes" / "head_plasticity.py"
+    config = ROOT / "recipes" / "configs" / "head_plasticity_minilm_topic.json"
+    common = [
+        "model_name_or_path=tiny:bert",
+        "seeds=[1]",
+        "eval_subset_size=40",
+        "per_device_eval_batch_size=8",  # 5 batches: 3 on rank 0, 2 on rank 1
+        "max_train_samples=32",
+        "per_device_train_batch_size=16",  # also the probe's batches, the same in both runs
+        "warmup_steps=0",
+        "top_k=3",
+        "log_head_importance_steps=0",
+        "probe_epochs=1",
+        "probe_seeds=[7]",
+        "prune_step=0.25",
+        "prune_random_orders=1",
+        "bootstrap_samples=20",
+        "report_to=[]",
+    ]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run_path(recipe, config, f"output_dir={one}", *common)
+    torchrun(str(recipe), str(config), f"output_dir={two}", *common)
+    single, double = one / "seed-1", two / "seed-1"
+    for file, field in (
+        ("I_pre.jsonl", "loss_increase"),
+        ("I_pre.jsonl", "accuracy_drop"),
+        ("G_pre.jsonl", "gradient"),
+        ("G_pre.jsonl", "fisher"),
+        ("entropy.jsonl", "entropy"),
+    ):
+        np.testing.assert_allclose(
+            read_jsonl(double / file, field), read_jsonl(single / file, field), rtol=1e-4, atol=1e-6
+        )
+    probes = [json.loads((run / "probe.json").read_text()) for run in (single, double)]
+    assert probes[0]["accuracy"] == probes[1]["accuracy"]
+    stability = [probe["stability"]["probe_seeds"]["7"] for probe in probes]
+    assert stability[0] == pytest.approx(stability[1])
+    examples = [load_tensors(run / "I_post_examples.safetensors")[0]["base_example_loss"] for run in (single, double)]
+    assert examples[0].shape == examples[1].shape == (40,)  # every example once, gathered from both ranks
+    curves = [json.loads((run / "prune_curve.json").read_text())["curves"]["random-0"] for run in (single, double)]
+    assert [row["removed"] for row in curves[0]] == [row["removed"] for row in curves[1]]
+    assert (double / "heads.csv").is_file() and (double / "final" / "config.json").is_file()

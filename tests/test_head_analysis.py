@@ -85,9 +85,9 @@ def test_seeds_aggregate_and_figures(tmp_path):
     for run in seeds:
         aggregate(run, top_k=2)
     summary = aggregate_seeds(tmp_path, seeds)
-    assert summary["seeds"] == ["seed-1", "seed-2"] and summary["I_pre_vs_Urel_spearman_rho"]["std"] == pytest.approx(
-        0
-    )
+    rho = summary["I_pre_vs_Urel"]["spearman_rho"]
+    assert summary["seeds"] == ["seed-1", "seed-2"] and rho["std"] == pytest.approx(0)
+    assert rho["seeds_ci95"] == pytest.approx([rho["mean"], rho["mean"]])  # both seeds agree: no spread
     header, first = (tmp_path / "heads_across_seeds.csv").read_text().splitlines()[:2]
     assert header.startswith("layer,head,I_pre_mean,I_pre_std") and first.startswith("0,0,1.35,0.45")
     paths = plot(seeds[0])

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import torch
 from recipes_util import run_recipe
@@ -11,6 +12,13 @@ SEED_FILES = [
     "I_post.jsonl",
     "G_pre.jsonl",
     "U.jsonl",
+    "entropy.jsonl",
+    "I_pre_examples.safetensors",
+    "I_post_examples.safetensors",
+    "G_pre_examples.safetensors",
+    "entropy_examples.safetensors",
+    "prune_curve.json",
+    "prune_curve.png",
     "heads.csv",
     "stats.json",
     "cases.json",
@@ -23,24 +31,33 @@ SEED_FILES = [
 ]
 
 
+ROOT = Path(__file__).resolve().parents[1]
+# A tiny grouped-query causal LM on the topic task: what the tests and the prune-curve command share.
+SETTINGS = [
+    "model_name_or_path=tiny:qwen2",
+    "task_type=causal_lm",
+    "dataset_name=builtin:topic",
+    "eval_subset_size=24",
+    "per_device_eval_batch_size=8",
+]
+
+
 def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
     runs = run_recipe(
         "head_plasticity",
         "head_plasticity_minilm_topic.json",
         f"output_dir={tmp_path}",
-        "model_name_or_path=tiny:qwen2",
-        "task_type=causal_lm",
-        "dataset_name=builtin:topic",
+        *SETTINGS,
         "seeds=[1,2]",
-        "eval_subset_size=24",
         "max_train_samples=64",
         "per_device_train_batch_size=16",
-        "per_device_eval_batch_size=8",
         "learning_rate=3e-3",
         "warmup_steps=0",
         "top_k=3",
         "log_head_importance_steps=2",
         "logging_steps=2",
+        "bootstrap_samples=50",
+        "prune_step=0.25",
     )
     assert [r.name for r in runs] == ["seed-1", "seed-2"]
     for run in runs:
@@ -59,12 +76,39 @@ def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
     assert {"train/head_importance/layer_0", "train/heads/I_pre_vs_Urel_spearman_rho"} <= set(events.Tags()["scalars"])
     assert {"head_importance/heatmap", "heads/heatmaps", "heads/scatter_I_pre_vs_Urel"} <= set(events.Tags()["images"])
 
+    stats = json.loads((runs[0] / "stats.json").read_text())
+    assert stats["bootstrap_samples"] == 50 and len(stats["I_pre_vs_Urel"]["spearman_rho_ci95"]) == 2
+    assert (
+        len(stats["H_pre_vs_Urel"]["spearman_rho_ci95"]) == 2
+        and "H_pre" in (runs[0] / "heads.csv").read_text().splitlines()[0]
+    )
+    curves = json.loads((runs[0] / "prune_curve.json").read_text())
+    assert set(curves["curves"]) == {"gradient", "random-0", "random-1", "random-2"} and curves["heads"] == 8
+    assert [row["heads_removed"] for row in curves["curves"]["gradient"]] == [0, 2, 4, 6, 8]
+    assert "H_pre_vs_Urel" in across and len(across["I_pre_vs_Urel"]["spearman_rho"]["seeds_ci95"]) == 2
+
     capsys.readouterr()
     (runs[0] / "heads.csv").unlink()
-    assert cli(["heads", "aggregate", "--run", str(tmp_path), "--top-k", "2"]) == 0
-    assert (runs[0] / "heads.csv").is_file() and json.loads((runs[0] / "stats.json").read_text())["top_k"] == 2
+    assert cli(["heads", "aggregate", "--run", str(tmp_path), "--top-k", "2", "--metric", "accuracy"]) == 0
+    stats = json.loads((runs[0] / "stats.json").read_text())
+    assert (runs[0] / "heads.csv").is_file() and (stats["top_k"], stats["importance_metric"]) == (2, "accuracy")
+    assert stats["bootstrap_samples"] == 50 and stats["cases_by"] == "Urel"  # kept from the run
     assert cli(["heads", "plot", "--run", str(runs[1])]) == 0
     assert "heatmaps.png" in capsys.readouterr().out
+
+    config = ROOT / "recipes" / "configs" / "head_plasticity_minilm_topic.json"
+    overrides = [f"output_dir={tmp_path}", *SETTINGS, "prune_random_orders=1", "prune_step=0.5"]
+    out = tmp_path / "initial_curve.json"
+    assert (
+        cli(["heads", "prune-curve", str(config), *overrides, "--model", str(runs[0] / "initial"), "--out", str(out)])
+        == 0
+    )
+    record = json.loads(out.read_text())
+    assert set(record["curves"]) == {"gradient", "random-0"} and (tmp_path / "initial_curve.png").is_file()
+    assert record["curves"]["gradient"][0]["loss"] > 0 and len(record["curves"]["gradient"]) == 3
+    wrong_run = [f"output_dir={tmp_path / 'elsewhere'}", *SETTINGS]
+    assert cli(["heads", "prune-curve", str(config), *wrong_run, "--model", str(runs[0] / "initial")]) == 2
+    assert "eval_subset.json not found" in capsys.readouterr().err
 
 
 def test_aggregate_of_a_run_with_missing_heads_is_an_error(tmp_path, capsys):
@@ -106,3 +150,55 @@ def test_probe_before_importance_restores_the_random_head_and_reports_stability(
     lpft = load_file(tmp_path / "lpft" / "seed-1" / "initial" / "model.safetensors")
     assert all(torch.equal(initial["probe"][k], initial["none"][k]) for k in initial["none"])
     assert not torch.equal(lpft["classifier.weight"], initial["none"]["classifier.weight"])
+
+
+def _mnli_like(path, n):
+    """Rows as `datasets` exports GLUE MNLI (premise, hypothesis, label 0/1/2 = entailment/neutral/contradiction,
+    idx), from the built-in topic task."""
+    from hf_ext.tasks import load_builtin_task, task_label_names
+
+    split = load_builtin_task("topic")["train"]
+    names = task_label_names("topic")
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            topic = names[(split["label"][i] + i % 3) % len(names)] if i % 3 else names[split["label"][i]]
+            hypothesis = f"This text is about {topic}." if i % 3 != 1 else "The author wrote it on a Monday."
+            row = {"premise": split["text"][i], "hypothesis": hypothesis, "label": [0, 1, 2][i % 3], "idx": i}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_the_glue_style_pair_config_reads_local_files_and_tokenises_both_segments(tmp_path):
+    from hf_ext.config import parse_config
+    from hf_ext.data import prepare_data
+    from hf_ext.heads.study import HEAD_STUDY_ARGUMENT_TYPES
+    from hf_ext.models import load_tokenizer
+
+    files = [f"train_file={_mnli_like(tmp_path / 'train.jsonl', 90)}"]
+    files.append(f"validation_file={_mnli_like(tmp_path / 'validation_matched.jsonl', 30)}")
+    config = ROOT / "recipes" / "configs" / "head_plasticity_mnli_local.json"
+    _, data_args, _, _ = parse_config(HEAD_STUDY_ARGUMENT_TYPES, [str(config), *files])
+    tokenizer = load_tokenizer("embedded:minilm")
+    data = prepare_data(data_args, tokenizer, "seq_cls")
+    assert len(data.labels) == 3
+    first = data.validation[0]
+    assert first["input_ids"].count(tokenizer.sep_token_id) == 2 and 1 in first["token_type_ids"]
+    runs = run_recipe(
+        "head_plasticity",
+        "head_plasticity_mnli_local.json",
+        f"output_dir={tmp_path / 'run'}",
+        *files,
+        "model_name_or_path=tiny:bert",
+        "seeds=[1]",
+        "eval_subset_size=24",
+        "per_device_eval_batch_size=8",
+        "per_device_train_batch_size=16",
+        "warmup_steps=0",
+        "top_k=3",
+        "probe_epochs=1",
+        "prune_step=0.5",
+        "bootstrap_samples=20",
+        "report_to=[]",
+    )
+    assert len(json.loads((runs[0] / "final" / "config.json").read_text())["id2label"]) == 3
+    assert (runs[0] / "stats.json").is_file()

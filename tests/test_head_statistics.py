@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, rankdata, spearmanr
 
-from hf_ext.heads.analysis import PAIRS, partial_spearman, statistics, top_k_overlap, within_layer_spearman
+from hf_ext.heads.analysis import PAIRS, statistics, top_k_overlap
+from hf_ext.heads.bootstrap import mean_over_seeds_interval
+from hf_ext.heads.rank_statistics import pair_statistics_rows, spearman_rows, top_k_overlap_rows
 
 
 def _table():
@@ -22,7 +24,8 @@ def test_statistics_match_scipy_by_hand():
     stats = statistics(columns, np.full((4, 6), "", dtype=object), top_k=5)
     assert stats["heads"] == 24 and stats["chance_top_k_overlap"] == pytest.approx(5 / 24)
     depth = np.repeat(np.arange(4.0), 6)
-    for x, y in PAIRS:
+    assert "H_pre_vs_Urel" not in stats  # no entropy column in this table
+    for x, y in PAIRS[:-2]:
         entry = stats[f"{x}_vs_{y}"]
         rho, p = spearmanr(columns[x].ravel(), columns[y].ravel())
         assert (entry["spearman_rho"], entry["p_value"]) == pytest.approx((rho, p))
@@ -40,7 +43,36 @@ def test_statistics_match_scipy_by_hand():
 
 
 def test_partial_and_within_layer_edge_cases():
-    x = np.arange(12.0)
-    assert np.isnan(partial_spearman(x, x[::-1], x))  # depth explains x completely
+    depth_only = np.repeat(np.arange(3.0), 4).reshape(3, 4)  # depth explains x completely: no partial rho
+    assert np.isnan(
+        pair_statistics_rows(depth_only, np.random.default_rng(0).normal(size=(3, 4)), 2)["partial_rho_given_layer"]
+    )
     constant = np.ones((2, 3))
-    assert np.isnan(within_layer_spearman(constant, constant))
+    assert np.isnan(pair_statistics_rows(constant, constant, 2)["within_layer_rho"])
+
+
+def test_vectorised_rank_statistics_equal_scipy_row_by_row():
+    """The bootstrap computes every replicate at once; each row must equal scipy's answer for it, ties included."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 5, size=(50, 3, 4)).astype(float)  # many ties
+    y = rng.normal(size=(50, 3, 4))
+    rows = pair_statistics_rows(x, y, 3)
+    for i in range(50):
+        assert rows["spearman_rho"][i] == pytest.approx(spearmanr(x[i].ravel(), y[i].ravel())[0], abs=1e-12)
+        one = statistics({"I_pre": x[i], "G_pre": y[i]} | _fill(x[i]), np.full((3, 4), "", dtype=object), 3)
+        entry = one["I_pre_vs_G_pre"]
+        assert rows["within_layer_rho"][i] == pytest.approx(entry["within_layer_rho"], abs=1e-12)
+        assert rows["top3_overlap"][i] == top_k_overlap(x[i], y[i], 3)
+    assert spearman_rows(np.ones(4), np.arange(4.0)) != spearman_rows(np.ones(4), np.arange(4.0))  # NaN: constant
+    assert top_k_overlap_rows(np.arange(6.0), np.arange(6.0)[::-1], 3) == 0
+
+
+def _fill(like):
+    rng = np.random.default_rng(2)
+    return {name: rng.normal(size=like.shape) for name in ("I_post", "F_pre", "U", "Urel")}
+
+
+def test_interval_over_seeds_is_the_spread_of_resampled_means():
+    low, high = mean_over_seeds_interval([0.1, 0.2, 0.6], 4000)
+    assert 0.1 <= low < 0.3 < high <= 0.6  # mean 0.3; with 3 seeds the extremes are the all-one-seed draws
+    assert mean_over_seeds_interval([0.5, 0.5, 0.5], 100) == [0.5, 0.5]

@@ -84,3 +84,14 @@ def test_tiny_model_saves_and_reloads_with_plain_transformers(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), reloaded.state_dict().values()))
     assert AutoTokenizer.from_pretrained(tmp_path)("wash a car")["input_ids"] == tokenizer("wash a car")["input_ids"]
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "llama"])
+def test_a_saved_tiny_tokenizer_tokenises_as_before(tmp_path, architecture):
+    """transformers 5's AutoTokenizer loads the model type's class (Qwen2Tokenizer) for a saved directory, which
+    split words differently from the saved tokenizer.json, so tools reading a saved run saw other tokens."""
+    model, tokenizer = tiny_model(architecture, "causal_lm", seed=0)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    text = "Hello world, a test of the saved tokenizer."
+    assert load_tokenizer(str(tmp_path))(text)["input_ids"] == tokenizer(text)["input_ids"]

@@ -2,8 +2,9 @@
 
 A run directory holds one JSONL file per measurement, one line per head (``{"layer": 0, "head": 3,
 ...values}``): ``I_pre.jsonl`` and ``I_post.jsonl`` (ablation: ``loss_increase``,
-``accuracy_drop``), ``G_pre.jsonl`` (``gradient``, ``fisher``, ``gradient_layer_normalised``) and
-``U.jsonl`` (``U``, ``Urel``).
+``accuracy_drop``), ``G_pre.jsonl`` (``gradient``, ``fisher``, ``gradient_layer_normalised``),
+``U.jsonl`` (``U``, ``Urel``) and ``entropy.jsonl`` (``entropy``); the per-example values behind the
+first three sit beside them (``*_examples.safetensors``, see :mod:`.bootstrap`).
 Everything here works from those files alone, without the model.
 """
 
@@ -11,17 +12,18 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..io import write_json
+from ..io import read_json, write_json
 from ..plotting import require_pyplot, save_figures
+from .bootstrap import MEASURED_ON_EXAMPLES, example_replicates, mean_over_seeds_interval, percentile_interval
+from .rank_statistics import pair_statistics_rows
 
-MEASUREMENTS = {  # column -> (file, field)
+MEASUREMENTS = {  # column -> (file, field); I_pre and I_post by the loss metric (see measurement_sources)
     "I_pre": ("I_pre.jsonl", "loss_increase"),
     "I_post": ("I_post.jsonl", "loss_increase"),
     "G_pre": ("G_pre.jsonl", "gradient"),
@@ -29,6 +31,8 @@ MEASUREMENTS = {  # column -> (file, field)
     "U": ("U.jsonl", "U"),
     "Urel": ("U.jsonl", "Urel"),
 }
+ENTROPY = ("entropy.jsonl", "entropy")  # attention entropy before fine-tuning; runs before it have none
+ABLATION_FIELDS = {"loss": "loss_increase", "accuracy": "accuracy_drop"}
 IMPORTANT_STATIC = "important_static"
 PLASTIC_UNIMPORTANT = "plastic_unimportant"
 
@@ -107,22 +111,35 @@ def read_jsonl(path: str | Path, field: str) -> np.ndarray:
     return values
 
 
-def load_measurements(run: str | Path) -> dict[str, np.ndarray]:
-    """Every column of :data:`MEASUREMENTS` from a run directory, checked to have one shape."""
-    columns = {name: read_jsonl(Path(run) / file, field) for name, (file, field) in MEASUREMENTS.items()}
+def measurement_sources(metric: str = "loss") -> dict[str, tuple[str, str]]:
+    """:data:`MEASUREMENTS` with I_pre and I_post as the ablation's loss increase or accuracy drop."""
+    if metric not in ABLATION_FIELDS:
+        raise ConfigError(f"importance metric {metric!r} is not one of {', '.join(ABLATION_FIELDS)}")
+    field = ABLATION_FIELDS[metric]
+    return MEASUREMENTS | {"I_pre": ("I_pre.jsonl", field), "I_post": ("I_post.jsonl", field)}
+
+
+def load_measurements(run: str | Path, metric: str = "loss") -> dict[str, np.ndarray]:
+    """Every column of :func:`measurement_sources` from a run directory (and ``H_pre``, the attention entropy,
+    where the run measured it), checked to have one shape."""
+    sources = measurement_sources(metric)
+    if (Path(run) / ENTROPY[0]).is_file():
+        sources["H_pre"] = ENTROPY
+    columns = {name: read_jsonl(Path(run) / file, field) for name, (file, field) in sources.items()}
     shapes = {name: a.shape for name, a in columns.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"measurements disagree on [layers, heads]: {shapes}")
     return columns
 
 
-def classify(i_pre: np.ndarray, urel: np.ndarray, thresholds: CaseThresholds) -> np.ndarray:
-    """Case label per head: important-but-static, plastic-but-unimportant, or ''."""
-    cases = np.full(i_pre.shape, "", dtype=object)
-    important = i_pre >= np.percentile(i_pre, thresholds.important)
-    static = urel <= np.percentile(urel, thresholds.static)
-    plastic = urel >= np.percentile(urel, thresholds.plastic)
-    unimportant = i_pre <= np.percentile(i_pre, thresholds.unimportant)
+def classify(importance: np.ndarray, update: np.ndarray, thresholds: CaseThresholds) -> np.ndarray:
+    """Case label per head from importance (I_pre) and update size (Urel or U): important-but-static,
+    plastic-but-unimportant, or ''."""
+    cases = np.full(importance.shape, "", dtype=object)
+    important = importance >= np.percentile(importance, thresholds.important)
+    static = update <= np.percentile(update, thresholds.static)
+    plastic = update >= np.percentile(update, thresholds.plastic)
+    unimportant = importance <= np.percentile(importance, thresholds.unimportant)
     cases[important & static] = IMPORTANT_STATIC
     cases[plastic & unimportant] = PLASTIC_UNIMPORTANT
     return cases
@@ -144,7 +161,8 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
 
 
 # Every comparison the study is about: importance before fine-tuning (ablation I_pre, gradient G_pre, Fisher
-# F_pre) against what fine-tuning moved (U, Urel), importance before against after, and the two importances.
+# F_pre) against what fine-tuning moved (U, Urel), importance before against after, the two importances, and
+# the attention entropy before fine-tuning (H_pre, where measured) against importance and update size.
 PAIRS = (
     ("I_pre", "U"),
     ("I_pre", "Urel"),
@@ -154,66 +172,84 @@ PAIRS = (
     ("F_pre", "Urel"),
     ("I_pre", "I_post"),
     ("I_pre", "G_pre"),
+    ("H_pre", "I_pre"),
+    ("H_pre", "Urel"),
 )
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def statistics(
+    columns: dict[str, np.ndarray], cases: np.ndarray, top_k: int, replicates: dict[str, np.ndarray] | None = None
+) -> dict:
+    """``stats.json`` of one run: for every pair of :data:`PAIRS` the Spearman rho and p over all heads, the
+    mean within-layer rho, the rho partialled for depth and the top-K overlap (chance level K/N), each with a
+    95% interval over resampled evaluation examples where ``replicates`` (:func:`example_replicates`) are
+    given for every column measured on the examples (U and Urel are fixed); the depth trend of every column
+    (Spearman with the layer index); the case counts."""
     from scipy.stats import spearmanr
 
-    rho, p = spearmanr(x, y)
-    return float(rho), float(p)
-
-
-def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
-    """Spearman correlation of ``x`` and ``y`` with ``z`` (here: the layer index) partialled out, from the three
-    rank correlations: ``(r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2))``."""
-    r_xy, r_xz, r_yz = _spearman(x, y)[0], _spearman(x, z)[0], _spearman(y, z)[0]
-    denominator = np.sqrt((1 - r_xz**2) * (1 - r_yz**2))
-    return float((r_xy - r_xz * r_yz) / denominator) if denominator > 0 else math.nan
-
-
-def within_layer_spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Mean over layers of the Spearman correlation among one layer's heads (layers where either column is
-    constant are left out); compares heads at the same depth only."""
-    rhos = [_spearman(a, b)[0] for a, b in zip(x, y) if np.ptp(a) > 0 and np.ptp(b) > 0]
-    return float(np.mean(rhos)) if rhos else math.nan
-
-
-def statistics(columns: dict[str, np.ndarray], cases: np.ndarray, top_k: int) -> dict:
-    """``stats.json`` of one run: for every pair of :data:`PAIRS` the Spearman rho and p over all heads, the
-    mean within-layer rho, the partial rho controlling for depth, and the top-K overlap with its chance level
-    K/N; the depth trend of every column (Spearman with the layer index); the case counts."""
     depth = np.broadcast_to(np.arange(cases.shape[0])[:, None], cases.shape).ravel().astype(float)
     stats = {"heads": int(cases.size), "top_k": top_k, "chance_top_k_overlap": top_k / cases.size}
     for x, y in PAIRS:
-        rho, p = _spearman(columns[x].ravel(), columns[y].ravel())
-        stats[f"{x}_vs_{y}"] = {
-            "spearman_rho": rho,
-            "p_value": p,
-            "within_layer_rho": within_layer_spearman(columns[x], columns[y]),
-            "partial_rho_given_layer": partial_spearman(columns[x].ravel(), columns[y].ravel(), depth),
-            f"top{top_k}_overlap": top_k_overlap(columns[x], columns[y], top_k),
-        }
-    stats["depth_rho"] = {name: _spearman(column.ravel(), depth)[0] for name, column in columns.items()}
+        if x not in columns or y not in columns:  # H_pre: runs from before it was measured
+            continue
+        entry = {key: float(value) for key, value in pair_statistics_rows(columns[x], columns[y], top_k).items()}
+        entry["p_value"] = float(spearmanr(columns[x].ravel(), columns[y].ravel())[1])
+        if replicates is not None and all(c in replicates for c in (x, y) if c in MEASURED_ON_EXAMPLES):
+            resampled = pair_statistics_rows(
+                *(
+                    np.broadcast_to(replicates.get(c, columns[c]), next(iter(replicates.values())).shape)
+                    for c in (x, y)
+                ),
+                top_k,
+            )
+            entry |= {f"{key}_ci95": percentile_interval(values).tolist() for key, values in resampled.items()}
+        stats[f"{x}_vs_{y}"] = entry
+    stats["depth_rho"] = {name: float(spearmanr(column.ravel(), depth)[0]) for name, column in columns.items()}
     stats["cases"] = {name: int((cases == name).sum()) for name in (IMPORTANT_STATIC, PLASTIC_UNIMPORTANT)}
     return stats
 
 
-def aggregate(run: str | Path, *, top_k: int | None = 20, thresholds: CaseThresholds | None = None) -> dict:
-    """Write ``heads.csv``, ``stats.json`` and ``cases.json`` of one run from its JSONL files."""
+def aggregate(
+    run: str | Path,
+    *,
+    top_k: int | None = 20,
+    thresholds: CaseThresholds | None = None,
+    metric: str = "loss",
+    cases_by: str = "Urel",
+    bootstrap_samples: int = 1000,
+) -> dict:
+    """Write ``heads.csv``, ``stats.json`` and ``cases.json`` of one run from its saved measurements.
+
+    ``metric``: I_pre and I_post as the ablation's loss increase or accuracy drop. ``cases_by``: the update
+    size the cases are cut on (``Urel``, relative to the head's weights, or ``U``, absolute; they disagree,
+    as U grows with depth). ``bootstrap_samples`` resamplings of the evaluation examples give the 95%
+    intervals (0: none; runs without per-example files get none).
+    """
     run, thresholds = Path(run), thresholds or CaseThresholds()
-    columns = load_measurements(run)
+    if cases_by not in ("Urel", "U"):
+        raise ConfigError(f"cases_by {cases_by!r} is not 'Urel' or 'U'")
+    columns = load_measurements(run, metric)
     top_k = min(20, columns["I_pre"].size) if top_k is None else top_k
     check_top_k(top_k, columns["I_pre"].size)  # before anything is written
-    cases = classify(columns["I_pre"], columns["Urel"], thresholds)
+    replicates = example_replicates(run, metric, bootstrap_samples)
+    intervals = {name: percentile_interval(values) for name, values in (replicates or {}).items()}
+    cases = classify(columns["I_pre"], columns[cases_by], thresholds)
     layers, heads = cases.shape
     with open(run / "heads.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["layer", "head", *columns, "case"])
+        bounds = [f"{name}_ci95_{end}" for name in intervals for end in ("low", "high")]
+        writer.writerow(["layer", "head", *columns, *bounds, "case"])
         for layer in range(layers):
             for h in range(heads):
-                writer.writerow([layer, h, *(f"{columns[c][layer, h]:.8g}" for c in columns), cases[layer, h]])
-    stats = statistics(columns, cases, top_k) | {"thresholds_percentile": asdict(thresholds)}
+                values = [columns[c][layer, h] for c in columns]
+                values += [interval[end, layer, h] for interval in intervals.values() for end in (0, 1)]
+                writer.writerow([layer, h, *(f"{v:.8g}" for v in values), cases[layer, h]])
+    stats = statistics(columns, cases, top_k, replicates) | {
+        "importance_metric": metric,
+        "cases_by": cases_by,
+        "bootstrap_samples": bootstrap_samples if replicates is not None else 0,
+        "thresholds_percentile": asdict(thresholds),
+    }
     write_json(run / "stats.json", stats)
     write_json(
         run / "cases.json",
@@ -225,13 +261,18 @@ def aggregate(run: str | Path, *, top_k: int | None = 20, thresholds: CaseThresh
     return stats
 
 
-def aggregate_seeds(root: str | Path, seed_dirs: list[Path]) -> dict:
-    """Across seeds: per-head mean and std of every column (``heads_across_seeds.csv``) and per-seed
-    statistics rows with their mean and std (``stats_across_seeds.json``)."""
+def aggregate_seeds(root: str | Path, seed_dirs: list[Path], *, bootstrap_samples: int = 1000) -> dict:
+    """Across seeds: per-head mean and std of every column (``heads_across_seeds.csv``) and the per-seed
+    statistics with, for every pair's statistic, the mean over seeds and its 95% interval under resampling the
+    seeds (``stats_across_seeds.json``; the seeds' own ``importance_metric`` is used)."""
     root = Path(root)
-    per_seed = {d.name: load_measurements(d) for d in seed_dirs}
     stats = {d.name: json.loads((d / "stats.json").read_text()) for d in seed_dirs}
-    names = list(MEASUREMENTS)
+    metrics = {s.get("importance_metric", "loss") for s in stats.values()}
+    if len(metrics) > 1:
+        raise ConfigError(f"the seeds were aggregated with different importance metrics {sorted(metrics)}")
+    metric = metrics.pop()
+    per_seed = {d.name: load_measurements(d, metric) for d in seed_dirs}
+    names = [c for c in per_seed[seed_dirs[0].name] if all(c in m for m in per_seed.values())]
     stacked = {c: np.stack([m[c] for m in per_seed.values()]) for c in names}
     layers, heads = stacked[names[0]].shape[1:]
     with open(root / "heads_across_seeds.csv", "w", newline="", encoding="utf-8") as f:
@@ -241,18 +282,28 @@ def aggregate_seeds(root: str | Path, seed_dirs: list[Path]) -> dict:
             for h in range(heads):
                 row = [f"{fn(stacked[c][:, layer, h]):.8g}" for c in names for fn in (np.mean, np.std)]
                 writer.writerow([layer, h, *row])
-    summary = {"seeds": list(stats), "per_seed": stats}
+    summary = {"seeds": list(stats), "per_seed": stats, "bootstrap_samples": bootstrap_samples}
     for key in (f"{x}_vs_{y}" for x, y in PAIRS):
-        rhos = np.array([s[key]["spearman_rho"] for s in stats.values() if key in s])
-        if len(rhos):
-            summary[f"{key}_spearman_rho"] = {"mean": float(rhos.mean()), "std": float(rhos.std())}
+        entries = [s[key] for s in stats.values() if key in s]
+        if not entries:
+            continue
+        summary[key] = {
+            name: {
+                "mean": float(np.mean(values := [e[name] for e in entries])),
+                "std": float(np.std(values)),
+                "seeds_ci95": mean_over_seeds_interval(values, bootstrap_samples) if bootstrap_samples else None,
+            }
+            for name in entries[0]
+            if not name.endswith("_ci95") and name != "p_value"
+        }
     write_json(root / "stats_across_seeds.json", summary)
     return summary
 
 
 def plot(run: str | Path) -> list[Path]:
-    """Scatter plots (I_pre vs Urel, I_pre vs G_pre, cases marked), a statistics figure and layer x head
-    heatmaps of I_pre, I_post and Urel, as PNG files in the run directory; returns their paths."""
+    """Scatter plots (I_pre vs Urel, I_pre vs G_pre, cases marked), a statistics figure (with the 95%
+    intervals where the run has them), layer x head heatmaps of I_pre, I_post and Urel and, where the run
+    measured it, the pruning curve, as PNG files in the run directory; returns their paths."""
     return save_figures(figures(run), run)
 
 
@@ -261,8 +312,9 @@ def figures(run: str | Path) -> dict:
     plt = require_pyplot()
 
     run = Path(run)
-    columns = load_measurements(run)
     stats = json.loads((run / "stats.json").read_text())
+    metric = stats.get("importance_metric", "loss")
+    columns = load_measurements(run, metric)
     cases_json = json.loads((run / "cases.json").read_text())
     marked = {name: np.zeros(columns["I_pre"].shape, bool) for name in cases_json}
     for name, heads in cases_json.items():
@@ -277,17 +329,23 @@ def figures(run: str | Path) -> dict:
             label = case.replace("_", " but ", 1)
             ax.scatter(columns["I_pre"][marked[case]], columns[y][marked[case]], marker=marker, s=size, label=label)
         rho = stats[f"I_pre_vs_{y}"]["spearman_rho"]
-        ax.set(xlabel="ablation importance I_pre (loss increase)", ylabel=label, title=f"Spearman rho = {rho:.3f}")
+        ax.set(xlabel=f"ablation importance I_pre ({ABLATION_FIELDS[metric].replace('_', ' ')})", ylabel=label)
+        ax.set_title(f"Spearman rho = {rho:.3f}")
         ax.ticklabel_format(style="sci", scilimits=(-2, 3))
         ax.legend(fontsize=8)
         fig.tight_layout()
         out[f"scatter_I_pre_vs_{y}"] = fig
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    pairs = [f"{x}_vs_{y}" for x, y in PAIRS]
+    pairs = [f"{x}_vs_{y}" for x, y in PAIRS if f"{x}_vs_{y}" in stats]
     k = stats["top_k"]
     x = np.arange(len(pairs))
-    ax.bar(x - 0.2, [stats[p]["spearman_rho"] for p in pairs], 0.4, label="Spearman rho")
-    ax.bar(x + 0.2, [stats[p][f"top{k}_overlap"] for p in pairs], 0.4, label=f"top-{k} overlap")
+    for offset, key, label in ((-0.2, "spearman_rho", "Spearman rho"), (0.2, f"top{k}_overlap", f"top-{k} overlap")):
+        values = np.array([stats[p][key] for p in pairs])
+        intervals = [stats[p].get(f"{key}_ci95") for p in pairs]
+        errors = None
+        if all(intervals):  # 95% interval over resampled evaluation examples
+            errors = np.abs(np.array(intervals).T - values)
+        ax.bar(x + offset, values, 0.4, yerr=errors, capsize=2, label=label)
     ax.set_xticks(x, [p.replace("_vs_", " vs ") for p in pairs], rotation=30, fontsize=7)
     ax.axhline(k / stats["heads"], linestyle=":", color="gray", label="chance overlap")
     ax.axhline(0, linewidth=0.8, color="black")
@@ -306,4 +364,24 @@ def figures(run: str | Path) -> dict:
         fig.colorbar(image, ax=ax)
     fig.tight_layout()
     out["heatmaps"] = fig
+    if (run / "prune_curve.json").is_file():
+        out["prune_curve"] = prune_curve_figure(read_json(run / "prune_curve.json"))
     return out
+
+
+def prune_curve_figure(record: dict):
+    """Accuracy and loss against the share of heads removed: the importance order, and the random orders in gray."""
+    plt = require_pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, rows in record["curves"].items():
+        control = name.startswith("random")
+        style = {"color": "gray", "alpha": 0.6, "linewidth": 1} if control else {"marker": "o", "markersize": 3}
+        for ax, key in zip(axes, ("accuracy", "loss")):
+            label = None if control and name != "random-0" else ("random order" if control else f"{name} order")
+            ax.plot([100 * r["share_removed"] for r in rows], [r[key] for r in rows], label=label, **style)
+    for ax, key in zip(axes, ("accuracy", "loss")):
+        ax.set(xlabel="heads removed (%)", ylabel=key)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"iterative pruning, {record['ablation']} ablation, {record['heads']} heads", fontsize=9)
+    fig.tight_layout()
+    return fig

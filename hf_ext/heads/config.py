@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, PERCENTILE, POSITIVE, Bounds, check_bounds
 from ..errors import ConfigError
@@ -28,6 +28,9 @@ class HeadStudyArguments:
         "log_head_importance_steps": NON_NEGATIVE,
         "probe_epochs": AT_LEAST_ONE,
         "probe_lr": POSITIVE,
+        "bootstrap_samples": NON_NEGATIVE,
+        "prune_step": Bounds(0, 1),
+        "prune_random_orders": NON_NEGATIVE,
     }
 
     seeds: list[int] = field(default_factory=list, metadata={"help": "Training seeds; empty: just the 'seed' key."})
@@ -74,6 +77,52 @@ class HeadStudyArguments:
             "help": "Other head initialisations to probe and measure I_pre with: probe.json reports their "
             "Spearman rho and top-K overlap with the run's I_pre (how much the head's initialisation decides it)."
         },
+    )
+
+    ablation: Literal["zero", "mean"] = field(
+        default="zero",
+        metadata={
+            "help": "What an ablated head outputs in I_pre, I_post and the pruning curve: zero (Michel et al. 2019) "
+            "or its mean output over the evaluation subset (mean ablation)."
+        },
+    )
+    importance_metric: Literal["loss", "accuracy"] = field(
+        default="loss",
+        metadata={
+            "help": "I_pre/I_post as the ablation's loss increase or accuracy drop (both are saved; 'hf-ext heads "
+            "aggregate --metric' switches later). Accuracy ties heads whose removal flips no prediction."
+        },
+    )
+    cases_by: Literal["Urel", "U"] = field(
+        default="Urel",
+        metadata={
+            "help": "Update size the important-but-static and plastic-but-unimportant cases are cut on: Urel "
+            "(relative to the head's weights) or U (absolute, grows with depth); they pick different heads."
+        },
+    )
+    bootstrap_samples: int = field(
+        default=1000,
+        metadata={
+            "help": "Resamplings of the evaluation examples for the 95% intervals of importance and of every "
+            "statistic (stats.json, heads.csv), and of the seeds for the across-seeds means; 0: none."
+        },
+    )
+    prune_step: float = field(
+        default=0.1,
+        metadata={
+            "help": "Iterative pruning curve of the fine-tuned model (prune_curve.json): share of the heads closed "
+            "per round, importance recomputed between rounds; 0: no curve."
+        },
+    )
+    prune_order: Literal["gradient", "ablation"] = field(
+        default="gradient",
+        metadata={
+            "help": "Importance that orders the pruning: gradient (Michel et al., normalised per layer) or "
+            "ablation (exact, a full ablation sweep per round)."
+        },
+    )
+    prune_random_orders: int = field(
+        default=3, metadata={"help": "Random pruning orders drawn as the control of the pruning curve."}
     )
 
     def __post_init__(self):

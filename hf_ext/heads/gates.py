@@ -8,12 +8,14 @@ Llama and Qwen2 alike (with grouped-query attention the gate is per query head).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..models import model_device
+from .. import distributed
+from ..models import eval_mode, model_device, no_kv_cache
 from ..targets import AttentionModules, find_attention
 
 
@@ -26,9 +28,13 @@ class HeadGates:
     batch its own gates (per-example gradients in one backward pass, several ablations in one
     forward pass). Use as a context manager (``with HeadGates(model, gates): ...``) or call
     :meth:`attach` / :meth:`remove`; :attr:`gates` may be replaced while attached.
+
+    ``baseline`` (``[num_layers, num_heads, head_dim]``, e.g. :func:`mean_head_outputs`) is what a gate
+    of 0 leaves: the head's output becomes ``gate * output + (1 - gate) * baseline`` (mean ablation);
+    without it a closed gate zeroes the head.
     """
 
-    def __init__(self, model: nn.Module, gates: torch.Tensor | None = None):
+    def __init__(self, model: nn.Module, gates: torch.Tensor | None = None, baseline: torch.Tensor | None = None):
         self.model = model
         self.attention = find_attention(model)
         self.shape = (len(self.attention), self.attention[0].num_heads)
@@ -40,7 +46,13 @@ class HeadGates:
                 f"needs [num_layers, num_heads] = {list(self.shape)} "
                 "or [batch, num_layers, num_heads]"
             )
-        self.gates = gates
+        head_dim = self.attention[0].head_dim
+        if baseline is not None and tuple(baseline.shape) != (*self.shape, head_dim):
+            raise ValueError(
+                f"baseline has shape {tuple(baseline.shape)}; this model needs "
+                f"[num_layers, num_heads, head_dim] = {[*self.shape, head_dim]}"
+            )
+        self.gates, self.baseline = gates, baseline
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def attach(self) -> HeadGates:
@@ -58,8 +70,10 @@ class HeadGates:
                 gate = self.gates[a.layer].to(x.dtype)[:, None]  # [heads, 1]
             else:  # per example: [batch, 1 (positions), heads, 1]
                 gate = self.gates[:, a.layer].to(x.dtype).view(x.shape[0], *([1] * (x.ndim - 2)), a.num_heads, 1)
-            gated = (x.unflatten(-1, (a.num_heads, a.head_dim)) * gate).flatten(-2)
-            return (gated, *args[1:])
+            gated = x.unflatten(-1, (a.num_heads, a.head_dim)) * gate
+            if self.baseline is not None:
+                gated = gated + (1 - gate) * self.baseline[a.layer].to(x.dtype)
+            return (gated.flatten(-2), *args[1:])
 
         return gate_heads
 
@@ -73,6 +87,45 @@ class HeadGates:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+@torch.no_grad()
+def mean_head_outputs(
+    model: nn.Module, batches: Sequence[Mapping[str, Any]], *, all_ranks: bool = False
+) -> torch.Tensor:
+    """Each head's mean output ``[num_layers, num_heads, head_dim]`` (float32) over the non-padding tokens of
+    ``batches`` (eval mode): the baseline of mean ablation. With ``all_ranks`` every rank passes its shard
+    and gets the mean over all of them."""
+    attention = find_attention(model)
+    shape = (len(attention), attention[0].num_heads, attention[0].head_dim)
+    device = model_device(model)
+    sums, tokens = torch.zeros(shape, dtype=torch.float64, device=device), torch.zeros(1, device=device)
+    mask: list[torch.Tensor] = []
+
+    def accumulate(a: AttentionModules):
+        def hook(module, args):
+            x = args[0].unflatten(-1, (a.num_heads, a.head_dim)).double()  # [batch, positions, heads, dim]
+            sums[a.layer] += (x * mask[0][..., None, None]).sum((0, 1))
+
+        return hook
+
+    handles = [model.get_submodule(a.o).register_forward_pre_hook(accumulate(a)) for a in attention]
+    try:
+        with eval_mode(model), no_kv_cache(model):
+            for batch in batches:
+                inputs = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v) and k != "labels"}
+                ids = inputs["input_ids"]
+                mask[:] = [inputs.get("attention_mask", torch.ones_like(ids)).double()]
+                tokens += mask[0].sum()
+                model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if all_ranks:
+        distributed.all_reduce_sum_([sums, tokens])
+    if tokens.item() == 0:
+        raise ValueError("mean_head_outputs got no tokens: the batches are empty")
+    return (sums / tokens).float()
 
 
 def _head_rows(weight: torch.Tensor, head: int, head_dim: int) -> torch.Tensor:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models import eval_mode, model_device
+from .. import distributed
+from ..models import eval_mode, model_device, no_kv_cache
 from ..targets import find_blocks
 from .gates import HeadGates
 
@@ -48,13 +49,42 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
 
 @dataclass
 class AblationResult:
-    """Per head ``[num_layers, num_heads]``: loss increase and accuracy drop when the head is off."""
+    """Per example: loss and accuracy with each head ablated (``[num_layers, num_heads, examples]``) and
+    without (``[examples]``); the per-head summaries are means over the examples."""
 
-    loss_increase: torch.Tensor
-    accuracy_drop: torch.Tensor
-    base_loss: float
-    base_accuracy: float
+    example_loss: torch.Tensor
+    example_accuracy: torch.Tensor
+    base_example_loss: torch.Tensor
+    base_example_accuracy: torch.Tensor
     block_evaluations: int
+
+    @property
+    def base_loss(self) -> float:
+        return self.base_example_loss.double().mean().item()
+
+    @property
+    def base_accuracy(self) -> float:
+        return self.base_example_accuracy.double().mean().item()
+
+    @property
+    def loss_increase(self) -> torch.Tensor:
+        """``[num_layers, num_heads]``: mean loss with the head ablated minus without."""
+        return (self.example_loss.double().mean(-1) - self.base_loss).float()
+
+    @property
+    def accuracy_drop(self) -> torch.Tensor:
+        """``[num_layers, num_heads]``: accuracy without ablation minus with the head ablated."""
+        return (self.base_accuracy - self.example_accuracy.double().mean(-1)).float()
+
+    def gathered(self) -> AblationResult:
+        """Every rank's examples (each rank measured its shard); every rank must call it."""
+        return AblationResult(
+            distributed.gather_examples(self.example_loss, -1),
+            distributed.gather_examples(self.example_accuracy, -1),
+            distributed.gather_examples(self.base_example_loss),
+            distributed.gather_examples(self.base_example_accuracy),
+            self.block_evaluations,
+        )
 
 
 def _inputs(batch: dict[str, Any], device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -145,51 +175,61 @@ def ablation_importance(
     model: nn.Module,
     batches: Sequence[dict[str, Any]],
     *,
+    gates: torch.Tensor | None = None,
+    baseline: torch.Tensor | None = None,
     cache_prefix: bool = True,
     ablations_per_pass: int = 1,
     progress: bool = True,
 ) -> AblationResult:
-    """Loss increase and accuracy drop of every single-head ablation over ``batches`` (eval mode).
+    """Loss and accuracy per example of every single-head ablation over ``batches`` (eval mode).
 
-    ``ablations_per_pass`` heads of one layer are ablated in the same forward pass, each on its own
-    copy of the batch (per-example gates): fewer, larger passes, for accelerators with memory to spare.
+    ``gates`` (``[num_layers, num_heads]``, default all ones) is the model being measured: heads already
+    closed stay closed, and only open heads are ablated (a closed head's rows repeat the base). ``baseline``
+    is what an ablated head outputs (:class:`HeadGates`; ``None``: zero ablation, :func:`mean_head_outputs`:
+    mean ablation). ``ablations_per_pass`` heads of one layer are ablated in the same forward pass, each on its
+    own copy of the batch (per-example gates): fewer, larger passes, for accelerators with memory to spare.
     """
     if ablations_per_pass < 1:
         raise ValueError(f"ablations_per_pass must be >= 1, got {ablations_per_pass}")
     device = model_device(model)
-    gates = HeadGates(model)
-    layers, heads = gates.shape
-    ones = torch.ones(layers, heads, device=device)
-    loss_up, acc_drop = torch.zeros(layers, heads), torch.zeros(layers, heads)
+    hooks = HeadGates(model, baseline=baseline)
+    layers, heads = hooks.shape
+    base_gates = torch.ones(layers, heads, device=device) if gates is None else gates.to(device, torch.float32)
+    examples = sum(len(_inputs(b, "cpu")[1]) for b in batches)
+    example_loss, example_accuracy = torch.zeros(layers, heads, examples), torch.zeros(layers, heads, examples)
     prefix = _PrefixCache(model)
     blocks = 0
 
-    def evaluate(batch, patterns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example (loss, accuracy); with ``patterns`` [g, layers, heads], shaped [g, batch]."""
+    def evaluate(batch, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example (loss, accuracy) under gate ``patterns`` [g, layers, heads], shaped [g, batch]."""
         inputs, labels = _inputs(batch, device)
-        if patterns is None:
-            return per_example_loss(model(**inputs).logits, labels)
         g, size = patterns.shape[0], labels.shape[0]
-        gates.gates = patterns.repeat_interleave(size, dim=0)
+        hooks.gates = patterns.repeat_interleave(size, dim=0)
         loss, accuracy = per_example_loss(model(**_repeat(inputs, g)).logits, _repeat(labels, g))
         return loss.view(g, size), accuracy.view(g, size)
 
-    with eval_mode(model), gates, _no_kv_cache(model):
-        base = [evaluate(b) for b in batches]
-        base_loss = torch.cat([r[0] for r in base]).mean().item()
-        base_accuracy = torch.cat([r[1] for r in base]).mean().item()
+    def stacked(results) -> tuple[torch.Tensor, torch.Tensor]:
+        if not results:
+            return torch.zeros(0), torch.zeros(0)
+        return tuple(torch.cat([r[i] for r in results], dim=-1).cpu() for i in (0, 1))
+
+    with eval_mode(model), hooks, no_kv_cache(model):
+        base_loss, base_accuracy = stacked([evaluate(b, base_gates[None]) for b in batches])
+        base_loss, base_accuracy = base_loss.view(-1), base_accuracy.view(-1)
+        example_loss[:], example_accuracy[:] = base_loss, base_accuracy
         blocks += layers
         cache = None
-        bar = tqdm(total=layers * heads, desc="head ablation", disable=not progress)
+        bar = tqdm(total=int((base_gates != 0).sum()), desc="head ablation", disable=not progress)
         for layer in range(layers):
             if cache_prefix and layer > 0:
-                gates.gates = ones
+                hooks.gates = base_gates
                 cache = prefix.outputs_of_block(layer - 1, cache, batches, device)
                 blocks += 1
             start = layer if cache_prefix else 0
-            for first in range(0, heads, ablations_per_pass):
-                group = list(range(first, min(first + ablations_per_pass, heads)))
-                patterns = ones.repeat(len(group), 1, 1)
+            open_heads = (base_gates[layer] != 0).nonzero().view(-1).tolist()
+            for first in range(0, len(open_heads), ablations_per_pass):
+                group = open_heads[first : first + ablations_per_pass]
+                patterns = base_gates.repeat(len(group), 1, 1)
                 patterns[torch.arange(len(group)), layer, group] = 0.0
                 run = functools.partial(evaluate, patterns=patterns)
                 if start > 0:
@@ -197,28 +237,10 @@ def ablation_importance(
                 else:
                     results = [run(b) for b in batches]
                 blocks += len(group) * (layers - start)
-                loss = torch.cat([r[0] for r in results], dim=1).mean(1)
-                accuracy = torch.cat([r[1] for r in results], dim=1).mean(1)
-                loss_up[layer, group] = (loss - base_loss).cpu()
-                acc_drop[layer, group] = (base_accuracy - accuracy).cpu()
+                example_loss[layer, group], example_accuracy[layer, group] = stacked(results)
                 bar.update(len(group))
         bar.close()
-    return AblationResult(loss_up, acc_drop, base_loss, base_accuracy, blocks)
-
-
-@contextlib.contextmanager
-def _no_kv_cache(model: nn.Module) -> Iterator[None]:
-    """A causal LM builds a key/value cache in every forward unless told not to; measurements need none."""
-    config = getattr(model, "config", None)
-    previous = getattr(config, "use_cache", None)
-    if previous is None:
-        yield
-        return
-    config.use_cache = False
-    try:
-        yield
-    finally:
-        config.use_cache = previous
+    return AblationResult(example_loss, example_accuracy, base_loss, base_accuracy, blocks)
 
 
 @contextlib.contextmanager
@@ -236,33 +258,55 @@ def _frozen_parameters(model: nn.Module) -> Iterator[None]:
 
 @dataclass
 class GradientImportance:
-    """Per head ``[num_layers, num_heads]``: ``sum_x |dL_x/dgate|`` and ``mean_x (dL_x/dgate)^2``."""
+    """Per-example gate gradients ``dL_x/dgate`` (``[examples, num_layers, num_heads]``) and their summaries."""
 
-    gradient: torch.Tensor
-    fisher: torch.Tensor
-    examples: int
+    example_gradient: torch.Tensor
+
+    @property
+    def examples(self) -> int:
+        return self.example_gradient.shape[0]
+
+    @property
+    def gradient(self) -> torch.Tensor:
+        """``sum_x |dL_x/dgate|`` per head (Michel et al. 2019)."""
+        return self.example_gradient.double().abs().sum(0).float()
+
+    @property
+    def fisher(self) -> torch.Tensor:
+        """``mean_x (dL_x/dgate)^2`` per head."""
+        return (self.example_gradient.double().square().sum(0) / max(self.examples, 1)).float()
 
     def normalised(self) -> torch.Tensor:
         """Gradient importance divided by each layer's L2 norm (Michel et al.'s per-layer normalisation)."""
-        return self.gradient / self.gradient.norm(dim=1, keepdim=True).clamp(min=1e-20)
+        gradient = self.gradient
+        return gradient / gradient.norm(dim=1, keepdim=True).clamp(min=1e-20)
+
+    def gathered(self) -> GradientImportance:
+        """Every rank's examples (each rank measured its shard); every rank must call it."""
+        return GradientImportance(distributed.gather_examples(self.example_gradient))
 
 
 def gradient_importance(
-    model: nn.Module, batches: Sequence[dict[str, Any]], *, progress: bool = True
+    model: nn.Module,
+    batches: Sequence[dict[str, Any]],
+    *,
+    gates: torch.Tensor | None = None,
+    baseline: torch.Tensor | None = None,
+    progress: bool = True,
 ) -> GradientImportance:
-    """Per-example gate gradients over ``batches`` (eval mode, parameters' gradients untouched)."""
+    """Per-example gate gradients over ``batches`` at ``gates`` (``[num_layers, num_heads]``, default all
+    ones), in eval mode; the parameters' gradients are untouched. With a ``baseline`` (:class:`HeadGates`) the
+    gradient is that of moving each head towards it (the first-order estimate of mean ablation)."""
     device = model_device(model)
     shape = HeadGates(model).shape
-    gradient, fisher, examples = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64), 0
-    with eval_mode(model), _frozen_parameters(model), _no_kv_cache(model):
+    base_gates = torch.ones(shape, device=device) if gates is None else gates.to(device, torch.float32)
+    rows = []
+    with eval_mode(model), _frozen_parameters(model), no_kv_cache(model):
         for batch in tqdm(batches, desc="head gradients", disable=not progress):
             inputs, labels = _inputs(batch, device)
-            gates = torch.ones(labels.shape[0], *shape, device=device, requires_grad=True)
-            with HeadGates(model, gates):
+            per_example_gates = base_gates.repeat(labels.shape[0], 1, 1).requires_grad_(True)
+            with HeadGates(model, per_example_gates, baseline):
                 loss, _ = per_example_loss(model(**inputs).logits, labels)
-            (per_example,) = torch.autograd.grad(loss.sum(), gates)
-            per_example = per_example.double().cpu()
-            gradient += per_example.abs().sum(0)
-            fisher += per_example.square().sum(0)
-            examples += labels.shape[0]
-    return GradientImportance(gradient.float(), (fisher / max(examples, 1)).float(), examples)
+            (per_example,) = torch.autograd.grad(loss.sum(), per_example_gates)
+            rows.append(per_example.float().cpu())
+    return GradientImportance(torch.cat(rows) if rows else torch.zeros(0, *shape))

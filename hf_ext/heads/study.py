@@ -1,12 +1,14 @@
 """The head-plasticity study: are the heads that matter for a task the heads that fine-tuning changes?
 
-Per seed (``output_dir/seed-<s>/``): save the initial model, measure head importance by ablation
-(``I_pre.jsonl``) and by gradient/Fisher (``G_pre.jsonl``) on a fixed evaluation subset, fine-tune
-the whole model, save the final model, measure ablation importance again (``I_post.jsonl``) and the
-per-head update size (``U.jsonl``), then aggregate (``heads.csv``, ``stats.json``, ``cases.json``)
-and draw the figures. With several seeds, ``output_dir`` also gets ``heads_across_seeds.csv`` and
-``stats_across_seeds.json``. The subset is saved once as ``output_dir/eval_subset.json``.
-"""
+Per seed (``output_dir/seed-<s>/``): fit a linear probe of the task head (``probe.json``), measure head
+importance on a fixed evaluation subset by ablation (``I_pre.jsonl``), by gradient/Fisher (``G_pre.jsonl``)
+and the attention entropy (``entropy.jsonl``), saving the per-example values beside them
+(``*_examples.safetensors``, for the bootstrap); save the initial model, fine-tune the whole model, save the
+final model, measure ablation importance again (``I_post.jsonl``), the iterative pruning curve
+(``prune_curve.json``) and the per-head update size (``U.jsonl``), then aggregate (``heads.csv``,
+``stats.json``, ``cases.json``) and draw the figures. With several seeds, ``output_dir`` also gets
+``heads_across_seeds.csv`` and ``stats_across_seeds.json``. The subset is saved once as
+``output_dir/eval_subset.json``."""
 
 from __future__ import annotations
 
@@ -21,23 +23,37 @@ from torch.utils.data import DataLoader
 from transformers import TrainingArguments
 
 from .. import distributed
-from ..config import DataArguments, ModelArguments, given_keys
+from ..config import DataArguments, HfExtTrainingArguments, ModelArguments, given_keys
 from ..data import eval_subset, prepare_data
-from ..io import read_json, write_json
-from ..models import load_model, load_tokenizer
+from ..errors import RunDirectoryError
+from ..io import read_json, save_tensors, write_json
+from ..models import load_model, load_tokenizer, load_with_adapter
 from ..outputs import check_output_dir
-from ..plotting import plotting_available
+from ..plotting import plotting_available, save_figures
 from ..run_logger import RunLogger, print_run_locations
 from ..targets import find_attention
 from ..trainer import HfExtTrainer
-from .analysis import aggregate, aggregate_seeds, check_top_k, figures, plot, read_jsonl, top_k_overlap, write_jsonl
+from .analysis import (
+    aggregate,
+    aggregate_seeds,
+    check_top_k,
+    figures,
+    plot,
+    prune_curve_figure,
+    top_k_overlap,
+    write_jsonl,
+)
 from .callbacks import HeadImportanceCallback
 from .config import HeadStudyArguments
-from .gates import HeadGates, head_update_sizes
-from .importance import ablation_importance, gradient_importance
+from .entropy import attention_entropy
+from .gates import HeadGates, head_update_sizes, mean_head_outputs
+from .importance import AblationResult, ablation_importance, gradient_importance
 from .probe import fit_probe, head_state, reinitialise_head, restore_head, task_head
+from .pruning import prune_curve
 
 logger = logging.getLogger(__name__)
+
+HEAD_STUDY_ARGUMENT_TYPES = (ModelArguments, DataArguments, HeadStudyArguments, HfExtTrainingArguments)
 
 
 def mixed_precision() -> dict[str, bool]:
@@ -59,14 +75,56 @@ def choose_precision(training_args: TrainingArguments) -> dict[str, bool]:
     return chosen
 
 
-def _measure_ablation(model, batches, path: Path) -> None:
-    result = ablation_importance(model, batches, progress=distributed.is_main_process())
-    write_jsonl(path, {"loss_increase": result.loss_increase.numpy(), "accuracy_drop": result.accuracy_drop.numpy()})
+def _measure_ablation(model, shard: list, study: HeadStudyArguments, path: Path | None) -> AblationResult:
+    """Ablation importance over every rank's shard (each rank measures its own); ``path``: where the main
+    process writes the per-head JSONL (and the per-example values beside it), None to write nothing."""
+    main = distributed.is_main_process()
+    baseline = mean_head_outputs(model, shard, all_ranks=True) if study.ablation == "mean" else None
+    result = ablation_importance(model, shard, baseline=baseline, progress=main).gathered()
+    if main and path is not None:
+        write_jsonl(
+            path, {"loss_increase": result.loss_increase.numpy(), "accuracy_drop": result.accuracy_drop.numpy()}
+        )
+        save_tensors(
+            path.with_name(f"{path.stem}_examples.safetensors"),
+            {
+                "example_loss": result.example_loss,
+                "example_accuracy": result.example_accuracy,
+                "base_example_loss": result.base_example_loss,
+                "base_example_accuracy": result.base_example_accuracy,
+            },
+            {"ablation": study.ablation},
+        )
+    return result
+
+
+def _measure_gradients_and_entropy(model, shard: list, run: Path) -> None:
+    main = distributed.is_main_process()
+    gradients = gradient_importance(model, shard, progress=main).gathered()
+    entropy = distributed.gather_examples(attention_entropy(model, shard, progress=main))
+    if main:
+        write_jsonl(
+            run / "G_pre.jsonl",
+            {
+                "gradient": gradients.gradient.numpy(),
+                "fisher": gradients.fisher.numpy(),
+                "gradient_layer_normalised": gradients.normalised().numpy(),
+            },
+        )
+        save_tensors(run / "G_pre_examples.safetensors", {"example_gradient": gradients.example_gradient})
+        write_jsonl(run / "entropy.jsonl", {"entropy": entropy.double().mean(0).numpy()})
+        save_tensors(run / "entropy_examples.safetensors", {"example_entropy": entropy})
 
 
 def _fit_probe(model, data, study, training_args, batches, seed: int):
+    """Every rank fits the same probe (same data and seed: none waits for another); rank 0's head is then
+    broadcast, so all ranks measure one model even where kernels are not deterministic."""
     train = DataLoader(data.train, batch_size=training_args.per_device_train_batch_size, collate_fn=data.collator)
-    return fit_probe(model, list(train), batches, epochs=study.probe_epochs, learning_rate=study.probe_lr, seed=seed)
+    result = fit_probe(model, list(train), batches, epochs=study.probe_epochs, learning_rate=study.probe_lr, seed=seed)
+    for module in task_head(model).values():
+        for parameter in module.parameters():
+            distributed.broadcast_(parameter.data, src=0)
+    return result
 
 
 def _probe(model, task_type, data, study, training_args, batches, run: Path, seed: int) -> dict | None:
@@ -76,26 +134,27 @@ def _probe(model, task_type, data, study, training_args, batches, run: Path, see
         return None
     random = head_state(model)
     result = _fit_probe(model, data, study, training_args, batches, seed)
-    write_json(run / "probe.json", {"head_modules": list(task_head(model)), **result.to_json()})
-    print(
-        f"probe (task head only, {result.trainable_parameters} parameters, {result.steps} steps): accuracy "
-        f"{result.accuracy:.3f}, loss {result.loss:.4f} on the evaluation subset",
-        flush=True,
-    )
+    if distributed.is_main_process():
+        write_json(run / "probe.json", {"head_modules": list(task_head(model)), **result.to_json()})
+        print(
+            f"probe (task head only, {result.trainable_parameters} parameters, {result.steps} steps): accuracy "
+            f"{result.accuracy:.3f}, loss {result.loss:.4f} on the evaluation subset",
+            flush=True,
+        )
     return {"random": random, "probed": head_state(model)}
 
 
-def _probe_stability(model, data, study, training_args, batches, run: Path) -> None:
+def _probe_stability(model, data, study, training_args, batches, shard, reference: AblationResult, run: Path):
     """I_pre through probes from other head initialisations (``probe_seeds``), against the run's own I_pre."""
     if not study.probe_seeds:
         return
-    reference = read_jsonl(run / "I_pre.jsonl", "loss_increase")
+    reference = _importance(reference, study.importance_metric)
     k = min(study.top_k, reference.size)
     rows = {}
     for probe_seed in study.probe_seeds:
         reinitialise_head(model, probe_seed)
         result = _fit_probe(model, data, study, training_args, batches, probe_seed)
-        other = ablation_importance(model, batches, progress=False).loss_increase.numpy()
+        other = _importance(_measure_ablation(model, shard, study, None), study.importance_metric)
         rho, p = spearmanr(reference.ravel(), other.ravel())
         rows[str(probe_seed)] = {
             "probe_accuracy": result.accuracy,
@@ -103,44 +162,95 @@ def _probe_stability(model, data, study, training_args, batches, run: Path) -> N
             "spearman_p": float(p),
             f"top{k}_overlap": top_k_overlap(reference, other, k),
         }
-    record = read_json(run / "probe.json")
-    record["stability"] = {"top_k": k, "chance_overlap": k / reference.size, "probe_seeds": rows}
-    write_json(run / "probe.json", record)
+    if distributed.is_main_process():
+        record = read_json(run / "probe.json")
+        record["stability"] = {"top_k": k, "chance_overlap": k / reference.size, "probe_seeds": rows}
+        write_json(run / "probe.json", record)
+
+
+def _importance(result: AblationResult, metric: str):
+    return (result.loss_increase if metric == "loss" else result.accuracy_drop).numpy()
+
+
+def _prune_curves(model, shard: list, study: HeadStudyArguments) -> dict:
+    """The pruning curves of ``model`` in the importance order and in random orders (the control), as
+    ``prune_curve.json`` holds them; every rank passes its shard."""
+    baseline = mean_head_outputs(model, shard, all_ranks=True) if study.ablation == "mean" else None
+    orders = {study.prune_order: 0} | {f"random-{i}": i for i in range(study.prune_random_orders)}
+    curves = {
+        name: prune_curve(
+            model,
+            shard,
+            order="random" if name.startswith("random") else name,
+            step=study.prune_step,
+            baseline=baseline,
+            seed=seed,
+            all_ranks=True,
+            progress=distributed.is_main_process(),
+        )
+        for name, seed in orders.items()
+    }
+    return {
+        "step": study.prune_step,
+        "ablation": study.ablation,
+        "heads": math.prod(HeadGates(model).shape),
+        "curves": {name: [row.to_json() for row in curve] for name, curve in curves.items()},
+    }
+
+
+def _evaluation_batches(data, study: HeadStudyArguments, training_args: TrainingArguments) -> list:
+    indices = eval_subset(
+        data.validation, study.eval_subset_size, study.subset_seed, Path(training_args.output_dir) / "eval_subset.json"
+    )
+    subset = data.validation.select(indices)
+    return list(DataLoader(subset, batch_size=training_args.per_device_eval_batch_size, collate_fn=data.collator))
+
+
+def prune_saved_model(
+    model_dir: str,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    study: HeadStudyArguments,
+    training_args: TrainingArguments,
+    out: Path,
+) -> dict:
+    """The pruning curves of a saved model (e.g. a seed's ``initial`` or ``final``) on the evaluation subset of
+    the study the config describes (its ``output_dir/eval_subset.json``, checked by content); writes ``out``
+    (JSON) and, with matplotlib, the figure beside it (``.png``)."""
+    if not (Path(training_args.output_dir) / "eval_subset.json").is_file():
+        raise RunDirectoryError(
+            f"{training_args.output_dir}/eval_subset.json not found: the curve is measured on the study's evaluation "
+            "subset; point the config (or output_dir=...) at a finished head-plasticity run"
+        )
+    model, tokenizer = load_with_adapter(model_dir, None, model_args.task_type, None)
+    data = prepare_data(data_args, tokenizer, model_args.task_type)
+    record = _prune_curves(model.to(training_args.device), _evaluation_batches(data, study, training_args), study)
+    write_json(out, record | {"model": str(model_dir)})
+    if plotting_available("the pruning-curve figure"):
+        save_figures({out.stem: prune_curve_figure(record)}, out.parent)
+    return record
 
 
 def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: TrainingArguments, seed: int) -> Path:
+    """One seed of the study. Under DDP every rank measures its shard of the evaluation batches and the results
+    are gathered, so no rank waits in a collective while another measures; only rank 0 writes files."""
     run = Path(training_args.output_dir) / f"seed-{seed}"
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     data = prepare_data(data_args, tokenizer, model_args.task_type)
     model = load_model(model_args, tokenizer, data.labels, seed=seed).to(training_args.device)
     check_top_k(study.top_k, math.prod(HeadGates(model).shape))  # before any measurement or training
-    indices = eval_subset(
-        data.validation, study.eval_subset_size, study.subset_seed, Path(training_args.output_dir) / "eval_subset.json"
-    )
-    batches = list(
-        DataLoader(
-            data.validation.select(indices),
-            batch_size=training_args.per_device_eval_batch_size,
-            collate_fn=data.collator,
-        )
-    )
+    batches = _evaluation_batches(data, study, training_args)
+    shard = distributed.shard(batches)
     main = distributed.is_main_process()
     if main:
         run.mkdir(parents=True, exist_ok=True)
-        heads = _probe(model, model_args.task_type, data, study, training_args, batches, run, seed)
-        _measure_ablation(model, batches, run / "I_pre.jsonl")
-        gradients = gradient_importance(model, batches, progress=True)
-        write_jsonl(
-            run / "G_pre.jsonl",
-            {
-                "gradient": gradients.gradient.numpy(),
-                "fisher": gradients.fisher.numpy(),
-                "gradient_layer_normalised": gradients.normalised().numpy(),
-            },
-        )
-        if heads is not None:
-            _probe_stability(model, data, study, training_args, batches, run)
-            restore_head(model, heads["probed" if study.keep_probe_head else "random"])  # LP-FT, or as without
+    heads = _probe(model, model_args.task_type, data, study, training_args, batches, run, seed)
+    i_pre = _measure_ablation(model, shard, study, run / "I_pre.jsonl")
+    _measure_gradients_and_entropy(model, shard, run)
+    if heads is not None:
+        _probe_stability(model, data, study, training_args, batches, shard, i_pre, run)
+        restore_head(model, heads["probed" if study.keep_probe_head else "random"])  # LP-FT, or as without
+    if main:
         model.save_pretrained(run / "initial")
         tokenizer.save_pretrained(run / "initial")
     # Only the main process measures the update size, so only it keeps the initial weights.
@@ -156,12 +266,22 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(str(run / "final"))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    _measure_ablation(model, shard, study, run / "I_post.jsonl")
+    curves = _prune_curves(model, shard, study) if study.prune_step else None
     if main:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        _measure_ablation(model, batches, run / "I_post.jsonl")
+        if curves is not None:
+            write_json(run / "prune_curve.json", curves)
         size, relative = head_update_sizes(initial, model.state_dict(), find_attention(model))
         write_jsonl(run / "U.jsonl", {"U": size.numpy(), "Urel": relative.numpy()})
-        stats = aggregate(run, top_k=study.top_k, thresholds=study.thresholds)
+        stats = aggregate(
+            run,
+            top_k=study.top_k,
+            thresholds=study.thresholds,
+            metric=study.importance_metric,
+            cases_by=study.cases_by,
+            bootstrap_samples=study.bootstrap_samples,
+        )
         logger = RunLogger(trainer)
         if plotting_available("head-study figures"):
             plot(run)
@@ -193,7 +313,7 @@ def run_head_study(
     )
     runs = [run_seed(model_args, data_args, study, training_args, seed) for seed in seeds]
     if len(runs) > 1 and distributed.is_main_process():
-        aggregate_seeds(training_args.output_dir, runs)
+        aggregate_seeds(training_args.output_dir, runs, bootstrap_samples=study.bootstrap_samples)
     if distributed.is_main_process():
         print(f"\nhead plasticity: {', '.join(str(r / 'heads.csv') for r in runs)}", flush=True)
     return runs
