@@ -51,17 +51,26 @@ def shard(items: Sequence[T]) -> list[T]:
     return list(items[rank() :: world_size()])
 
 
+def _collective_device(tensor: torch.Tensor) -> torch.device:
+    """Where the default group can move ``tensor``: NCCL moves only CUDA tensors."""
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return tensor.device
+
+
 def gather_examples(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Every rank's ``tensor`` concatenated along ``dim`` in rank order; ranks may hold different numbers of
-    examples (none included) but must agree on the other dimensions. Every rank must call it."""
+    """Every rank's ``tensor`` concatenated along ``dim`` in rank order, on ``tensor``'s device; ranks may hold
+    different numbers of examples (none included) but must agree on the other dimensions and the dtype. Every
+    rank must call it."""
     if world_size() == 1:
         return tensor
-    moved = tensor.movedim(dim, 0).contiguous()
-    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([moved.shape[0]], device=tensor.device))
+    device = _collective_device(tensor)
+    moved = tensor.movedim(dim, 0).contiguous().to(device)
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([moved.shape[0]], device=device))
     longest = max(int(s) for s in sizes)
-    padded = torch.zeros(longest, *moved.shape[1:], dtype=moved.dtype, device=moved.device)
+    padded = torch.zeros(longest, *moved.shape[1:], dtype=moved.dtype, device=device)
     padded[: moved.shape[0]] = moved
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([part[: int(size)] for part, size in zip(parts, sizes)]).movedim(0, dim)
+    return torch.cat([part[: int(size)] for part, size in zip(parts, sizes)]).movedim(0, dim).to(tensor.device)

@@ -109,6 +109,9 @@ def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
     wrong_run = [f"output_dir={tmp_path / 'elsewhere'}", *SETTINGS]
     assert cli(["heads", "prune-curve", str(config), *wrong_run, "--model", str(runs[0] / "initial")]) == 2
     assert "eval_subset.json not found" in capsys.readouterr().err
+    no_curve = [f"output_dir={tmp_path}", *SETTINGS, "prune_step=0"]
+    assert cli(["heads", "prune-curve", str(config), *no_curve, "--model", str(runs[0] / "initial")]) == 2
+    assert "prune_step=0" in capsys.readouterr().err
 
 
 def test_aggregate_of_a_run_with_missing_heads_is_an_error(tmp_path, capsys):

@@ -139,3 +139,14 @@ def test_ablation_at_given_gates_ablates_only_the_open_heads(tiny_bert):
         closed[layer, head] = 0
         torch.testing.assert_close(result.example_loss[layer, head], gated_loss(model, batches, closed)[0])
     assert result.loss_increase[0, 1] == 0 and result.loss_increase[1, 3] == 0  # already closed: nothing to lose
+
+
+def test_non_finite_importance_stops_the_curve_with_an_error():
+    """NaN sorts after the closed heads' placeholder; ranking only open heads and refusing NaN keeps the loop
+    from closing already-closed heads forever."""
+
+    def score(gates):
+        return torch.full(SHAPE, float("nan")) if gates.sum() < 6 else torch.zeros(SHAPE)
+
+    with pytest.raises(ValueError, match="not finite after 2 heads were closed"):
+        iterative_pruning(score, _toy_evaluate, SHAPE, step=0.34)

@@ -11,6 +11,7 @@ intervals (2.5 and 97.5).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,8 @@ def example_replicates(run: str | Path, metric: str, samples: int, seed: int = 0
     if len(set(sizes.values())) != 1:
         raise DataError(f"{run}: the per-example files hold different numbers of examples {sizes}; re-run the seed")
     n = gradient.shape[0]
+    if n == 0:
+        raise DataError(f"{run}: the per-example files hold no examples; re-run the seed")
     counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=samples).astype(float)  # [B, N]
     sign = 1.0 if metric == "loss" else -1.0  # loss increase, accuracy drop
     replicates = {
@@ -71,5 +74,7 @@ def mean_over_seeds_interval(values: np.ndarray, samples: int, seed: int = 0) ->
     """Percentile interval of the mean of ``values`` (one per seed) under resampling the seeds with replacement;
     with few seeds it is coarse (3 seeds: at most 10 distinct means)."""
     values = np.asarray(values, dtype=float)
+    if not np.isfinite(values).all():  # a seed without the statistic: no interval, as its mean is NaN too
+        return [math.nan, math.nan]
     draws = np.random.default_rng(seed).integers(0, len(values), size=(samples, len(values)))
     return percentile_interval(values[draws].mean(1)).tolist()

@@ -77,7 +77,8 @@ class AblationResult:
         return (self.base_accuracy - self.example_accuracy.double().mean(-1)).float()
 
     def gathered(self) -> AblationResult:
-        """Every rank's examples (each rank measured its shard); every rank must call it."""
+        """Every rank's examples (each rank measured its shard), in rank order; every rank must call it.
+        ``block_evaluations`` stays this rank's count."""
         return AblationResult(
             distributed.gather_examples(self.example_loss, -1),
             distributed.gather_examples(self.example_accuracy, -1),

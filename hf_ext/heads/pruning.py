@@ -1,7 +1,8 @@
-"""Iterative head pruning (Michel et al. 2019; HF bertology): close the least important share of the open
-heads, recompute importance on what is left, repeat; the curve is loss and accuracy against the share of
-heads removed. Importance is recomputed every round because heads interact: of two heads that duplicate
-each other, each alone looks unimportant, and only after one is closed does the other show its worth.
+"""Iterative head pruning (Michel et al. 2019; HF bertology): close the least important open heads (a fixed
+share of all heads per round), recompute importance on what is left, repeat; the curve is loss and accuracy
+against the share of heads removed. Importance is recomputed every round because heads interact: of two
+heads that duplicate each other, each alone looks unimportant, and only after one is closed does the other
+show its worth.
 
 Orders: ``gradient`` (Michel et al.'s ``sum_x |dL_x/dgate|`` at the current gates, normalised per layer),
 ``ablation`` (the loss increase of closing each open head, at the current gates: exact but a full ablation
@@ -63,10 +64,14 @@ def iterative_pruning(
     curve = [PruneStep(0, 0.0, loss, accuracy, [])]
     with tqdm(total=total, desc="head pruning", disable=not progress) as bar:
         while gates.sum() > 0:
-            scores = score(gates.clone()).detach().float().cpu().reshape(-1).clone()
-            scores[gates.reshape(-1) == 0] = float("inf")
-            open_heads = int(gates.sum())
-            closing = torch.argsort(scores, stable=True)[: min(per_round, open_heads)]
+            scores = score(gates.clone()).detach().float().cpu().reshape(-1)
+            open_heads = gates.reshape(-1).nonzero().view(-1)
+            if not torch.isfinite(scores[open_heads]).all():
+                raise ValueError(
+                    f"the importance of the open heads is not finite after {total - len(open_heads)} heads were "
+                    "closed (a NaN or infinite loss?); the pruning curve cannot order them"
+                )
+            closing = open_heads[torch.argsort(scores[open_heads], stable=True)[:per_round]]
             gates.view(-1)[closing] = 0.0
             loss, accuracy = evaluate(gates.clone())
             removed = total - int(gates.sum())

@@ -25,7 +25,7 @@ from transformers import TrainingArguments
 from .. import distributed
 from ..config import DataArguments, HfExtTrainingArguments, ModelArguments, given_keys
 from ..data import eval_subset, prepare_data
-from ..errors import RunDirectoryError
+from ..errors import ConfigError, RunDirectoryError
 from ..io import read_json, save_tensors, write_json
 from ..models import load_model, load_tokenizer, load_with_adapter
 from ..outputs import check_output_dir
@@ -75,11 +75,17 @@ def choose_precision(training_args: TrainingArguments) -> dict[str, bool]:
     return chosen
 
 
+def _baseline(model, shard: list, study: HeadStudyArguments):
+    """What an ablated head outputs: None (zero) or its mean over the whole subset (every rank calls this)."""
+    return mean_head_outputs(model, shard, all_ranks=True) if study.ablation == "mean" else None
+
+
 def _measure_ablation(model, shard: list, study: HeadStudyArguments, path: Path | None) -> AblationResult:
     """Ablation importance over every rank's shard (each rank measures its own); ``path``: where the main
-    process writes the per-head JSONL (and the per-example values beside it), None to write nothing."""
+    process writes the per-head JSONL (and the per-example values beside it), None to write nothing. Under DDP
+    the per-example values are in rank order (every file of a run in the same order)."""
     main = distributed.is_main_process()
-    baseline = mean_head_outputs(model, shard, all_ranks=True) if study.ablation == "mean" else None
+    baseline = _baseline(model, shard, study)
     result = ablation_importance(model, shard, baseline=baseline, progress=main).gathered()
     if main and path is not None:
         write_jsonl(
@@ -98,9 +104,10 @@ def _measure_ablation(model, shard: list, study: HeadStudyArguments, path: Path 
     return result
 
 
-def _measure_gradients_and_entropy(model, shard: list, run: Path) -> None:
+def _measure_gradients_and_entropy(model, shard: list, study: HeadStudyArguments, run: Path) -> None:
+    """G_pre and F_pre (the gate gradient towards the ablation's baseline) and the attention entropy."""
     main = distributed.is_main_process()
-    gradients = gradient_importance(model, shard, progress=main).gathered()
+    gradients = gradient_importance(model, shard, baseline=_baseline(model, shard, study), progress=main).gathered()
     entropy = distributed.gather_examples(attention_entropy(model, shard, progress=main))
     if main:
         write_jsonl(
@@ -111,7 +118,11 @@ def _measure_gradients_and_entropy(model, shard: list, run: Path) -> None:
                 "gradient_layer_normalised": gradients.normalised().numpy(),
             },
         )
-        save_tensors(run / "G_pre_examples.safetensors", {"example_gradient": gradients.example_gradient})
+        save_tensors(
+            run / "G_pre_examples.safetensors",
+            {"example_gradient": gradients.example_gradient},
+            {"ablation": study.ablation},
+        )
         write_jsonl(run / "entropy.jsonl", {"entropy": entropy.double().mean(0).numpy()})
         save_tensors(run / "entropy_examples.safetensors", {"example_entropy": entropy})
 
@@ -175,7 +186,7 @@ def _importance(result: AblationResult, metric: str):
 def _prune_curves(model, shard: list, study: HeadStudyArguments) -> dict:
     """The pruning curves of ``model`` in the importance order and in random orders (the control), as
     ``prune_curve.json`` holds them; every rank passes its shard."""
-    baseline = mean_head_outputs(model, shard, all_ranks=True) if study.ablation == "mean" else None
+    baseline = _baseline(model, shard, study)
     orders = {study.prune_order: 0} | {f"random-{i}": i for i in range(study.prune_random_orders)}
     curves = {
         name: prune_curve(
@@ -217,6 +228,10 @@ def prune_saved_model(
     """The pruning curves of a saved model (e.g. a seed's ``initial`` or ``final``) on the evaluation subset of
     the study the config describes (its ``output_dir/eval_subset.json``, checked by content); writes ``out``
     (JSON) and, with matplotlib, the figure beside it (``.png``)."""
+    if distributed.world_size() > 1:
+        raise ConfigError("hf-ext heads prune-curve runs in one process; start it without torchrun")
+    if not study.prune_step:
+        raise ConfigError("the config has prune_step=0 (no curve); pass prune_step=0.1 (or another share) after it")
     if not (Path(training_args.output_dir) / "eval_subset.json").is_file():
         raise RunDirectoryError(
             f"{training_args.output_dir}/eval_subset.json not found: the curve is measured on the study's evaluation "
@@ -246,7 +261,7 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
         run.mkdir(parents=True, exist_ok=True)
     heads = _probe(model, model_args.task_type, data, study, training_args, batches, run, seed)
     i_pre = _measure_ablation(model, shard, study, run / "I_pre.jsonl")
-    _measure_gradients_and_entropy(model, shard, run)
+    _measure_gradients_and_entropy(model, shard, study, run)
     if heads is not None:
         _probe_stability(model, data, study, training_args, batches, shard, i_pre, run)
         restore_head(model, heads["probed" if study.keep_probe_head else "random"])  # LP-FT, or as without
