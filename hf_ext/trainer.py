@@ -12,11 +12,16 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from . import tracking
 from .errors import ConfigError, RunDirectoryError
 from .run_logger import LoggingCallback
+
+
+def checkpoint_dir(args, state) -> str:
+    """The checkpoint directory of ``state.global_step`` (where a callback saves and, on resume, finds its state)."""
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 class GradientCallback(LoggingCallback):

@@ -170,6 +170,11 @@ def run_preservation_study(
             f"{', '.join(ignored)} do not apply to the preservation recipe: it compares the adapters named in "
             'methods (e.g. methods=["lora", "null_frozen_A", "null_projection"])'
         )
+    if training_args.resume_from_checkpoint:
+        raise ConfigError(
+            "the preservation recipe does not resume (it trains one model per method and seed); run it without "
+            "resume_from_checkpoint, with overwrite_output_dir=true to start afresh"
+        )
     root, tokenizer, data, base = prepare_run(model_args, data_args, args, training_args, "preservation.json")
     calibration = calibration_batches(args, data_args, tokenizer, data)
     probe = _probe_sets(tokenizer, study.probe_task, study.probe_samples, data_args.max_seq_length)

@@ -55,7 +55,10 @@ def prepare_run(model_args, data_args, args: LoraNullArguments, training_args, f
     the adapter targets checked before any work."""
     root = Path(training_args.output_dir)
     check_output_dir(
-        root, finished=[finished], overwrite=getattr(training_args, "overwrite_output_dir", False), resuming=False
+        root,
+        finished=[finished],
+        overwrite=getattr(training_args, "overwrite_output_dir", False),
+        resuming=bool(training_args.resume_from_checkpoint),
     )
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     data = prepare_data(data_args, tokenizer, model_args.task_type)
@@ -94,7 +97,7 @@ def run_lora_null(
     trainer = HfExtTrainer(
         model=model, args=training_args, processing_class=tokenizer, callbacks=[callback], **data.trainer_kwargs()
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     if main:
         write_json(root / "metrics.json", metrics)

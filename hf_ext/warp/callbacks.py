@@ -13,20 +13,15 @@ import os
 from collections.abc import Mapping
 
 import torch
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..io import load_tensors, save_tensors
 from ..run_logger import LoggingCallback
-from ..trainer import GradientCallback
+from ..trainer import GradientCallback, checkpoint_dir
 from .importance import ImportanceAccumulator
 from .leaf import LeafReparameterization
 from .masking import MaskedUpdate
 
 IMPORTANCE_STATE_FILE = "importance_state.safetensors"
-
-
-def _checkpoint_dir(args, state) -> str:
-    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 class ImportanceCallback(GradientCallback):
@@ -42,7 +37,7 @@ class ImportanceCallback(GradientCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.accumulator.loss_divisor = float(args.gradient_accumulation_steps)  # the Trainer's loss division
         if state.global_step > 0:
-            path = os.path.join(_checkpoint_dir(args, state), IMPORTANCE_STATE_FILE)
+            path = os.path.join(checkpoint_dir(args, state), IMPORTANCE_STATE_FILE)
             if not os.path.exists(path):
                 raise FileNotFoundError(
                     f"resuming at step {state.global_step} but {path} is "
@@ -71,7 +66,7 @@ class ImportanceCallback(GradientCallback):
         self.accumulator.gather_()  # every rank: rank 0 then holds all micro-batch sums
         if state.is_world_process_zero:
             save_tensors(
-                os.path.join(_checkpoint_dir(args, state), IMPORTANCE_STATE_FILE), self.accumulator.state_dict()
+                os.path.join(checkpoint_dir(args, state), IMPORTANCE_STATE_FILE), self.accumulator.state_dict()
             )
 
     def on_train_end(self, args, state, control, **kwargs):
