@@ -16,12 +16,35 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from . import tracking
 from .errors import ConfigError, RunDirectoryError
+from .io import read_json, write_json
 from .run_logger import LoggingCallback
 
 
 def checkpoint_dir(args, state) -> str:
     """The checkpoint directory of ``state.global_step`` (where a callback saves and, on resume, finds its state)."""
     return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+class CheckpointedHistory:
+    """For callbacks whose ``history`` (a JSON-safe list) must survive a resume: written to
+    ``<checkpoint>/<history_file>`` at every save (main process), read back by :meth:`restore_history`."""
+
+    history_file: str
+    history: list
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_json(Path(checkpoint_dir(args, state)) / self.history_file, self.history)
+
+    def restore_history(self, args, state, lost: str) -> None:
+        """Load the history saved with the checkpoint being resumed; ``lost`` says what is missing without it."""
+        path = Path(checkpoint_dir(args, state)) / self.history_file
+        if not path.is_file():
+            raise RunDirectoryError(
+                f"resuming at step {state.global_step} but {path} is missing: {lost} cannot be recovered; resume "
+                "from a checkpoint this recipe saved, or start afresh"
+            )
+        self.history = read_json(path)
 
 
 class GradientCallback(LoggingCallback):

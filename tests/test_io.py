@@ -133,3 +133,42 @@ def test_write_json_is_atomic_and_readable(tmp_path):
 def test_only_safetensors_suffix(tmp_path):
     with pytest.raises(ValueError, match=".safetensors"):
         save_tensors(tmp_path / "x.pt", {"a": torch.ones(1)})
+
+
+KEEP_SAVING = """
+import sys, torch
+from hf_ext.io import save_tensors
+k = 0
+while True:
+    k += 1
+    save_tensors(sys.argv[1], {"a": torch.full((200_000 + 1000 * (k % 7),), float(k))}, {"k": k})
+"""
+
+
+def test_a_process_killed_while_saving_leaves_a_complete_file_or_a_detected_mismatch(tmp_path):
+    """SIGKILL at an arbitrary moment of a loop of saves: the tensor file is always a complete earlier or later
+    version; if the kill fell between the tensors and their sidecar, loading says so instead of returning data
+    that the sidecar does not describe."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    path = tmp_path / "x.safetensors"
+    for delay in (0.05, 0.13, 0.31):
+        process = subprocess.Popen([sys.executable, "-c", KEEP_SAVING, str(path)])
+        while not sidecar_path(path).is_file():  # importing takes a while; kill only once saves are going on
+            time.sleep(0.01)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert load_file(path)["a"].numel() >= 200_000  # never a partial tensor file
+        try:
+            tensors, metadata = load_tensors(path)
+        except FileFormatError as err:
+            assert "sidecar" in str(err)
+        else:
+            assert torch.all(tensors["a"] == metadata["k"])
+        assert {p.name for p in tmp_path.iterdir()} >= {"x.safetensors", "x.json"}  # temporaries may remain

@@ -7,6 +7,7 @@ so that the schedule does not depend on ``max_steps``); the resumed run continue
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,11 +28,14 @@ SCHEDULE = [
 ]
 
 
-def _interrupted_and_resumed(tmp_path, recipe: str, config: str, *overrides: str, steps: int = 4):
+def _interrupted_and_resumed(tmp_path, recipe: str, config: str, *overrides: str, steps: int = 4, crash=None):
     """(uninterrupted run's result, resumed run's result, result resumed from a checkpoint whose weights were
-    perturbed): the last one differs only if the resumed run really starts from the checkpoint."""
+    perturbed): the last one differs only if the resumed run really starts from the checkpoint. ``crash(dir)``
+    removes what the stopped run wrote after its checkpoint, where a rerun would otherwise keep it."""
     whole = run_recipe(recipe, config, f"output_dir={tmp_path / 'whole'}", *overrides, f"max_steps={steps}")
     run_recipe(recipe, config, f"output_dir={tmp_path / 'resumed'}", *overrides, f"max_steps={steps // 2}")
+    if crash is not None:
+        crash(tmp_path / "resumed")
     shutil.copytree(tmp_path / "resumed", tmp_path / "perturbed")
     weight_files = list((tmp_path / "perturbed").rglob(f"checkpoint-{steps // 2}/*model.safetensors"))
     assert weight_files, "no checkpoint weights to perturb"  # model.safetensors, or a peft adapter_model.safetensors
@@ -121,3 +125,48 @@ def test_lora_null_resume_without_the_saved_history_is_refused(tmp_path, capsys)
         run_recipe(
             "lora_null", "lora_null_minilm_topic.json", *overrides, "max_steps=4", "resume_from_checkpoint=true"
         )
+
+
+def test_drift_run_resumed_equals_uninterrupted_and_keeps_the_drift_measured_before(tmp_path):
+    overrides = [
+        "model_name_or_path=tiny:bert",
+        'methods=["full", "lora"]',
+        "seeds=[1]",
+        "eval_subset_size=16",
+        "max_train_samples=64",
+        "per_device_train_batch_size=8",
+        "per_device_eval_batch_size=8",
+        "drift_steps=1",
+        "bootstrap_samples=20",
+        *SCHEDULE,
+    ]
+
+    def crash(root):
+        """As if the process died after checkpoint-2 of every run: no metrics, dumps or analysis."""
+        for path in (root / "drift.json", *root.glob("seed-1/*/metrics.json")):
+            path.unlink()
+        for path in root.glob("seed-1/*/dump"):
+            shutil.rmtree(path)
+
+    roots = _interrupted_and_resumed(tmp_path, "drift", "drift_minilm_sentiment.json", *overrides, crash=crash)
+    records = {
+        (name, method): json.loads((root / "seed-1" / method / "metrics.json").read_text())
+        for name, root in zip(("whole", "resumed", "perturbed"), roots)
+        for method in ("full", "lora")
+    }
+    assert (roots[1] / "seed-1" / "full" / "checkpoint-2" / "drift_history.json").is_file()
+    for method in ("full", "lora"):
+        whole, resumed = records["whole", method], records["resumed", method]
+        assert [h["step"] for h in resumed["in_training"]] == [1, 2, 3, 4]  # steps 1-2 restored from the checkpoint
+        assert resumed["in_training"] == whole["in_training"] and resumed["eval_loss"] == whole["eval_loss"]
+        assert records["perturbed", method]["in_training"][2:] != whole["in_training"][2:]
+    assert (roots[1] / "drift.csv").read_text() == (roots[0] / "drift.csv").read_text()
+
+
+def test_selective_training_resumed_equals_uninterrupted(tmp_path):
+    overrides = ["max_train_samples=64", "per_device_train_batch_size=8", "eval_strategy=no", *SCHEDULE]
+    trainers = _interrupted_and_resumed(tmp_path, "seq_cls", "seq_cls_tiny_qwen2_last_block.json", *overrides)
+    weights = [(Path(t.args.output_dir) / "model.safetensors").read_bytes() for t in trainers]
+    assert weights[1] == weights[0] and weights[2] != weights[0]
+    metrics = [json.loads((Path(t.args.output_dir) / "test_results.json").read_text()) for t in trainers[:2]]
+    assert metrics[1]["test_loss"] == metrics[0]["test_loss"]

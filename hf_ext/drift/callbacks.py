@@ -10,12 +10,13 @@ import torch
 
 from .. import distributed
 from ..run_logger import LoggingCallback
+from ..trainer import CheckpointedHistory
 from .measure import measure_drift, open_base_dump
 from .recorders import check_pooling
 from .shards import dump_representations
 
 
-class DriftCallback(LoggingCallback):
+class DriftCallback(CheckpointedHistory, LoggingCallback):
     """Measure drift from the base on a fixed set every ``every`` steps and at the last step.
 
     The training batch, optimizer and RNG are untouched: measurements run in eval mode under
@@ -23,8 +24,11 @@ class DriftCallback(LoggingCallback):
     ``disable_adapter()``; otherwise the base representations are streamed from ``base_dump``, which is
     written at step 0 if it does not exist yet. Scalars ``drift/cka/layer_<l>``,
     ``drift/debiased_cka/layer_<l>`` and ``drift/cosine/layer_<l>`` go through ``Trainer.log``;
-    :attr:`history` keeps every measurement.
+    :attr:`history` keeps every measurement; it is saved in each checkpoint (``drift_history.json``) and
+    restored on resume.
     """
+
+    history_file = "drift_history.json"
 
     def __init__(
         self,
@@ -50,6 +54,8 @@ class DriftCallback(LoggingCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._require_bound()
         check_pooling(model, self.pooling)
+        if state.global_step > 0 and state.is_world_process_zero:  # only the main process measures
+            self.restore_history(args, state, "the drift measured before the checkpoint")
         if self._uses_adapter(model):
             return
         if self.base_dump is not None and (self.base_dump / "metadata.json").is_file():

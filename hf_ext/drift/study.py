@@ -17,6 +17,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from .. import distributed
 from ..config import DataArguments, ModelArguments
@@ -168,7 +169,11 @@ def _train_run(model_args, drift, training_args, data, tokenizer, batches, dump,
     trainer = HfExtTrainer(
         model=model, args=args, processing_class=tokenizer, callbacks=[callback], **data.trainer_kwargs()
     )
-    trainer.train()
+    # resume_from_checkpoint: each unfinished run continues from its own last checkpoint, if it saved one
+    resume = (
+        get_last_checkpoint(str(directory)) if training_args.resume_from_checkpoint and directory.is_dir() else None
+    )
+    trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     model = trainer.accelerator.unwrap_model(trainer.model)
     if method == "lora":

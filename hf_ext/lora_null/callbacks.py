@@ -4,23 +4,18 @@ evaluation and at the end, into TensorBoard through ``Trainer.log``."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import distributed
-from ..errors import RunDirectoryError
-from ..io import read_json, write_json
 from ..run_logger import LoggingCallback
-from ..trainer import checkpoint_dir
+from ..trainer import CheckpointedHistory
 from .init import check_frozen_A
 from .verify import summary_scalars, verify_adapter
 
-HISTORY_FILE = "lora_null_history.json"
 
-
-class LoraNullCallback(LoggingCallback):
+class LoraNullCallback(CheckpointedHistory, LoggingCallback):
     """Verification metrics (means over layers, ``lora_null/<metric>``) at step 0, each evaluation and the end.
 
     With ``frozen_A`` it refuses to train unless no ``lora_A`` requires grad, every ``lora_B`` does and the
@@ -28,6 +23,8 @@ class LoraNullCallback(LoggingCallback):
     it is saved in each checkpoint (``lora_null_history.json``) and restored on resume, so the verification at
     init is the one before any step.
     """
+
+    history_file = "lora_null_history.json"
 
     def __init__(
         self,
@@ -56,18 +53,8 @@ class LoraNullCallback(LoggingCallback):
             check_frozen_A(model, optimizer)
         if state.global_step == 0:
             self.verify(model, state.global_step, "init")
-            return
-        path = Path(checkpoint_dir(args, state)) / HISTORY_FILE
-        if not path.is_file():
-            raise RunDirectoryError(
-                f"resuming at step {state.global_step} but {path} is missing: the verification at init cannot be "
-                "recovered; resume from a checkpoint this recipe saved, or start afresh"
-            )
-        self.history = read_json(path)
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            write_json(Path(checkpoint_dir(args, state)) / HISTORY_FILE, self.history)
+        elif state.is_world_process_zero:  # only the main process verifies
+            self.restore_history(args, state, "the verification at init")
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         self.verify(model, state.global_step, "evaluate")
