@@ -45,6 +45,9 @@ def main(out: str, targets: str) -> None:
     if distributed.is_main_process():
         save_tensors(out, importance, {"micro_batches_here": accumulator.micro_batches})
     dist.barrier()
+    # Free DDP's reducer while the group is alive: freed after destroy_process_group (when main returns), its
+    # gloo group's destructor can wait forever on a peer that has already exited.
+    del ddp
     dist.destroy_process_group()
 
 
