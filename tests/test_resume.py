@@ -81,22 +81,24 @@ def test_head_study_resumed_equals_uninterrupted(tmp_path):
     ).read_bytes()
 
 
+LORA_NULL = [
+    "model_name_or_path=tiny:bert",
+    'lora_target_modules=["query","value"]',
+    "max_train_samples=64",
+    "per_device_train_batch_size=8",
+    "calib_samples=32",
+    "verify_samples=16",
+    "max_activation_samples=256",
+    "eval_strategy=no",
+    *SCHEDULE,
+]
+
+
 def test_lora_null_resumed_equals_uninterrupted_and_keeps_the_verification_at_init(tmp_path):
     """Before, the recipe ignored resume_from_checkpoint (trained afresh) and a resumed callback would have
     recorded its first verification, at the checkpoint's step, as the one at init."""
-    overrides = [
-        "model_name_or_path=tiny:bert",
-        'lora_target_modules=["query","value"]',
-        "max_train_samples=64",
-        "per_device_train_batch_size=8",
-        "calib_samples=32",
-        "verify_samples=16",
-        "max_activation_samples=256",
-        "eval_strategy=no",
-        *SCHEDULE,
-    ]
     whole, resumed, perturbed = _interrupted_and_resumed(
-        tmp_path, "lora_null", "lora_null_minilm_topic.json", *overrides
+        tmp_path, "lora_null", "lora_null_minilm_topic.json", *LORA_NULL
     )
     assert (resumed / "checkpoint-2" / "lora_null_history.json").is_file()
     for name in ("verify_init.json", "verify_trained.json"):
@@ -108,17 +110,7 @@ def test_lora_null_resumed_equals_uninterrupted_and_keeps_the_verification_at_in
 
 
 def test_lora_null_resume_without_the_saved_history_is_refused(tmp_path, capsys):
-    overrides = [
-        f"output_dir={tmp_path}",
-        "model_name_or_path=tiny:bert",
-        'lora_target_modules=["query","value"]',
-        "max_train_samples=64",
-        "per_device_train_batch_size=8",
-        "calib_samples=32",
-        "verify_samples=16",
-        "eval_strategy=no",
-        *SCHEDULE,
-    ]
+    overrides = [f"output_dir={tmp_path}", *LORA_NULL]
     run_recipe("lora_null", "lora_null_minilm_topic.json", *overrides, "max_steps=2")
     (tmp_path / "checkpoint-2" / "lora_null_history.json").unlink()
     with pytest.raises(RunDirectoryError, match="verification at init cannot be recovered"):
