@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .models import eval_mode, model_device
+from .models import eval_mode, model_device, model_inputs
 
 
 @dataclass
@@ -311,7 +311,7 @@ def _record_batches(model, recorder, batches, device, mask_key, max_batches, pro
     for index, batch in enumerate(bar):
         if max_batches is not None and index >= max_batches:
             break
-        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
+        inputs = model_inputs(batch, device)
         recorder.set_token_mask(inputs.get(mask_key))
         try:
             model(**inputs)

@@ -281,6 +281,11 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
+def model_inputs(batch: dict[str, Any], device) -> dict[str, torch.Tensor]:
+    """The tensors of a collated batch on ``device``, ``labels`` left out (a forward pass without the loss)."""
+    return {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
+
+
 @contextlib.contextmanager
 def no_kv_cache(model: nn.Module) -> Iterator[None]:
     """A causal LM builds a key/value cache in every forward unless told not to; measurements need none."""

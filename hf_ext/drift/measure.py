@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import FileFormatError
-from ..models import eval_mode, model_device
+from ..models import eval_mode, model_device, model_inputs
 from .metrics import DriftAccumulator, LayerDrift
 from .recorders import RepresentationRecorder
 from .shards import DumpReader, architecture, example_fingerprints
@@ -173,7 +173,7 @@ def measure_drift(
     accumulators = {layer: DriftAccumulator(f"layer {layer}") for layer in recorder.layers}
     with eval_mode(model), recorder:
         for batch in tqdm(batches, desc="drift", unit="batch", disable=not progress):
-            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
+            inputs = model_inputs(batch, device)
             recorder.set_token_mask(inputs.get("attention_mask"))
             if base_rows is None:
                 with model.disable_adapter():

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .. import __version__, distributed
 from ..errors import FileFormatError, RunDirectoryError
 from ..io import file_sha256, read_json, read_sidecar, save_tensors, write_json
-from ..models import eval_mode, model_device
+from ..models import eval_mode, model_device, model_inputs
 from ..outputs import changed_settings
 from ..targets import find_blocks
 from .recorders import POOLINGS, RepresentationRecorder, pool_token_rows
@@ -231,7 +231,7 @@ def dump_representations(
                 path = out / shard_name(i)
                 if _shard_is_complete(path, hashes):
                     continue
-                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
+                inputs = model_inputs(batch, device)
                 recorder.set_token_mask(inputs.get("attention_mask"))
                 model(**inputs)
                 rows = {f"layer.{layer}": t.to(DTYPES[dtype]) for layer, t in recorder.take().items()}

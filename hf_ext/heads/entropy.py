@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models import eval_mode, model_device, no_kv_cache
+from ..models import eval_mode, model_device, model_inputs, no_kv_cache
 from .gates import HeadGates
 
 
@@ -38,7 +38,7 @@ def attention_entropy(model: nn.Module, batches: Sequence[dict[str, Any]], *, pr
     try:
         with eval_mode(model), no_kv_cache(model):
             for batch in tqdm(batches, desc="attention entropy", disable=not progress):
-                inputs = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v) and k != "labels"}
+                inputs = model_inputs(batch, device)
                 attentions = model(**inputs, output_attentions=True).attentions
                 if not attentions:
                     raise ValueError(f"{type(model).__name__} returns no attention probabilities, even with eager")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..models import eval_mode, model_device, no_kv_cache
+from ..models import eval_mode, model_device, model_inputs, no_kv_cache
 from ..targets import AttentionModules, find_attention
 
 
@@ -113,7 +113,7 @@ def mean_head_outputs(
     try:
         with eval_mode(model), no_kv_cache(model):
             for batch in batches:
-                inputs = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v) and k != "labels"}
+                inputs = model_inputs(batch, device)
                 ids = inputs["input_ids"]
                 mask[:] = [inputs.get("attention_mask", torch.ones_like(ids)).double()]
                 tokens += mask[0].sum()

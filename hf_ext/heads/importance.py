@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..models import eval_mode, model_device, no_kv_cache
+from ..models import eval_mode, model_device, model_inputs, no_kv_cache
 from ..targets import find_blocks
 from .gates import HeadGates
 
@@ -89,8 +89,7 @@ class AblationResult:
 
 
 def _inputs(batch: dict[str, Any], device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    inputs = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
-    return inputs, inputs.pop("labels")
+    return model_inputs(batch, device), batch["labels"].to(device)
 
 
 class _StopForward(Exception):

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..errors import FileFormatError
 from ..io import read_json, write_json
-from ..models import eval_mode, model_device
+from ..models import eval_mode, model_device, model_inputs
 from .init import INIT_FILE, lora_layers
 
 THRESHOLDS = {
@@ -112,7 +112,7 @@ def verify_adapter(
     try:
         with eval_mode(model):
             for batch in tqdm(batches, desc="verify", unit="batch", disable=not progress):
-                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
+                inputs = model_inputs(batch, device)
                 attention = inputs.get("attention_mask")
                 mask[0] = None if attention is None else attention.bool()
                 model(**inputs)
