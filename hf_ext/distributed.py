@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import ConfigError
 
 T = TypeVar("T")
 
@@ -74,3 +77,39 @@ def gather_examples(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([part[: int(size)] for part, size in zip(parts, sizes)]).movedim(0, dim).to(tensor.device)
+
+
+def sharded_launcher(args) -> str | None:
+    """The sharding launcher that TrainingArguments ``args`` ask for, in the arguments or (under ``accelerate
+    launch``) in the environment: ``"FSDP"``, ``"DeepSpeed ZeRO-<stage>"``, or None for one device and DDP."""
+    if args.fsdp or _env_flag("ACCELERATE_USE_FSDP"):
+        return "FSDP"
+    if args.deepspeed or _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        plugin = getattr(args, "deepspeed_plugin", None)
+        stage = plugin.zero_stage if plugin is not None else os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 2)
+        return f"DeepSpeed ZeRO-{stage}"
+    return None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true")
+
+
+_HOW = {
+    "weights": "shards the weights, so a forward or a weight read on some processes waits for the others",
+    "gradients": "shards the gradients (FSDP, ZeRO-2/3) or steps the optimizer inside backward (DeepSpeed)",
+}
+
+
+def check_launcher(args, who: str, reads: str) -> None:
+    """Refuse, with a :class:`~hf_ext.errors.ConfigError` naming the combination, a sharded launcher that splits
+    what ``who`` reads whole: ``reads="weights"`` (forwards on the main process only, or whole parameters: FSDP
+    and DeepSpeed ZeRO-3 are refused; ZeRO-1/2 keep every weight on every process) or ``"gradients"`` (every
+    gradient once per optimizer step: FSDP and every DeepSpeed stage are refused)."""
+    launcher = sharded_launcher(args)
+    if launcher is None or (reads == "weights" and launcher not in ("FSDP", "DeepSpeed ZeRO-3")):
+        return
+    raise ConfigError(
+        f"{who} cannot run under {launcher}: it reads whole {reads} and {launcher} {_HOW[reads]}; launch with DDP "
+        "(accelerate_configs/multi_gpu.yaml) or on one device"
+    )

@@ -36,15 +36,23 @@ class RunDirectoryError(HfExtError, RuntimeError):
     yet, or files that do not belong together."""
 
 
+class TrainingDivergedError(HfExtError, FloatingPointError):
+    """The training loss became NaN or infinite: the model diverged or a batch holds values it cannot fit."""
+
+
 def exit_on_user_error(main: Callable[[], Any], prog: str | None = None) -> int:
-    """Run ``main()``; on an :class:`HfExtError` print ``prog: error: message`` (first rank only) and return 2.
+    """Run ``main()``; on an :class:`HfExtError` print ``prog: error: message`` and return 2 (on ranks other
+    than 0 the line starts with ``[rank N]``).
 
     Returns 0 when ``main`` succeeds. Other exceptions propagate with their traceback.
     """
     try:
         main()
     except HfExtError as err:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"{prog or Path(sys.argv[0]).name}: error: {err}", file=sys.stderr, flush=True)
+        # Every rank says why it stops: a launcher ends the others when one exits, so an error seen only on
+        # rank 1 would otherwise be lost. Rank 0's line has no prefix.
+        rank = os.environ.get("RANK", "0")
+        where = "" if rank == "0" else f"[rank {rank}] "
+        print(f"{where}{prog or Path(sys.argv[0]).name}: error: {err}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 
+from . import distributed
 from .tracking import run_location_lines
 
 logger = logging.getLogger(__name__)
@@ -108,8 +109,13 @@ class LoggingCallback(TrainerCallback):
 
     trainer: Trainer | None = None
     run_logger: RunLogger | None = None
+    reads: str | None = None
+    """``"weights"`` or ``"gradients"`` if the callback reads them whole: binding then refuses the sharded
+    launchers that split them (:func:`hf_ext.distributed.check_launcher`)."""
 
     def bind(self, trainer: Trainer) -> None:
+        if self.reads is not None:
+            distributed.check_launcher(trainer.args, type(self).__name__, self.reads)
         self.trainer = trainer
         self.run_logger = RunLogger(trainer)
 

@@ -9,13 +9,14 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import torch
 from transformers import Trainer, TrainerCallback
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from . import tracking
-from .errors import ConfigError, RunDirectoryError
+from . import distributed, tracking
+from .errors import ConfigError, RunDirectoryError, TrainingDivergedError
 from .io import read_json, write_json
 from .run_logger import LoggingCallback
 
@@ -52,22 +53,17 @@ class GradientCallback(LoggingCallback):
 
     :class:`HfExtTrainer` calls :meth:`on_gradients_ready` when the gradients are complete
     (accumulated and, under DDP, averaged) but not yet clipped; the Trainer's own
-    ``on_pre_optimizer_step`` sees clipped gradients. Binding checks the launcher: DeepSpeed steps
-    the optimizer inside ``backward`` and FSDP shards gradients, so both are refused with an error
-    instead of being measured wrongly.
+    ``on_pre_optimizer_step`` sees clipped gradients. Binding refuses FSDP and DeepSpeed with an error
+    instead of measuring sharded gradients wrongly.
     """
+
+    reads = "gradients"
 
     def bind(self, trainer: Trainer) -> None:
         if not isinstance(trainer, HfExtTrainer):
             raise TypeError(
                 f"{type(self).__name__} needs hf_ext.HfExtTrainer (it reads gradients before clipping), "
                 f"got {type(trainer).__name__}"
-            )
-        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
-            launcher = "DeepSpeed" if trainer.is_deepspeed_enabled else "FSDP"
-            raise ValueError(
-                f"{type(self).__name__} cannot run under {launcher} (DeepSpeed steps the optimizer inside backward, "
-                "FSDP shards gradients); launch with accelerate_configs/single_gpu.yaml or multi_gpu.yaml (DDP)."
             )
         super().bind(trainer)
 
@@ -97,11 +93,17 @@ class HfExtTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if distributed.sharded_launcher(self.args) == "FSDP" and not self.is_fsdp_enabled:
+            raise ConfigError(
+                f"fsdp is set but accelerate runs FSDP only on GPUs: on {self.args.device.type} this run would "
+                "silently train unsharded; drop fsdp/fsdp_config (or the FSDP accelerate config) here, or run on GPUs"
+            )
         if self.model_accepts_loss_kwargs and not _loss_normalises_by_item_count(
             self.accelerator.unwrap_model(self.model)
         ):
             self.model_accepts_loss_kwargs = False
         self._recorded: dict[str, list[float]] = defaultdict(list)
+        self._nonfinite_losses: torch.Tensor | int = 0
         tracking.install(self)
         for callback in self.callback_handler.callbacks:
             self._bind(callback)
@@ -218,6 +220,7 @@ class HfExtTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
+        self._nonfinite_losses = self._nonfinite_losses + (~torch.isfinite(loss)).sum()  # no sync until a log
         if self.accelerator.sync_gradients:
             scale = self.gradient_scale()
             for callback in self.callback_handler.callbacks:
@@ -237,10 +240,25 @@ class HfExtTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         is_eval = any(key.startswith(("eval_", "test_")) for key in logs)
+        if "loss" in logs or "train_loss" in logs:  # the Trainer's own training logs, on every rank
+            self._refuse_nonfinite_losses()
         if self._recorded and not is_eval:
             logs = {**logs, **{name: sum(v) / len(v) for name, v in self._recorded.items()}}
             self._recorded.clear()
         super().log(logs, start_time)
+
+    def _refuse_nonfinite_losses(self) -> None:
+        """Raise if any rank saw a NaN or infinite training loss since training began. The Trainer's
+        ``logging_nan_inf_filter`` replaces such losses by the running mean, so a diverged run would log finite
+        losses and save a NaN model."""
+        count = torch.as_tensor(self._nonfinite_losses, device=self.args.device).reshape(1).long()
+        distributed.all_reduce_sum_([count])
+        if count.item():
+            raise TrainingDivergedError(
+                f"{count.item()} training batch(es) up to step {self.state.global_step} had a NaN or infinite loss "
+                "(before logging_nan_inf_filter hid them): the model diverged; lower learning_rate, keep "
+                "max_grad_norm on, use bf16 instead of fp16, or check the data (labels out of range, empty texts)"
+            )
 
 
 def _loss_normalises_by_item_count(model) -> bool:

@@ -7,6 +7,7 @@ from transformers import TrainingArguments
 
 from hf_ext.config import DataArguments
 from hf_ext.data import prepare_data
+from hf_ext.errors import ConfigError
 from hf_ext.io import load_tensors
 from hf_ext.models import tiny_model
 from hf_ext.trainer import GradientCallback, HfExtTrainer
@@ -242,20 +243,29 @@ def test_frozen_coefficients_bit_identical_under_bf16_autocast(tmp_path):
         assert p.dtype == torch.float32 and torch.equal(p.detach()[frozen], initial[name][frozen])
 
 
-@pytest.mark.parametrize("launcher, name", [("is_deepspeed_enabled", "DeepSpeed"), ("is_fsdp_enabled", "FSDP")])
-def test_gradient_callbacks_refuse_deepspeed_and_fsdp_when_bound(tmp_path, launcher, name):
+@pytest.mark.parametrize(
+    "env, name",
+    [
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "DeepSpeed ZeRO-2"),
+        ({"ACCELERATE_USE_FSDP": "true"}, "FSDP"),
+    ],
+)
+def test_gradient_callbacks_refuse_deepspeed_and_fsdp_when_bound(tmp_path, monkeypatch, env, name):
     model, tokenizer, params = _reparameterized_model()
     data = _data(tokenizer, 8)
     trainer = HfExtTrainer(
         model=model, args=_args(tmp_path, max_steps=1), train_dataset=data.train, data_collator=data.collator
     )
-    setattr(trainer, launcher, True)  # what accelerate sets on a trainer launched with DeepSpeed or FSDP
+    for key, value in env.items():  # what `accelerate launch` sets for a DeepSpeed or FSDP config
+        monkeypatch.setenv(key, value)
     masks = {n: torch.zeros(p.shape[1], dtype=torch.bool) for n, p in params.items()}
     for callback in (
         MaskedUpdateCallback(MaskedUpdate(params, masks)),
         ImportanceCallback(ImportanceAccumulator(params)),
     ):
-        with pytest.raises(ValueError, match=f"cannot run under {name}"):
+        with pytest.raises(
+            ConfigError, match=f"{type(callback).__name__} cannot run under {name}: it reads whole gradients"
+        ):
             trainer.add_callback(callback)
 
 

@@ -28,6 +28,7 @@ class DriftCallback(CheckpointedHistory, LoggingCallback):
     restored on resume.
     """
 
+    reads = "weights"
     history_file = "drift_history.json"
 
     def __init__(

@@ -11,6 +11,8 @@ class HeadImportanceCallback(LoggingCallback):
     """Every ``every`` optimizer steps, log gradient head importance on fixed ``batches``: one scalar
     per layer (mean over its heads) and a layer x head heatmap image."""
 
+    reads = "weights"
+
     def __init__(self, batches, *, every: int, prefix: str = "head_importance"):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")

@@ -319,6 +319,8 @@ def run_head_study(
     model_args: ModelArguments, data_args: DataArguments, study: HeadStudyArguments, training_args: TrainingArguments
 ) -> list[Path]:
     """Every seed, then the across-seeds aggregate when there are several."""
+    # Each rank measures its own shard of the batches through the unwrapped model: sharded weights would hang.
+    distributed.check_launcher(training_args, "the head study", "weights")
     seeds = study.seeds or [training_args.seed]
     check_output_dir(
         training_args.output_dir,

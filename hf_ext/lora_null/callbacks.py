@@ -24,6 +24,7 @@ class LoraNullCallback(CheckpointedHistory, LoggingCallback):
     init is the one before any step.
     """
 
+    reads = "weights"
     history_file = "lora_null_history.json"
 
     def __init__(

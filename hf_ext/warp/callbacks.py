@@ -103,6 +103,8 @@ class CoefficientDriftCallback(LoggingCallback):
     ``C_0`` is copied to the CPU at construction. Without masks only the total drift is logged.
     """
 
+    reads = "weights"
+
     def __init__(
         self,
         params: Mapping[str, torch.Tensor],
