@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
@@ -41,6 +42,17 @@ def barrier() -> None:
     """Wait for every rank; a no-op in a single process."""
     if world_size() > 1:
         dist.barrier()
+
+
+def release() -> None:
+    """End a successful multi-process run: collect what still holds the group (a DDP reducer in a reference
+    cycle), wait for every rank, destroy the default group. A process that exits with a live gloo group can
+    abort in its destructor and turn a finished run into a failed one. A no-op without a group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def broadcast_(tensor: torch.Tensor, src: int) -> None:

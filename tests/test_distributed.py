@@ -3,11 +3,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from hf_ext.io import load_tensors
 
@@ -15,9 +17,18 @@ SCRIPTS = Path(__file__).parent / "scripts"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def torchrun(script: str, *args: str, nproc: int = 2) -> None:
-    """Run a test script under torchrun on the CPU with gloo, as the README describes."""
+def torchrun(script: str, *args: str, nproc: int = 2, writes: Path | None = None) -> None:
+    """Run a test script (or, by absolute path, a recipe) under torchrun on the CPU with gloo, as the README
+    describes. With ``writes``, each rank lists the files it wrote in ``writes/rank<R>.json`` (scripts/traced.py)."""
+    result = launch(script, *args, nproc=nproc, writes=writes)
+    assert result.returncode == 0, _failure(result)
+
+
+def launch(script: str, *args: str, nproc: int = 2, writes: Path | None = None, fail: str | None = None):
+    """The finished torchrun process; ``fail="RANK:module:function"`` makes that function raise on that rank."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    assert writes is not None or fail is None, "traced.py needs a directory for its write logs"
+    traced = [str(SCRIPTS / "traced.py"), str(writes), *([fail] if fail else [])] if writes else []
     command = [
         sys.executable,
         "-m",
@@ -25,11 +36,23 @@ def torchrun(script: str, *args: str, nproc: int = 2) -> None:
         "--nproc_per_node",
         str(nproc),
         "--standalone",
-        str(SCRIPTS / script),
+        *traced,
+        str(SCRIPTS / script),  # an absolute script path is used as is
         *args,
-    ]  # an absolute script path is used as is
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, _failure(result)
+    ]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def assert_only_rank0_writes(writes: Path, under: Path, own_files: str | None = None) -> None:
+    """Rank 0 wrote files under ``under`` and the other ranks none, except files of their own (names matching
+    the glob ``own_files``, e.g. dump shards), which no two ranks share."""
+    ranks = {path.stem: json.loads(path.read_text()) for path in writes.glob("rank*.json")}
+    assert set(ranks) == {"rank0", "rank1"}, ranks.keys()
+    inside = {rank: {Path(p) for p in paths if Path(p).is_relative_to(under)} for rank, paths in ranks.items()}
+    assert inside["rank0"], f"rank 0 wrote nothing under {under}"
+    others = {p for p in inside["rank1"] if not (own_files and p.match(own_files))}
+    assert not others, f"rank 1 wrote shared files: {sorted(others)[:5]}"
+    assert not inside["rank0"] & inside["rank1"], "two ranks wrote the same file"
 
 
 def _failure(result: subprocess.CompletedProcess) -> str:
@@ -125,7 +148,17 @@ def test_two_process_warp_phase2_matches_one_process(tmp_path):
     _run_path(recipe, config, f"output_dir={one}", "phase=1", *common)
     shutil.copytree(one, two)
     _run_path(recipe, config, f"output_dir={one}", "phase=2", "per_device_train_batch_size=8", *common)
-    torchrun(str(recipe), str(config), f"output_dir={two}", "phase=2", "per_device_train_batch_size=4", *common)
+    writes = tmp_path / "writes"
+    torchrun(
+        str(recipe),
+        str(config),
+        f"output_dir={two}",
+        "phase=2",
+        "per_device_train_batch_size=4",
+        *common,
+        writes=writes,
+    )
+    assert_only_rank0_writes(writes, two)
     for name in ("importance", "masks"):
         single, _ = load_tensors(one / "phase2" / f"{name}.safetensors")
         double, _ = load_tensors(two / "phase2" / f"{name}.safetensors")
@@ -199,7 +232,9 @@ def test_two_process_head_study_measures_shards_and_matches_one_process(tmp_path
     ]
     one, two = tmp_path / "one", tmp_path / "two"
     _run_path(recipe, config, f"output_dir={one}", *common)
-    torchrun(str(recipe), str(config), f"output_dir={two}", *common)
+    writes = tmp_path / "writes"
+    torchrun(str(recipe), str(config), f"output_dir={two}", *common, writes=writes)
+    assert_only_rank0_writes(writes, two)
     single, double = one / "seed-1", two / "seed-1"
     for file, field in (
         ("I_pre.jsonl", "loss_increase"),
@@ -220,3 +255,117 @@ def test_two_process_head_study_measures_shards_and_matches_one_process(tmp_path
     curves = [json.loads((run / "prune_curve.json").read_text())["curves"]["random-0"] for run in (single, double)]
     assert [row["removed"] for row in curves[0]] == [row["removed"] for row in curves[1]]
     assert (double / "heads.csv").is_file() and (double / "final" / "config.json").is_file()
+
+
+DRIFT = [
+    "model_name_or_path=tiny:qwen2",  # no dropout: each rank draws its own dropout masks
+    'lora_target_modules=["q_proj","v_proj"]',
+    'methods=["full", "lora"]',
+    "seeds=[1]",
+    "eval_subset_size=16",
+    "max_train_samples=64",
+    "per_device_eval_batch_size=4",  # 4 dump batches: 2 per rank
+    "drift_steps=2",
+    "max_steps=4",
+    "warmup_steps=0",
+    "bootstrap_samples=20",
+    "report_to=[]",
+]
+
+
+# Similarities near 1 are compared as drifts (1 - similarity), where a wrong gradient scale would show.
+DRIFTS = {"cka", "debiased_cka", "cka_low", "cka_high", "cosine", "cosine_mean", "mean_vector_cosine"}
+
+
+def _assert_same_drift(double: float, single: float, name: str, where) -> None:
+    if name in DRIFTS:
+        assert 1 - double == pytest.approx(1 - single, rel=1e-2, abs=1e-7), (where, name)
+    else:  # percentiles, spreads, row counts, the permutation chance level
+        assert double == pytest.approx(single, rel=1e-2, abs=1e-5), (where, name)
+
+
+@pytest.mark.multiprocess
+def test_two_process_drift_run_matches_one_process(tmp_path):
+    """Same global batch of 8: the in-training drift and the drift table of 2 ranks x 4 equal 1 x 8's (drifts
+    within 1%: float32 over 4 steps of a different summation order); rank 1 writes only its dump shards."""
+    recipe, config = ROOT / "recipes" / "drift.py", ROOT / "recipes" / "configs" / "drift_minilm_sentiment.json"
+    one, two, writes = tmp_path / "one", tmp_path / "two", tmp_path / "writes"
+    _run_path(recipe, config, f"output_dir={one}", "per_device_train_batch_size=8", *DRIFT)
+    torchrun(str(recipe), str(config), f"output_dir={two}", "per_device_train_batch_size=4", *DRIFT, writes=writes)
+    assert_only_rank0_writes(writes, two, own_files="*shard-*")
+    for method in ("full", "lora"):
+        single, double = (json.loads((run / "seed-1" / method / "metrics.json").read_text()) for run in (one, two))
+        assert [h["step"] for h in double["in_training"]] == [h["step"] for h in single["in_training"]] == [2, 4]
+        for a, b in zip(single["in_training"], double["in_training"]):
+            for layer, stats in a["layers"].items():
+                for name, value in stats.items():
+                    _assert_same_drift(b["layers"][layer][name], value, name, (method, a["step"], layer))
+    rows = [
+        np.genfromtxt(run / "drift.csv", delimiter=",", names=True, dtype=None, encoding="utf-8") for run in (one, two)
+    ]
+    assert rows[0].dtype.names == rows[1].dtype.names and len(rows[0]) == len(rows[1]) == 12
+    for name in rows[0].dtype.names:
+        if rows[0][name].dtype.kind != "f":
+            assert list(rows[1][name]) == list(rows[0][name]), name
+            continue
+        for i, (single, double) in enumerate(zip(rows[0][name], rows[1][name])):
+            if not np.isnan(single) or not np.isnan(double):
+                _assert_same_drift(double, single, name, ("drift.csv row", i))
+    assert 1 - rows[0]["cka"].min() > 1e-4  # training moved the representations: the comparison is not of 1 with 1
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize(
+    "fail, where",
+    [
+        ("1:hf_ext.heads.study:_measure_gradients_and_entropy", "rank 1 measuring, rank 0 waiting in a gather"),
+        ("0:hf_ext.heads.study:aggregate", "rank 0 writing the analysis, rank 1 waiting at the barrier"),
+    ],
+)
+def test_a_rank_that_raises_stops_the_others_promptly_with_its_error(tmp_path, fail, where):
+    recipe = ROOT / "recipes" / "head_plasticity.py"
+    config = ROOT / "recipes" / "configs" / "head_plasticity_minilm_topic.json"
+    quick = ["model_name_or_path=tiny:bert", "seeds=[1]", "eval_subset_size=16", "max_train_samples=16"]
+    quick += ["top_k=3", "probe_epochs=1", "prune_step=0", "bootstrap_samples=0", "warmup_steps=0", "report_to=[]"]
+    start = time.monotonic()
+    out, writes = tmp_path / "run", tmp_path / "writes"
+    result = launch(str(recipe), str(config), f"output_dir={out}", *quick, writes=writes, fail=fail)
+    elapsed = time.monotonic() - start
+    rank = fail.split(":")[0]
+    assert result.returncode != 0, where
+    assert f"RuntimeError: injected failure on rank {rank}" in result.stderr, where
+    assert elapsed < 120, f"{where}: the run took {elapsed:.0f} s to stop"  # not the 30-minute collective timeout
+
+
+@pytest.mark.multiprocess
+def test_two_process_lora_null_run_matches_one_process(tmp_path):
+    """Same global batch of 8: the calibration (split across ranks), the verification and the trained adapter of
+    2 ranks x 4 equal 1 x 8's up to summation order; only rank 0 writes."""
+    recipe, config = ROOT / "recipes" / "lora_null.py", ROOT / "recipes" / "configs" / "lora_null_minilm_topic.json"
+    common = [
+        "model_name_or_path=tiny:qwen2",  # no dropout: each rank draws its own dropout masks
+        'lora_target_modules=["q_proj","v_proj"]',
+        "max_train_samples=64",
+        "calib_samples=32",
+        "verify_samples=16",
+        "max_activation_samples=256",
+        "eval_strategy=no",
+        "max_steps=4",
+        "warmup_steps=0",
+        "report_to=[]",
+    ]
+    one, two, writes = tmp_path / "one", tmp_path / "two", tmp_path / "writes"
+    _run_path(recipe, config, f"output_dir={one}", "per_device_train_batch_size=8", *common)
+    torchrun(str(recipe), str(config), f"output_dir={two}", "per_device_train_batch_size=4", *common, writes=writes)
+    assert_only_rank0_writes(writes, two)
+    for name in ("verify_init.json", "verify_trained.json"):
+        single, double = (json.loads((run / name).read_text()) for run in (one, two))
+        assert single["layers"].keys() == double["layers"].keys() and single["layers"], name
+        for layer, metrics in single["layers"].items():
+            for metric, value in metrics.items():
+                if isinstance(value, float):
+                    assert double["layers"][layer][metric] == pytest.approx(value, rel=1e-3, abs=1e-5), (layer, metric)
+    single, double = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (one, two))
+    assert single.keys() == double.keys() and single
+    for key in single:
+        torch.testing.assert_close(double[key], single[key], rtol=1e-3, atol=1e-5)

@@ -3,14 +3,17 @@
 import json
 
 import pytest
+import torch
 from conftest import all_runs
 from peft import PeftConfig
 from recipes_util import run_recipe
+from test_distributed import _run as run_script
 from test_distributed import torchrun
 from transformers import AutoModelForSequenceClassification
 
 from hf_ext.cli import main as cli
 from hf_ext.errors import ConfigError, RunDirectoryError
+from hf_ext.io import load_tensors
 from hf_ext.models import tiny_model
 
 QWEN = "seq_cls_tiny_qwen2_last_block.json"
@@ -102,11 +105,31 @@ def test_a_decoder_without_pad_or_eos_token_is_refused(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_two_process_ddp_training_with_the_prefix(tmp_path):
-    torchrun("selective_ddp.py", str(tmp_path / "result.json"))
-    result = json.loads((tmp_path / "result.json").read_text())
+def test_two_process_ddp_training_with_the_prefix_matches_one_process(tmp_path):
+    """Global batch 16 as 1 x 16 and 2 x 8: the prefix stays bit-identical, the ranks agree exactly, and the
+    trained block equals one process's up to summation order (float32, 3 steps)."""
+    run_script("selective_ddp.py", str(tmp_path / "one"))
+    torchrun("selective_ddp.py", str(tmp_path / "two"))
+    result = json.loads((tmp_path / "two-result.json").read_text())
     assert result["prefix_changed"] == 0.0 and result["trained_changed"] > 0
     assert result["max_rank_difference"] == 0.0
+    (single, _), (double, _) = load_tensors(tmp_path / "one.safetensors"), load_tensors(tmp_path / "two.safetensors")
+    assert single.keys() == double.keys()
+    for name in single:
+        torch.testing.assert_close(double[name], single[name], rtol=1e-3, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.multiprocess
+def test_fsdp2_sharded_selective_training_on_gloo_matches_one_process(tmp_path):
+    """FSDP2 (fully_shard per block) runs on gloo without the Trainer (accelerate enables FSDP only on GPUs): the
+    no-grad prefix composes with sharded blocks, stays bit-identical, and the trained block equals one process's."""
+    run_script("selective_fsdp2.py", str(tmp_path / "one"))
+    torchrun("selective_fsdp2.py", str(tmp_path / "two"))
+    (single, meta_one), (double, meta_two) = (load_tensors(tmp_path / f"{r}.safetensors") for r in ("one", "two"))
+    assert meta_one["prefix_moved"] == meta_two["prefix_moved"] == 0.0
+    assert meta_two["trained_moved"] > 1e-3 and single.keys() == double.keys()
+    for name in single:
+        torch.testing.assert_close(double[name], single[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_mlflow_run_holds_the_adapter_the_selection_and_the_test_scores(mlflow_store, tmp_path):

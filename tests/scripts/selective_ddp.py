@@ -1,11 +1,13 @@
-"""Two processes (DDP, gloo) train the last block of a tiny Llama classifier behind a no-grad prefix with
-gradient checkpointing; rank 0 writes how much the prefix and the trained block moved and how far the
-ranks' weights differ.
+"""Train the last block of a tiny Llama classifier behind a no-grad prefix with gradient checkpointing, global
+batch 16 split over however many ranks run this (DDP, gloo); rank 0 writes how much the prefix and the trained
+block moved, how far the ranks' weights differ (OUT-result.json) and the trained weights (OUT.safetensors).
 
-torchrun --standalone --nproc_per_node 2 selective_ddp.py OUT.json
+python selective_ddp.py OUT                                   # one process, batches of 16
+torchrun --standalone --nproc_per_node 2 selective_ddp.py OUT  # two processes, batches of 8
 """
 
 import copy
+import os
 import sys
 
 import torch
@@ -15,7 +17,7 @@ from transformers import TrainingArguments
 from hf_ext import distributed
 from hf_ext.config import DataArguments
 from hf_ext.data import prepare_data
-from hf_ext.io import write_json
+from hf_ext.io import save_tensors, write_json
 from hf_ext.models import tiny_model
 from hf_ext.selective.config import SelectiveArguments
 from hf_ext.selective.selection import select_trainable
@@ -30,7 +32,7 @@ def main(out: str) -> None:
     args = TrainingArguments(
         output_dir="/tmp/hf_ext_selective_ddp",
         max_steps=3,
-        per_device_train_batch_size=8,
+        per_device_train_batch_size=16 // int(os.environ.get("WORLD_SIZE", 1)),
         learning_rate=1e-2,
         gradient_checkpointing=True,
         report_to=[],
@@ -46,18 +48,23 @@ def main(out: str) -> None:
 
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(distributed.world_size())]
-    dist.all_gather(gathered, flat)
+    if dist.is_initialized():
+        dist.all_gather(gathered, flat)
+    else:
+        gathered = [flat]
     if distributed.is_main_process():
         write_json(
-            out,
+            f"{out}-result.json",  # "{out}.json" is the tensors' sidecar
             {
                 "prefix_changed": max(moved("model.layers.0."), moved("model.layers.1.")),
                 "trained_changed": moved("model.layers.2."),
                 "max_rank_difference": max(float((g - gathered[0]).abs().max()) for g in gathered),
             },
         )
-    distributed.barrier()  # no rank leaves while another still talks to it
-    dist.destroy_process_group()
+        save_tensors(f"{out}.safetensors", {k: v.contiguous() for k, v in after.items()})
+    if dist.is_initialized():
+        distributed.barrier()  # no rank leaves while another still talks to it
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ def main(out: str, task_type: str, batch_size: int, grad_accum: int) -> None:
     if distributed.is_main_process():
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         save_tensors(out, dict(model.named_parameters()), {"losses": losses, "world_size": distributed.world_size()})
+    del trainer
+    distributed.release()
 
 
 if __name__ == "__main__":
