@@ -43,6 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..errors import TrainingDivergedError
 from .reparam import coefficients, is_reparameterized
 
 KINDS = ("abs", "squared")
@@ -183,12 +184,13 @@ class ImportanceAccumulator:
         """The importance (float32): the mean over micro-batches (over examples for :class:`EmpiricalFisher`) of
         every rank (``statistic="micro_batch"``; every rank must call it unless ``across_ranks=False``, which
         gives this rank's own mean) or over optimizer steps."""
-        if self.steps == 0:
-            raise RuntimeError(
-                f"no importance accumulated: {self.skipped_steps} step(s) had non-finite gradients and none was finite"
-                if self.skipped_steps
-                else "no importance accumulated: no optimizer step ran"
+        if self.steps == 0 and self.skipped_steps:
+            raise TrainingDivergedError(
+                f"no importance accumulated: {self.skipped_steps} step(s) had non-finite gradients and none was "
+                "finite; lower learning_rate, use bf16 instead of fp16, or check the safety data"
             )
+        if self.steps == 0:
+            raise RuntimeError("no importance accumulated: no optimizer step ran")
         if self.statistic == "step":
             return {name: total / self.steps for name, total in self.sums.items()}
         totals = {name: total.clone() for name, total in self.sums.items()}
