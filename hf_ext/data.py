@@ -143,7 +143,8 @@ def tokenize_datasets(
 
     - ``seq_cls``: ``input_ids``, ``attention_mask`` and ``labels`` (class index in ``labels``).
     - ``causal_lm``: prompt + response + EOS; ``labels`` are -100 on the prompt so that the loss
-      covers the response only. Examples whose response is truncated away are dropped (with a warning).
+      covers the response only. Examples whose response is truncated away are dropped (with a warning);
+      a split left with none is a :class:`DataError`.
     """
     if task_type not in ("seq_cls", "causal_lm"):
         raise ValueError(f"task_type must be 'seq_cls' or 'causal_lm', got {task_type!r}")
@@ -160,6 +161,12 @@ def tokenize_datasets(
         if task_type == "causal_lm":
             before = len(tokenized)
             tokenized = tokenized.filter(lambda b: [any(x != -100 for x in row) for row in b["labels"]], batched=True)
+            if len(tokenized) == 0:
+                raise DataError(
+                    f"every one of the {before} examples of the {name} split was dropped: each prompt fills "
+                    f"max_seq_length={args.max_seq_length} tokens, leaving none of the response to learn from; raise "
+                    "max_seq_length or shorten the prompts"
+                )
             if len(tokenized) < before:
                 logger.warning(
                     "%s: dropped %d examples whose response did not fit in max_seq_length=%d",

@@ -36,6 +36,11 @@ class RunDirectoryError(HfExtError, RuntimeError):
     yet, or files that do not belong together."""
 
 
+class WriteError(HfExtError, OSError):
+    """A file could not be written (disk full, read-only file system, no permission); the file it was to
+    replace is left as it was and no partial file remains. ``errno`` is the operating system's error number."""
+
+
 class TrainingDivergedError(HfExtError, FloatingPointError):
     """The training loss became NaN or infinite: the model diverged or a batch holds values it cannot fit."""
 
@@ -44,10 +49,14 @@ def exit_on_user_error(main: Callable[[], Any], prog: str | None = None) -> int:
     """Run ``main()``; on an :class:`HfExtError` print ``prog: error: message`` and return 2 (on ranks other
     than 0 the line starts with ``[rank N]``).
 
-    Returns 0 when ``main`` succeeds. Other exceptions propagate with their traceback.
+    Returns 0 when ``main`` succeeds, after :func:`hf_ext.distributed.release`. Other exceptions propagate with
+    their traceback.
     """
+    from .distributed import release  # here: distributed imports this module
+
     try:
         main()
+        release()
     except HfExtError as err:
         # Every rank says why it stops: a launcher ends the others when one exits, so an error seen only on
         # rank 1 would otherwise be lost. Rank 0's line has no prefix.

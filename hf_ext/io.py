@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .errors import FileFormatError
+from .errors import FileFormatError, WriteError
 
 FORMAT = "hf_ext.tensors"
 FORMAT_VERSION = 1
@@ -34,22 +35,44 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
+# The errors of a write that the user can fix, and how.
+_WRITE_FIXES = {
+    errno.ENOSPC: "free disk space (or write to a larger disk: another output_dir) and run again",
+    errno.EDQUOT: "free space within your disk quota and run again",
+    errno.EROFS: "the file system is read-only: write elsewhere (another output_dir)",
+    errno.EACCES: "make the directory writable or write elsewhere (another output_dir)",
+    errno.EPERM: "make the directory writable or write elsewhere (another output_dir)",
+}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
-    On error the temporary file is removed and ``path`` is left as it was.
+    On error the temporary file is removed and ``path`` is left as it was. A full disk, a read-only file
+    system or a missing permission is raised as :class:`~hf_ext.errors.WriteError` saying so.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if isinstance(err, WriteError) or err.errno not in _WRITE_FIXES:
+            raise
+        raise _write_error(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_error(path: Path, err: OSError) -> WriteError:
+    kept = f"the previous {path.name} is left as it was" if path.exists() else f"no {path.name} was written"
+    error = WriteError(f"cannot write {path}: {err.strerror or err}; {kept}; {_WRITE_FIXES[err.errno]}")
+    error.errno = err.errno
+    return error
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -102,7 +125,8 @@ def save_tensors(
     """Save named tensors to ``path`` (safetensors) and their description to the JSON sidecar.
 
     Tensors are copied to CPU and made contiguous; views that share storage are fine. Both files are
-    written to temporary names first, so an interrupted save leaves any earlier pair untouched.
+    written to temporary names first and the tensors are renamed into place last, so a failed write (a full
+    disk) leaves any earlier pair untouched.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -122,7 +146,7 @@ def save_tensors(
             "tensors": {name: {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)} for name, t in cpu.items()},
             "metadata": dict(metadata or {}),
         }
-    write_json(sidecar_path(path), sidecar)
+        write_json(sidecar_path(path), sidecar)
 
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
@@ -137,6 +161,23 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
             f"this hf_ext ({__version__}) reads up to version {FORMAT_VERSION}: upgrade hf_ext"
         )
     return info
+
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+
+
+def _refuse_other_formats(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise FileFormatError(
+            f"{path} is a {path.suffix} file, a Python pickle: unpickling it can run arbitrary code, so hf_ext reads "
+            "tensors only from .safetensors files; if you trust where it comes from, convert it once with "
+            f"hf_ext.io.save_tensors('{path.stem}.safetensors', torch.load('{path.name}', weights_only=True)), or "
+            "re-create it with hf_ext"
+        )
+    if path.suffix != ".safetensors":
+        raise FileFormatError(
+            f"{path}: expected a .safetensors tensor file (with its .json sidecar), got {path.suffix or 'no suffix'}"
+        )
 
 
 def load_tensors(
@@ -155,9 +196,11 @@ def load_tensors(
         verify_checksum: compare the file's SHA-256 with the sidecar (reads the file twice).
 
     Raises:
-        FileFormatError: missing, truncated, corrupted or mismatched file, naming what differs.
+        FileFormatError: not a ``.safetensors`` file (a pickle is refused: unpickling can run code), or a
+            missing, truncated, corrupted or mismatched file, naming what differs.
     """
     path = Path(path)
+    _refuse_other_formats(path)
     if not path.is_file():
         raise FileFormatError(f"{path} not found")
     info = read_sidecar(path)

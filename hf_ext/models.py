@@ -5,7 +5,8 @@
 - ``tiny:llama``, ``tiny:qwen2``, ``tiny:deberta-v2``, ``tiny:bert``: randomly initialised models
   (2 layers, 4 heads, hidden 64; Llama and Qwen2 with 2 key/value heads) built from configs, with a
   word-level tokenizer over the built-in tasks' vocabulary. For tests and quick recipes.
-- anything else goes to ``from_pretrained`` unchanged (hub id or local directory).
+- anything else goes to ``from_pretrained`` unchanged (hub id or local directory); a local directory whose
+  weights are only pickles (``.bin``/``.pt``/``.pth``) is refused unless ``allow_pickle_weights``.
 
 Plus two helpers for running a loaded model: :func:`model_device` and the :func:`eval_mode` context.
 """
@@ -35,7 +36,7 @@ from transformers import (
 from . import tasks
 from .config import ModelArguments
 from .data import PLAIN_PROMPT
-from .errors import ConfigError
+from .errors import ConfigError, RunDirectoryError
 from .io import read_json
 
 AUTO_CLASSES = {"seq_cls": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
@@ -179,6 +180,36 @@ def _loading(name: str) -> Iterator[None]:
         ) from None
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth")
+# What Trainer writes beside weights: pickles too, but never loaded as a model's weights.
+TRAINER_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+
+
+def pickled_weights(directory: str | Path) -> list[Path]:
+    """The pickled weight files of a local model or adapter directory that holds no ``.safetensors`` file."""
+    directory = Path(directory)
+    if not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return []
+    files = {path for pattern in PICKLED_WEIGHTS for path in directory.glob(pattern)}
+    return sorted(path for path in files if not any(path.match(name) for name in TRAINER_FILES))
+
+
+def refuse_pickled_weights(directory: str | Path, *, allowed: bool) -> None:
+    """Raise :class:`ConfigError` if ``directory`` holds its weights only as pickles and ``allowed`` is false.
+
+    Unpickling can run arbitrary code; with ``allowed`` transformers and peft read such files with
+    ``torch.load(weights_only=True)``, which accepts tensors and plain containers only.
+    """
+    files = pickled_weights(directory)
+    if files and not allowed:
+        raise ConfigError(
+            f"{directory} holds pickled weights ({', '.join(path.name for path in files)}) and no .safetensors file; "
+            "unpickling can run arbitrary code, so they are not loaded: convert them to safetensors (load the model "
+            "once where you trust the file and save_pretrained it again), or set allow_pickle_weights=true to read "
+            "them as plain tensors (torch.load with weights_only=True)"
+        )
+
+
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")  # how tiny_tokenizer's tokenizers save
 
 
@@ -244,11 +275,13 @@ def load_model(
             model = auto_class.from_config(config, **({} if dtype == "auto" else {"dtype": dtype}))
         else:
             extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+            refuse_pickled_weights(resolve_model_path(name), allowed=args.allow_pickle_weights)
             with _loading(name):
                 model = auto_class.from_pretrained(
                     resolve_model_path(name),
                     dtype=dtype,
                     trust_remote_code=args.trust_remote_code,
+                    weights_only=True,  # the default; pickled weights (allow_pickle_weights) load as plain tensors
                     **label_config,
                     **extra,
                 )
@@ -301,28 +334,85 @@ def no_kv_cache(model: nn.Module) -> Iterator[None]:
         config.use_cache = previous
 
 
-def load_with_adapter(model: str, adapter: str | None, task_type: str, num_labels: int | None):
+def load_with_adapter(
+    model: str, adapter: str | None, task_type: str, num_labels: int | None, *, allow_pickle_weights: bool = False
+):
     """``(model, tokenizer)`` for tools that inspect a saved run: ``model`` as saved (a classifier head sized from
-    its config's labels, else ``num_labels``, else 2), with the peft adapter in ``adapter`` loaded on top."""
+    its config's labels, else ``num_labels``, else 2), with the peft adapter in ``adapter`` loaded on top.
+
+    Pickled weights (in ``model`` or ``adapter``) are refused unless ``allow_pickle_weights``."""
     tokenizer = load_tokenizer(model)
     config_path = Path(resolve_model_path(model)) / "config.json"
     saved = read_json(config_path) if config_path.is_file() else {}
     labels = list((saved.get("id2label") or {}).values()) if num_labels is None else []
     labels = labels or [str(i) for i in range(num_labels or 2)]
-    loaded = load_model(ModelArguments(model_name_or_path=model, task_type=task_type), tokenizer, labels)
+    arguments = ModelArguments(
+        model_name_or_path=model, task_type=task_type, allow_pickle_weights=allow_pickle_weights
+    )
+    loaded = load_model(arguments, tokenizer, labels)
     if adapter is None:
         return loaded, tokenizer
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ConfigError(f"--adapter {adapter} holds no adapter_config.json: it is not a saved peft adapter")
+    refuse_pickled_weights(adapter, allowed=allow_pickle_weights)
     from peft import PeftModel
 
-    try:
+    try:  # peft reads adapter_model.bin with torch.load(weights_only=True) (peft.utils.save_and_load.torch_load)
         return PeftModel.from_pretrained(loaded, adapter), tokenizer
     except (RuntimeError, ValueError) as err:
         raise ConfigError(
             f"the adapter in {adapter} does not fit {model} ({_first_reason(err)}); check --model, "
             "--task-type and --num-labels"
         ) from None
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_checkpoint_weights(checkpoint: str | Path, model: nn.Module) -> None:
+    """Refuse to resume ``model`` from a checkpoint written by another recipe or technique.
+
+    A run that trains a peft adapter needs a checkpoint holding an adapter with the same tensors (names and
+    shapes); a run that trains the whole model needs full weights. (The Trainer would load what fits, warn
+    about the rest and fail in the optimizer's ``load_state_dict`` with no hint.) For the trainer's resume check.
+
+    Raises:
+        RunDirectoryError: the checkpoint holds the other kind of weights, or an adapter of other tensors.
+    """
+    from peft import PeftModel
+
+    checkpoint = Path(checkpoint)
+    trains_adapter = isinstance(model, PeftModel)
+    holds_adapter = (checkpoint / "adapter_config.json").is_file()
+    if trains_adapter != holds_adapter:
+        found = "a peft adapter" if holds_adapter else "full model weights and no peft adapter"
+        wanted = "a peft adapter (LoRA)" if trains_adapter else "the whole model"
+        raise RunDirectoryError(
+            f"{checkpoint} holds {found}, but this run trains {wanted}: it was written by another recipe or "
+            "technique; resume from a checkpoint this recipe saved, or start afresh without resume_from_checkpoint"
+        )
+    if trains_adapter and (checkpoint / ADAPTER_WEIGHTS).is_file():
+        _check_adapter_tensors(checkpoint, model)
+
+
+def _check_adapter_tensors(checkpoint: Path, model: nn.Module) -> None:
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    expected = {name: tuple(t.shape) for name, t in get_peft_model_state_dict(model).items()}
+    with safe_open(str(checkpoint / ADAPTER_WEIGHTS), "pt") as f:
+        found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    differ = sorted(name for name in expected.keys() | found.keys() if expected.get(name) != found.get(name))
+    if differ:
+        examples = "; ".join(
+            f"{name}: {found.get(name, 'absent')} in the checkpoint, {expected.get(name, 'absent')} here"
+            for name in differ[:3]
+        )
+        raise RunDirectoryError(
+            f"the adapter in {checkpoint} does not fit this run's: {len(differ)} tensor(s) differ ({examples}); it "
+            "was written with other LoRA settings (lora_target_modules, lora_r) or by another recipe; resume with "
+            "the settings that wrote it, or start afresh without resume_from_checkpoint"
+        )
 
 
 def _first_reason(err: Exception) -> str:

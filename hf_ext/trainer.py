@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from . import distributed, tracking
 from .errors import ConfigError, RunDirectoryError, TrainingDivergedError
 from .io import read_json, write_json
+from .models import check_checkpoint_weights
 from .run_logger import LoggingCallback
 
 
@@ -171,6 +172,7 @@ class HfExtTrainer(Trainer):
                 "checkpoint-<step> directory of an earlier run, or true for the last one in output_dir"
             )
         self._check_same_model(value)
+        check_checkpoint_weights(value, self.accelerator.unwrap_model(self.model))
         step, planned = json.loads(Path(state).read_text())["global_step"], self._planned_steps()
         if planned is not None and step >= planned:
             raise RunDirectoryError(

@@ -1,9 +1,13 @@
 """The bad-input catalogue: inputs a researcher gets wrong, each a clear error (or a documented warning),
 never a silent wrong result, and nothing half-written or overwritten."""
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +20,16 @@ from warp_runs import copy_run, rotate_basis, run_phase
 from hf_ext.cli import main as cli
 from hf_ext.config import DataArguments, HfExtTrainingArguments, ModelArguments, format_help, parse_config
 from hf_ext.data import prepare_data
-from hf_ext.errors import ConfigError, DataError, RunDirectoryError, exit_on_user_error
-from hf_ext.io import file_sha256, load_tensors, save_tensors
+from hf_ext.errors import (
+    ConfigError,
+    DataError,
+    FileFormatError,
+    RunDirectoryError,
+    TrainingDivergedError,
+    WriteError,
+    exit_on_user_error,
+)
+from hf_ext.io import file_sha256, load_tensors, save_tensors, sidecar_path, write_json
 from hf_ext.models import load_tokenizer
 from hf_ext.warp.config import WarpArguments
 
@@ -35,9 +47,27 @@ def _parse(tmp_path, *overrides, **values):
 
 
 def _hashes(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root`` by relative path; ``"directory"`` for each folder (an empty one too)."""
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "directory"
+        for p in root.rglob("*")
     }
+
+
+@contextlib.contextmanager
+def unchanged(directory: Path):
+    """The block leaves everything under ``directory`` as it was: no file or folder added (no temporaries either),
+    removed or changed (SHA-256). Checked also when the block raises."""
+    before = _hashes(directory)
+    try:
+        yield
+    finally:
+        after = _hashes(directory)
+        changed = sorted(name for name in before.keys() & after.keys() if before[name] != after[name])
+        assert after == before, (
+            f"under {directory}: added {sorted(after.keys() - before.keys())}, "
+            f"removed {sorted(before.keys() - after.keys())}, changed {changed}"
+        )
 
 
 # ---- config values, checked before any model or data is loaded ----
@@ -67,6 +97,48 @@ def test_out_of_range_values_name_the_key_and_the_command_line(tmp_path, overrid
         _parse(tmp_path, override)
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("per_device_train_batch_size=2.5", r"per_device_train_batch_size=2.5 is invalid; expected int \("),
+        ("overwrite_output_dir=yes", r"overwrite_output_dir=\"yes\" is invalid; expected bool \("),
+        ('targets="layer.4"', r"targets=\"layer.4\" is invalid; expected a list of str \("),
+        ("max_train_samples=ten", r"max_train_samples=\"ten\" is invalid; expected int or null \("),
+        ("seed=1e3", r"seed=1000.0 is invalid; expected int \("),
+    ],
+    ids=["float-for-int", "text-for-bool", "text-for-list", "text-for-int", "exponent-for-int"],
+)
+def test_values_of_the_wrong_type(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=r"the command line: " + message):
+        _parse(tmp_path, override)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "learning_rate=NaN",
+            r"learning_rate=NaN is invalid; expected a finite number \(JSON has no NaN or Infinity\)",
+        ),
+        ("num_train_epochs=Infinity", r"num_train_epochs=Infinity is invalid; expected a finite number"),
+        (
+            "plain_learning_rates=[0.001,NaN]",
+            r"plain_learning_rates=\[0.001, NaN\] is invalid; expected finite numbers",
+        ),
+    ],
+    ids=["nan", "infinity", "nan-in-a-list"],
+)
+def test_non_finite_numbers_are_refused(tmp_path, override, message):
+    """Python's json reads NaN and Infinity, and no range check refuses them (NaN > 0 is false, so is NaN <= 0)."""
+    with pytest.raises(ConfigError, match=message):
+        _parse(tmp_path, override)
+
+
+def test_config_file_that_does_not_exist(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file .*nothere.json not found"):
+        parse_config(TYPES, [str(tmp_path / "nothere.json")])
+
+
 def test_empty_config_file_and_list_element_types(tmp_path):
     from hf_ext.heads.config import HeadStudyArguments
 
@@ -81,6 +153,8 @@ def test_empty_config_file_and_list_element_types(tmp_path):
 def test_a_bad_value_in_the_file_is_blamed_on_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"config.json: max_train_samples=0 is invalid"):
         _parse(tmp_path, max_train_samples=0)
+    with pytest.raises(ConfigError, match=r"config.json: learning_rate=NaN is invalid; expected a finite number"):
+        _parse(tmp_path, learning_rate=float("nan"))  # json.dumps writes NaN, which json.loads reads back
 
 
 def test_unknown_keys_are_blamed_where_they_were_given(tmp_path):
@@ -154,13 +228,16 @@ def test_exit_on_user_error_keeps_the_traceback_of_a_bug(capsys):
 # ---- data files, checked where they are read ----
 
 
-def _data(tmp_path, train: str, validation: str | None = None, suffix=".jsonl", **args):
+def _data(tmp_path, train: str, validation: str | None = None, suffix=".jsonl", task_type="seq_cls", **args):
+    """``prepare_data`` on these files (tiny:bert, or tiny:llama for causal_lm), which it must leave as they are."""
     (tmp_path / f"train{suffix}").write_text(train)
     files = {"train_file": str(tmp_path / f"train{suffix}")}
     if validation is not None:
         (tmp_path / f"validation{suffix}").write_text(validation)
         files["validation_file"] = str(tmp_path / f"validation{suffix}")
-    return prepare_data(DataArguments(**files, **args), load_tokenizer("tiny:bert"), "seq_cls")
+    tokenizer = load_tokenizer("tiny:llama" if task_type == "causal_lm" else "tiny:bert")
+    with unchanged(tmp_path):
+        return prepare_data(DataArguments(**files, **args), tokenizer, task_type)
 
 
 def _rows(*rows) -> str:
@@ -173,9 +250,49 @@ GOOD = _rows(
 )
 
 
-def test_empty_data_file(tmp_path):
-    with pytest.raises(DataError, match=r"train.jsonl is empty: it holds no examples"):
-        _data(tmp_path, "\n\n")
+@pytest.mark.parametrize(
+    "text, suffix, message",
+    [
+        ("\n\n", ".jsonl", r"train.jsonl is empty: it holds no examples"),
+        ("[]", ".json", r"train.json holds no examples"),
+        ("text,label\n", ".csv", r"train.csv holds no examples"),
+    ],
+    ids=["blank-jsonl", "empty-json-array", "csv-header-only"],
+)
+def test_data_file_with_zero_rows(tmp_path, text, suffix, message):
+    with pytest.raises(DataError, match=message):
+        _data(tmp_path, text, suffix=suffix)
+
+
+def test_a_split_whose_every_example_is_filtered_out(tmp_path):
+    """causal_lm drops examples whose response is truncated away; when that is all of them, say so (it trained
+    on nothing before)."""
+    rows = _rows(*[{"prompt": "a fine film " * 20, "response": "good"} for _ in range(4)])
+    with pytest.raises(
+        DataError, match=r"every one of the 4 examples of the train split was dropped: each prompt fills max_seq_len"
+    ):
+        _data(tmp_path, rows, rows, task_type="causal_lm", max_seq_length=8)
+
+
+def test_examples_whose_response_does_not_fit_are_dropped_with_a_warning(tmp_path, caplog):
+    long = [{"prompt": "a fine film " * 20, "response": "good"}]
+    short = [{"prompt": "a fine film", "response": "good"}] * 3
+    with caplog.at_level(logging.WARNING):
+        data = _data(tmp_path, _rows(*long, *short), _rows(*short), task_type="causal_lm", max_seq_length=16)
+    assert len(data.train) == 3 and "train: dropped 1 examples whose response did not fit" in caplog.text
+
+
+def test_missing_data_file(tmp_path):
+    with pytest.raises(DataError, match=r"data file .*nothere.jsonl not found"):
+        prepare_data(DataArguments(train_file=str(tmp_path / "nothere.jsonl")), load_tokenizer("tiny:bert"), "seq_cls")
+
+
+def test_label_column_missing(tmp_path):
+    texts = _rows(*[{"text": f"a fine film {i}"} for i in range(4)])
+    with pytest.raises(
+        DataError, match=r"seq_cls reads label_column='label', not in the train split \(columns: \['text'\]"
+    ):
+        _data(tmp_path, texts, texts)
 
 
 def test_unparseable_line_is_named_by_file_and_line(tmp_path):
@@ -249,23 +366,38 @@ def _finetune(tmp_path, out, *overrides):
 
 def test_output_dir_that_is_a_file(tmp_path):
     (tmp_path / "out").write_text("not a directory")
-    with pytest.raises(RunDirectoryError, match="is a file, not a directory"):
+    with unchanged(tmp_path), pytest.raises(RunDirectoryError, match="is a file, not a directory"):
         _finetune(tmp_path, tmp_path / "out")
 
 
 def test_output_dir_that_cannot_be_written(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(RunDirectoryError, match="cannot be written"):
+    with unchanged(tmp_path), pytest.raises(RunDirectoryError, match="cannot be written"):
         _finetune(tmp_path, tmp_path / "file" / "out")
+
+
+def test_read_only_output_dir_with_earlier_results(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("an earlier result")
+
+    def read_only(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    # root (as in CI containers) may write anywhere, so the refusal of a read-only directory is simulated
+    monkeypatch.setattr("hf_ext.outputs.tempfile.NamedTemporaryFile", read_only)
+    with unchanged(out), pytest.raises(RunDirectoryError, match=r"cannot be written \(Permission denied\); choose a"):
+        _finetune(tmp_path, out)
 
 
 def test_finished_run_is_not_replaced_without_overwrite_output_dir(tmp_path):
     out = tmp_path / "out"
     _finetune(tmp_path, out)
-    before = _hashes(out)
-    with pytest.raises(RunDirectoryError, match=r"already holds a finished run .*set overwrite_output_dir=true"):
+    with (
+        unchanged(out),
+        pytest.raises(RunDirectoryError, match=r"already holds a finished run .*set overwrite_output_dir=true"),
+    ):
         _finetune(tmp_path, out)
-    assert _hashes(out) == before
     _finetune(tmp_path, out, "overwrite_output_dir=true")
 
 
@@ -298,14 +430,19 @@ def test_masks_of_wrong_shape_are_refused_before_phase3_writes(bert_run, tmp_pat
     masks, _ = load_tensors(run / "phase2" / "masks.safetensors")
     masks["bert.encoder.layer.4.output.dense"] = torch.ones(5, dtype=torch.bool)
     save_tensors(run / "phase2" / "masks.safetensors", masks)
-    with pytest.raises(RunDirectoryError, match=r"phase2/masks.safetensors: recorded \w+, found \w+"):
+    with (
+        unchanged(run),
+        pytest.raises(RunDirectoryError, match=r"phase2/masks.safetensors: recorded \w+, found \w+"),
+    ):
         run_phase(run, 3)  # the file is not the one phase 2 wrote
     metadata = json.loads((run / "phase2" / "metadata.json").read_text())
     metadata["lineage"]["masks"] = file_sha256(run / "phase2" / "masks.safetensors")
     (run / "phase2" / "metadata.json").write_text(json.dumps(metadata))  # as if phase 2 had written them
-    with pytest.raises(ValueError, match=r"mask for 'bert.encoder.layer.4.output.dense' has shape \(5,\)"):
+    with (
+        unchanged(run),
+        pytest.raises(ValueError, match=r"mask for 'bert.encoder.layer.4.output.dense' has shape \(5,\)"),
+    ):
         run_phase(run, 3)
-    assert not (run / "phase3").exists()
 
 
 def test_targets_changed_after_phase1_is_refused_before_phase2_writes(bert_run, tmp_path):
@@ -314,9 +451,8 @@ def test_targets_changed_after_phase1_is_refused_before_phase2_writes(bert_run, 
     (run / "phase1").mkdir(parents=True)
     for name in ("basis.safetensors", "basis.json"):
         (run / "phase1" / name).write_bytes((out / "phase1" / name).read_bytes())
-    with pytest.raises(RunDirectoryError, match="rerun phase 1"):
+    with unchanged(run), pytest.raises(RunDirectoryError, match="rerun phase 1"):
         run_phase(run, 2, 'targets=["layer.[4-5].intermediate.dense"]')
-    assert not (run / "phase2").exists()
 
 
 def test_basis_for_a_module_that_does_not_exist_is_refused(bert_run, tmp_path):
@@ -325,12 +461,14 @@ def test_basis_for_a_module_that_does_not_exist_is_refused(bert_run, tmp_path):
     tensors, _ = load_tensors(out / "phase1" / "basis.safetensors")
     renamed = {key.replace("layer.4.", "layer.7."): t for key, t in tensors.items()}
     save_tensors(run / "phase1" / "basis.safetensors", renamed)
-    with pytest.raises(
-        RunDirectoryError,
-        match=r"the basis holds \['bert.encoder.layer.7.output.dense'\], which are no longer targets; it has no",
+    with (
+        unchanged(run),
+        pytest.raises(
+            RunDirectoryError,
+            match=r"the basis holds \['bert.encoder.layer.7.output.dense'\], which are no longer targets; it has no",
+        ),
     ):
         run_phase(run, 2)
-    assert not (run / "phase2").exists()
 
 
 @pytest.mark.parametrize("keep_ratio", ["0", "1", "1.5"])
@@ -350,20 +488,16 @@ def test_basis_replaced_after_phase2_is_refused_by_phase3_and_leaves_the_record(
     run = tmp_path / "run"
     copy_run(out, run)
     rotate_basis(run)
-    config = (run / "config.json").read_bytes()
-    with pytest.raises(RunDirectoryError, match=r"phase1/basis.safetensors: recorded \w+, found \w+"):
+    with unchanged(run), pytest.raises(RunDirectoryError, match=r"phase1/basis.safetensors: recorded \w+, found \w+"):
         run_phase(run, 3)
-    assert not (run / "phase3").exists() and (run / "config.json").read_bytes() == config
 
 
 def test_failed_phase_does_not_rewrite_the_run_record(bert_run, tmp_path):
     out, _ = bert_run
     run = tmp_path / "run"
     copy_run(out, run)
-    config = (run / "config.json").read_bytes()
-    with pytest.raises(ConfigError, match="phase2 ran with other arguments: targets="):
+    with unchanged(run), pytest.raises(ConfigError, match="phase2 ran with other arguments: targets="):
         run_phase(run, 3, 'targets=["layer.[4-5].intermediate.dense"]')
-    assert (run / "config.json").read_bytes() == config
 
 
 def test_verify_fails_on_a_replaced_basis_and_on_missing_phases(bert_run, tmp_path, capsys):
@@ -371,7 +505,8 @@ def test_verify_fails_on_a_replaced_basis_and_on_missing_phases(bert_run, tmp_pa
     run = tmp_path / "run"
     copy_run(out, run, ("config.json", "phase1", "phase2", "phase3"))
     rotate_basis(run)
-    assert cli(["warp", "verify", "--run", str(run)]) == 1
+    with unchanged(run):
+        assert cli(["warp", "verify", "--run", str(run)]) == 1
     printed = capsys.readouterr().out
     assert "FAIL  phase3 input is phase 2's file" in printed and "phase1/basis.safetensors: recorded" in printed
     only_phase1 = tmp_path / "only_phase1"
@@ -392,7 +527,8 @@ def test_verify_fails_when_a_frozen_coefficient_moved(bert_run, tmp_path, capsys
     coefficients[name][0, column] += 1e-3
     try:
         save_tensors(out / "phase3" / "coefficients.safetensors", coefficients)
-        assert cli(["warp", "verify", "--run", str(out)]) == 1
+        with unchanged(out):
+            assert cli(["warp", "verify", "--run", str(out)]) == 1
         assert "FAIL  phase3: frozen coefficients bit-identical" in capsys.readouterr().out
     finally:
         coefficients[name] = original
@@ -452,19 +588,21 @@ def test_a_failed_run_leaves_no_empty_output_dir(tmp_path):
 
 def test_resume_from_a_directory_that_is_not_a_checkpoint(tmp_path):
     (tmp_path / "not_a_checkpoint").mkdir()
-    with pytest.raises(RunDirectoryError, match=r"is not a checkpoint \(no trainer_state.json\)"):
+    with (
+        unchanged(tmp_path / "not_a_checkpoint"),
+        pytest.raises(RunDirectoryError, match=r"is not a checkpoint \(no trainer_state.json\)"),
+    ):
         _finetune(tmp_path, tmp_path / "out", f"resume_from_checkpoint={tmp_path / 'not_a_checkpoint'}")
 
 
 def test_resuming_a_run_with_nothing_left_to_train_keeps_its_results(tmp_path):
     out = tmp_path / "out"
     _finetune(tmp_path, out, "max_steps=2", "save_strategy=steps", "save_steps=1")
-    before = _hashes(out)
-    with pytest.raises(
-        RunDirectoryError, match=r"checkpoint-2 is at step 2 and this run has 2 steps: nothing is left"
+    with (
+        unchanged(out),
+        pytest.raises(RunDirectoryError, match=r"checkpoint-2 is at step 2 and this run has 2 steps: nothing is left"),
     ):
         _finetune(tmp_path, out, "max_steps=2", "save_strategy=steps", "save_steps=1", "resume_from_checkpoint=true")
-    assert _hashes(out) == before
 
 
 def _head_run(tmp_path) -> Path:
@@ -492,9 +630,9 @@ def _head_run(tmp_path) -> Path:
 )
 def test_heads_aggregate_options_out_of_range(tmp_path, capsys, options, message):
     run = _head_run(tmp_path)
-    assert cli(["heads", "aggregate", "--run", str(run), "--top-k", "2", *options]) == 2
+    with unchanged(run):
+        assert cli(["heads", "aggregate", "--run", str(run), "--top-k", "2", *options]) == 2
     assert message in capsys.readouterr().err
-    assert not (run / "stats.json").exists() and not (run / "heads.csv").exists()
 
 
 def test_heads_aggregate_uses_the_runs_own_top_k_by_default(tmp_path, capsys):
@@ -509,7 +647,8 @@ def test_heads_analysis_names_a_truncated_line_and_a_wrong_directory(tmp_path, c
     run = _head_run(tmp_path / "run")
     with open(run / "I_pre.jsonl", "a") as f:
         f.write('{"layer": 0, "head": 0, "value": ')
-    assert cli(["heads", "aggregate", "--run", str(run)]) == 2
+    with unchanged(run):
+        assert cli(["heads", "aggregate", "--run", str(run)]) == 2
     assert "I_pre.jsonl:5: not valid JSON" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli(["heads", "plot", "--run", str(tmp_path / "empty")]) == 2
@@ -518,7 +657,8 @@ def test_heads_analysis_names_a_truncated_line_and_a_wrong_directory(tmp_path, c
 
 def test_data_export_into_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    assert cli(["data", "export", "sentiment", "--out", str(tmp_path / "file")]) == 2
+    with unchanged(tmp_path):
+        assert cli(["data", "export", "sentiment", "--out", str(tmp_path / "file")]) == 2
     assert "is a file; name a directory" in capsys.readouterr().err
 
 
@@ -549,7 +689,8 @@ def test_verify_fails_when_the_basis_is_not_phase2s_even_without_phase3(bert_run
     run = tmp_path / "run"
     copy_run(out, run)
     rotate_basis(run)
-    assert cli(["warp", "verify", "--run", str(run)]) == 1
+    with unchanged(run):
+        assert cli(["warp", "verify", "--run", str(run)]) == 1
     assert "FAIL  phase 2 trained in this basis" in capsys.readouterr().out
 
 
@@ -599,21 +740,26 @@ def test_layers_that_do_not_exist():
 
 
 def test_heads_aggregate_top_k_zero_is_refused(tmp_path, capsys):
-    assert cli(["heads", "aggregate", "--run", str(_head_run(tmp_path)), "--top-k", "0"]) == 2
+    with unchanged(_head_run(tmp_path)):
+        assert cli(["heads", "aggregate", "--run", str(tmp_path), "--top-k", "0"]) == 2
     assert "top_k=0 but there are 4 heads" in capsys.readouterr().err
 
 
 def test_warp_commands_on_a_directory_that_is_not_a_warp_run(tmp_path, capsys):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     for command in ("verify", "eval"):
-        assert cli(["warp", command, "--run", str(tmp_path)]) == 2
+        with unchanged(tmp_path):
+            assert cli(["warp", command, "--run", str(tmp_path)]) == 2
         assert "is not the record of a WaRP run" in capsys.readouterr().err
 
 
 def test_resume_from_a_checkpoint_of_another_model(tmp_path):
     out = tmp_path / "out"
     _finetune(tmp_path, out, "max_steps=1", "save_strategy=steps", "save_steps=1")
-    with pytest.raises(RunDirectoryError, match=r"was written by another model \(model_type bert vs llama"):
+    with (
+        unchanged(out),
+        pytest.raises(RunDirectoryError, match=r"was written by another model \(model_type bert vs llama"),
+    ):
         _finetune(
             tmp_path,
             tmp_path / "other",
@@ -627,8 +773,386 @@ def test_later_phases_refuse_arguments_that_change_earlier_results(bert_run, tmp
     out, _ = bert_run
     run = tmp_path / "run"
     copy_run(out, run)
-    with pytest.raises(ConfigError, match=r"phase2 ran with other arguments: keep_ratio=0.5 \(it used 0.1\)"):
-        run_phase(run, 3, "keep_ratio=0.5")
-    with pytest.raises(ConfigError, match=r"phase1 ran with other arguments: safety_dataset_name='builtin:topic'"):
-        run_phase(run, 2, "safety_dataset_name=builtin:topic", "overwrite_output_dir=true")
-    assert not (run / "phase3").exists() and (run / "phase2" / "metadata.json").exists()
+    with unchanged(run):
+        with pytest.raises(ConfigError, match=r"phase2 ran with other arguments: keep_ratio=0.5 \(it used 0.1\)"):
+            run_phase(run, 3, "keep_ratio=0.5")
+        with pytest.raises(ConfigError, match=r"phase1 ran with other arguments: safety_dataset_name='builtin:topic'"):
+            run_phase(run, 2, "safety_dataset_name=builtin:topic", "overwrite_output_dir=true")
+
+
+# ---- tensor files: a truncated, tampered or foreign file is refused where it is read ----
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_a_byte(path: Path) -> None:
+    """Change the last tensor bytes in place (the sidecar is left as it was)."""
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _use_another_runs_sidecar(path: Path) -> None:
+    """Replace the sidecar by that of another file with the same names and shapes (another run's)."""
+    tensors, metadata = load_tensors(path)
+    other = path.parent / "other" / path.name
+    save_tensors(other, {name: t + 1 if t.is_floating_point() else t for name, t in tensors.items()}, metadata)
+    shutil.copy(sidecar_path(other), sidecar_path(path))
+    shutil.rmtree(other.parent)
+
+
+TAMPERING = [
+    (_truncate, r"is \d+ bytes but its sidecar basis.json records \d+: the file is truncated or was replaced"),
+    (_flip_a_byte, r"does not match the SHA-256 in basis.json: the file is corrupt or was replaced without its"),
+    (_use_another_runs_sidecar, r"does not match the SHA-256 in basis.json"),
+]
+TAMPERING_IDS = ["truncated", "bytes-changed", "another-runs-sidecar"]
+
+
+@pytest.mark.parametrize("tamper, message", TAMPERING, ids=TAMPERING_IDS)
+def test_tampered_tensor_file_is_refused_by_load_tensors(tmp_path, tamper, message):
+    path = tmp_path / "basis.safetensors"
+    save_tensors(path, {"layer.U": torch.eye(4), "layer.eigenvalues": torch.arange(4.0)}, {"model": "tiny:bert"})
+    tamper(path)
+    with unchanged(tmp_path), pytest.raises(FileFormatError, match=message):
+        load_tensors(path)
+
+
+@pytest.mark.parametrize("tamper, message", TAMPERING, ids=TAMPERING_IDS)
+def test_tampered_basis_is_refused_by_phase2_before_it_writes(bert_run, tmp_path, tamper, message):
+    """The real consumer: WaRP phase 2 reads phase 1's basis."""
+    out, _ = bert_run
+    run = tmp_path / "run"
+    copy_run(out, run, ("config.json", "phase1"))
+    tamper(run / "phase1" / "basis.safetensors")
+    with unchanged(run), pytest.raises(FileFormatError, match=r"phase1/basis.safetensors " + message):
+        run_phase(run, 2)
+
+
+def test_a_basis_of_another_model_is_refused_by_phase2(bert_run, tmp_path):
+    """A complete basis pair (file and its own sidecar) for the same module names but another model's width."""
+    out, _ = bert_run
+    run = tmp_path / "run"
+    copy_run(out, run, ("config.json", "phase1"))
+    basis, metadata = load_tensors(run / "phase1" / "basis.safetensors")
+    narrow = {name: torch.eye(64) if name.endswith(".U") else torch.ones(64) for name in basis}
+    save_tensors(run / "phase1" / "basis.safetensors", narrow, metadata | {"model": "tiny:bert"})
+    with unchanged(run), pytest.raises(ValueError, match=r"basis for 'bert.encoder.layer.4.output.dense' has shape"):
+        run_phase(run, 2)
+
+
+def _drop_sidecar(path: Path) -> None:
+    sidecar_path(path).unlink()
+
+
+@pytest.mark.parametrize(
+    "name, damage, expected_shapes, message",
+    [
+        ("nothere.safetensors", None, None, r"nothere.safetensors not found"),
+        ("x.safetensors", _drop_sidecar, None, r"x.json not found"),
+        ("x.safetensors", None, {"a": (3, 3)}, r"wrong shape \(a: expected \(3, 3\), found \(2, 3\)\)"),
+    ],
+    ids=["missing-file", "missing-sidecar", "shape-mismatch"],
+)
+def test_missing_or_mismatched_tensor_file(tmp_path, name, damage, expected_shapes, message):
+    save_tensors(tmp_path / "x.safetensors", {"a": torch.ones(2, 3)})
+    if damage is not None:
+        damage(tmp_path / "x.safetensors")
+    with unchanged(tmp_path), pytest.raises(FileFormatError, match=message):
+        load_tensors(tmp_path / name, expected_shapes=expected_shapes)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("x.pt", r"x.pt is a .pt file, a Python pickle: unpickling it can run arbitrary code, so hf_ext reads"),
+        ("x.bin", r"x.bin is a .bin file, a Python pickle: .* torch.load\('x.bin', weights_only=True\)"),
+        ("x.pth", r"x.pth is a .pth file, a Python pickle"),
+        ("x.npy", r"x.npy: expected a .safetensors tensor file \(with its .json sidecar\), got .npy"),
+    ],
+    ids=["pt", "bin", "pth", "npy"],
+)
+def test_load_tensors_refuses_pickles_and_other_formats_by_name(tmp_path, name, message):
+    (tmp_path / name).write_bytes(b"\x80\x04 never opened")
+    with unchanged(tmp_path), pytest.raises(FileFormatError, match=message):
+        load_tensors(tmp_path / name)
+
+
+# ---- a full disk: the earlier file stays, no temporary remains ----
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_while_renaming_a_tensor_file_into_place(tmp_path, monkeypatch):
+    path = tmp_path / "x.safetensors"
+    save_tensors(path, {"a": torch.ones(3)}, {"run": 1})
+    monkeypatch.setattr(os, "replace", _disk_full)
+    with (
+        unchanged(tmp_path),
+        pytest.raises(WriteError, match=r"cannot write .*x.json: No space left on device; the previous x.json") as err,
+    ):
+        save_tensors(path, {"a": torch.zeros(3)}, {"run": 2})  # the sidecar is renamed first, the tensors last
+    assert str(err.value).endswith(
+        "is left as it was; free disk space (or write to a larger disk: another output_dir) and run again"
+    )
+    assert isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert load_tensors(path)[1] == {"run": 1}
+
+
+def test_disk_full_while_writing_a_tensor_file_or_a_record(tmp_path, monkeypatch):
+    path = tmp_path / "x.safetensors"
+    save_tensors(path, {"a": torch.ones(3)}, {"run": 1})
+    write_json(tmp_path / "metadata.json", {"run": 1})
+
+    def partial_write(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        _disk_full()
+
+    monkeypatch.setattr("hf_ext.io.save_file", partial_write)
+    monkeypatch.setattr(Path, "write_text", _disk_full)
+    with unchanged(tmp_path):
+        with pytest.raises(WriteError, match=r"x.safetensors: No space left on device; the previous x.safetensors"):
+            save_tensors(path, {"a": torch.zeros(3)}, {"run": 2})
+        with pytest.raises(WriteError, match=r"metadata.json: No space left on device; the previous metadata.json"):
+            write_json(tmp_path / "metadata.json", {"run": 2})
+
+
+def test_disk_full_is_one_line_from_a_recipe(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(os, "replace", _disk_full)
+    assert exit_on_user_error(lambda: write_json(tmp_path / "m.json", {}), "recipe") == 2
+    assert capsys.readouterr().err.startswith("recipe: error: cannot write ")
+    assert not any(tmp_path.iterdir())
+
+
+# ---- pickled weights: refused unless allowed, and then read with weights_only=True ----
+
+
+@pytest.fixture(scope="module")
+def pickled_model(tmp_path_factory):
+    """``(directory, state dict)``: a tiny BERT classifier whose weights are only ``pytorch_model.bin``."""
+    from hf_ext.models import tiny_model
+
+    directory = tmp_path_factory.mktemp("pickled_model")
+    model, tokenizer = tiny_model("bert", "seq_cls", seed=3, num_labels=2)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "model.safetensors").unlink()
+    state = {name: t.clone() for name, t in model.state_dict().items()}
+    torch.save(state, directory / "pytorch_model.bin")
+    (directory / "training_args.bin").write_bytes(b"not weights")  # Trainer's, never loaded as weights
+    return directory, state
+
+
+@pytest.fixture
+def torch_load_calls(monkeypatch):
+    """The ``weights_only`` of every ``torch.load`` call (the real one runs)."""
+    calls, real = [], torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    return calls
+
+
+def test_model_directory_with_pickled_weights_is_refused_unless_allowed(pickled_model, torch_load_calls):
+    from hf_ext.models import load_model
+
+    directory, state = pickled_model
+    tokenizer = load_tokenizer(str(directory))
+    with (
+        unchanged(directory),
+        pytest.raises(
+            ConfigError, match=r"holds pickled weights \(pytorch_model.bin\) and no .safetensors file; unpickling can"
+        ) as err,
+    ):
+        load_model(ModelArguments(model_name_or_path=str(directory)), tokenizer, ["0", "1"])
+    assert "allow_pickle_weights=true" in str(err.value) and torch_load_calls == []
+    arguments = ModelArguments(model_name_or_path=str(directory), allow_pickle_weights=True)
+    with unchanged(directory):
+        model = load_model(arguments, tokenizer, ["0", "1"])
+    assert torch_load_calls == [True]  # transformers reads pytorch_model.bin with torch.load(weights_only=True)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in state.items())
+
+
+def test_adapter_directory_with_pickled_weights_is_refused_unless_allowed(tmp_path, torch_load_calls):
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    from hf_ext.models import load_with_adapter, tiny_model
+
+    model, tokenizer = tiny_model("bert", "seq_cls", num_labels=2)
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["query"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    torch.save(weights, tmp_path / "adapter" / "adapter_model.bin")
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    with unchanged(tmp_path), pytest.raises(ConfigError, match=r"adapter holds pickled weights \(adapter_model.bin\)"):
+        load_with_adapter(str(tmp_path / "base"), str(tmp_path / "adapter"), "seq_cls", None)
+    with unchanged(tmp_path):
+        loaded, _ = load_with_adapter(
+            str(tmp_path / "base"), str(tmp_path / "adapter"), "seq_cls", None, allow_pickle_weights=True
+        )
+    assert torch_load_calls == [True]  # peft's torch_load: weights_only=True
+    lora_a = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight"
+    assert torch.equal(loaded.state_dict()[lora_a], weights[lora_a.replace(".default", "")])
+
+
+# ---- a checkpoint written by another recipe or technique ----
+
+RESUMABLE = ["lr_scheduler_type=constant", "warmup_steps=0", "save_strategy=steps", "save_steps=1", "report_to=[]"]
+LORA_NULL = [
+    "model_name_or_path=tiny:bert",
+    'lora_target_modules=["query","value"]',
+    "max_train_samples=32",
+    "per_device_train_batch_size=8",
+    "calib_samples=32",
+    "verify_samples=16",
+    "max_activation_samples=256",
+    "eval_strategy=no",
+    *RESUMABLE,
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """``{"finetune": checkpoint-1 of a full fine-tune, "lora_null": checkpoint-1 of a LoRA-Null run}`` (tiny:bert)."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    run_recipe(
+        "finetune",
+        "finetune_minilm_sentiment.json",
+        f"output_dir={root / 'finetune'}",
+        "model_name_or_path=tiny:bert",
+        "max_train_samples=16",
+        "max_eval_samples=8",
+        "max_steps=1",
+        *RESUMABLE,
+    )
+    run_recipe(
+        "lora_null", "lora_null_minilm_topic.json", f"output_dir={root / 'lora_null'}", *LORA_NULL, "max_steps=1"
+    )
+    return {name: root / name / "checkpoint-1" for name in ("finetune", "lora_null")}
+
+
+def _full_model():
+    from hf_ext.models import tiny_model
+
+    return tiny_model("bert", "seq_cls", num_labels=4)[0]  # the topic task's four classes
+
+
+def _lora_model(**lora):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(_full_model(), LoraConfig(task_type="SEQ_CLS", **lora))
+
+
+@pytest.mark.parametrize(
+    "checkpoint, model, message",
+    [
+        (
+            "finetune",
+            lambda: _lora_model(r=8, target_modules=["query", "value"]),
+            r"holds full model weights and no peft adapter, but this run trains a peft adapter \(LoRA\): it was",
+        ),
+        (
+            "lora_null",
+            _full_model,
+            r"holds a peft adapter, but this run trains the whole model: it was written by another recipe",
+        ),
+        (
+            "lora_null",
+            lambda: _lora_model(r=4, target_modules=["key"]),
+            r"the adapter in .*checkpoint-1 does not fit this run's: \d+ tensor\(s\) differ \(.*: absent in the",
+        ),
+    ],
+    ids=["full-weights-for-lora", "adapter-for-full-training", "adapter-of-other-targets"],
+)
+def test_a_checkpoint_of_another_technique_is_refused(checkpoints, checkpoint, model, message):
+    from hf_ext.models import check_checkpoint_weights
+
+    with unchanged(checkpoints[checkpoint]), pytest.raises(RunDirectoryError, match=message):
+        check_checkpoint_weights(checkpoints[checkpoint], model())
+
+
+def test_a_checkpoint_of_the_same_technique_passes_the_check(checkpoints):
+    from hf_ext.models import check_checkpoint_weights
+
+    check_checkpoint_weights(checkpoints["lora_null"], _lora_model(r=8, target_modules=["query", "value"]))
+    check_checkpoint_weights(checkpoints["finetune"], _full_model())
+
+
+def test_resuming_lora_null_from_a_finetune_checkpoint_is_refused(checkpoints, tmp_path):
+    with unchanged(checkpoints["finetune"]), pytest.raises(RunDirectoryError, match="holds full model weights"):
+        run_recipe(
+            "lora_null",
+            "lora_null_minilm_topic.json",
+            f"output_dir={tmp_path / 'out'}",
+            *LORA_NULL,
+            "max_steps=2",
+            f"resume_from_checkpoint={checkpoints['finetune']}",
+        )
+
+
+DIVERGING = [
+    "learning_rate=1e30",  # Adam moves every weight by ~lr at the first step: the next loss is not finite
+    "max_train_samples=64",
+    "per_device_train_batch_size=8",
+    "max_steps=4",
+    "warmup_steps=0",
+    "report_to=[]",
+]
+
+
+@pytest.mark.parametrize("logging_steps", [1, 100], ids=["at-the-next-log", "at-the-end-without-a-log"])
+def test_a_nan_training_loss_stops_the_run_and_saves_no_model(tmp_path, logging_steps):
+    """The Trainer's logging_nan_inf_filter replaces a NaN loss by the running mean: without the guard this run
+    would log finite losses and save a model of NaNs."""
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "notes.txt").write_text("a file from before")
+    with (
+        unchanged(earlier),
+        pytest.raises(TrainingDivergedError, match="had a NaN or infinite loss .* lower learning_rate"),
+    ):
+        run_recipe(
+            "seq_cls",
+            "seq_cls_tiny_qwen2_last_block.json",
+            f"output_dir={tmp_path / 'run'}",
+            *DIVERGING,
+            f"logging_steps={logging_steps}",
+        )
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_an_infinite_gradient_in_warp_importance_is_skipped_with_a_warning_and_counted():
+    from hf_ext.warp.importance import ImportanceAccumulator
+
+    layer = torch.nn.Linear(3, 2)
+    layer(torch.ones(4, 3)).sum().backward()
+    accumulator = ImportanceAccumulator({"w": layer.weight}, statistic="step")
+    accumulator.update()
+    layer.weight.grad[0, 0] = float("inf")
+    with pytest.warns(UserWarning, match="non-finite gradient at importance step 2: step skipped"):
+        assert accumulator.update() is False
+    assert (accumulator.steps, accumulator.skipped_steps) == (1, 1)
+    assert torch.isfinite(accumulator.mean()["w"]).all()
+
+
+def test_a_basis_holding_nan_is_refused():
+    from hf_ext.warp.reparam import reparameterize
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    basis = torch.eye(4)
+    basis[0, 0] = float("nan")
+    with pytest.raises(ConfigError, match="basis for '0' holds NaN or infinite values; recompute it"):
+        reparameterize(model, {"0": basis})

@@ -113,11 +113,11 @@ def test_causal_lm_uses_the_chat_template_when_present():
     assert plain.startswith("<s> user : what is the topic") and " assistant : " in plain
 
 
-def test_truncated_away_responses_are_dropped():
+def test_a_split_whose_responses_are_all_truncated_away_is_refused():
     tokenizer = load_tokenizer("tiny:llama")
     args = DataArguments(dataset_name="builtin:safety", max_seq_length=6, max_train_samples=20, max_eval_samples=4)
-    data = prepare_data(args, tokenizer, "causal_lm")
-    assert len(data.train) == 0  # every prompt is longer than 6 tokens
+    with pytest.raises(DataError, match="every one of the 20 examples of the train split was dropped"):
+        prepare_data(args, tokenizer, "causal_lm")  # every prompt is longer than 6 tokens
 
 
 def test_metrics():

@@ -1,9 +1,12 @@
+import errno
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from hf_ext import __version__
+from hf_ext.errors import WriteError
 from hf_ext.io import FileFormatError, load_tensors, read_json, save_tensors, sidecar_path, write_json
 
 
@@ -122,6 +125,21 @@ def test_failed_save_leaves_previous_pair_intact_and_no_temporaries(tmp_path, mo
     loaded, metadata = load_tensors(path)
     assert torch.equal(loaded["a"], torch.ones(3)) and metadata == {"run": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.safetensors"]
+
+
+def test_a_sidecar_that_cannot_be_written_leaves_the_earlier_tensors_too(tmp_path, monkeypatch):
+    """Both files are written before either is renamed: a full disk at the sidecar keeps the earlier pair."""
+    path = tmp_path / "x.safetensors"
+    save_tensors(path, {"a": torch.ones(3)}, {"run": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(WriteError, match=r"cannot write .*x.json: No space left on device; the previous x.json is"):
+        save_tensors(path, {"a": torch.zeros(3)}, {"run": 2})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_write_json_is_atomic_and_readable(tmp_path):

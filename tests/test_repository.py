@@ -37,15 +37,59 @@ def test_accelerate_configs_load(name, distributed_type):
         assert config.deepspeed_config["zero_stage"] == 2
 
 
+PICKLE_MODULES = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve"}
+SCANNED = ("hf_ext", "recipes", "benchmarks")
+
+
+def _unsafe_loading(tree: ast.AST) -> list[tuple[int, str]]:
+    """``(line, what)`` for every pickle import, ``torch.load`` without ``weights_only=True`` (also imported as
+    ``from torch import load``) and ``numpy.load(allow_pickle=True)`` in a module."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, f"import {a.name}") for a in node.names if a.name.split(".")[0] in PICKLE_MODULES]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.split(".")[0] in PICKLE_MODULES:
+                found.append((node.lineno, f"from {node.module} import ..."))
+            elif node.module in ("torch", "torch.serialization") and any(a.name == "load" for a in node.names):
+                found.append((node.lineno, f"from {node.module} import load"))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
+            owner = ast.unparse(node.func.value)
+            keywords = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+            if owner in ("torch", "torch.serialization") and keywords.get("weights_only") is not True:
+                found.append((node.lineno, f"{owner}.load without weights_only=True"))
+            if owner in ("np", "numpy") and keywords.get("allow_pickle") is True:
+                found.append((node.lineno, f"{owner}.load(allow_pickle=True)"))
+    return found
+
+
 def test_no_pickle_and_safe_torch_load():
-    offenders = []
-    for path in [*ROOT.glob("hf_ext/**/*.py"), *ROOT.glob("recipes/**/*.py"), *ROOT.glob("benchmarks/**/*.py")]:
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if re.search(r"^\s*(import pickle|from pickle|import dill)", line) or (
-                "torch.load(" in line and "weights_only=True" not in line
-            ):
-                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    """Every module of hf_ext (subpackages included), recipes and benchmarks: no pickle, ``torch.load`` only with
+    ``weights_only=True``."""
+    paths = sorted(path for folder in SCANNED for path in (ROOT / folder).rglob("*.py"))
+    packages = {path.parent for path in (ROOT / "hf_ext").rglob("__init__.py")}
+    assert packages <= {path.parent for path in paths} and len(packages) > 1  # the scan reaches every subpackage
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line}: {what}"
+        for path in paths
+        for line, what in _unsafe_loading(ast.parse(path.read_text()))
+    ]
     assert offenders == []
+
+
+def test_the_unsafe_loading_scan_finds_what_it_looks_for():
+    code = """
+import pickle
+from torch import load
+import numpy as np
+torch.load(path)
+torch.load(
+    path, weights_only=False
+)
+torch.load(path, map_location="cpu", weights_only=True)
+np.load(path, allow_pickle=True)
+"""
+    assert [line for line, _ in _unsafe_loading(ast.parse(code))] == [2, 3, 5, 6, 10]
 
 
 def _recipe_of(config: Path) -> str:
@@ -111,6 +155,16 @@ def test_recipe_configs_parse(config):
     model_args, *_, training_args = parse_config(_recipe_arguments(config), [str(config), *overrides])
     assert training_args.report_to[0] == "tensorboard"  # scalars and figures land in TensorBoard
     assert model_args.model_name_or_path
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_accepts_allow_pickle_weights(recipe):
+    """The model key of the no-unsafe-loading rule reaches every recipe (through ModelArguments)."""
+    config = next(c for c in sorted((ROOT / "recipes" / "configs").glob("*.json")) if _recipe_of(c) == recipe)
+    gpu_only = json.loads(config.read_text()).get("bf16") and not torch.cuda.is_available()
+    overrides = ["allow_pickle_weights=true", *(["bf16=false"] if gpu_only else [])]
+    model_args, *_ = parse_config(_argument_types(recipe), [str(config), *overrides])
+    assert model_args.allow_pickle_weights is True
 
 
 def _readme_commands() -> list[str]:

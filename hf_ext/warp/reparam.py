@@ -103,14 +103,20 @@ def plan_bases(
                 f"choose basis_rank between 1 and {min(basis.shape[-1], d_in)}"
             )
         if basis.ndim != 2 or basis.shape[0] != d_in or not 0 < r <= basis.shape[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"basis for {name!r} has shape {tuple(basis.shape)}; expected ({d_in}, r) with rank r in 1..{d_in}"
                 + (f" (rank={rank} asked)" if rank is not None else "")
+                + ": it was computed for another model; recompute it (WaRP phase 1) for this one"
             )
         basis = basis[:, :r]
+        if not torch.isfinite(basis).all():
+            raise ConfigError(f"basis for {name!r} holds NaN or infinite values; recompute it (WaRP phase 1)")
         error = orthonormality_error(basis)
         if error > atol:
-            raise ValueError(f"basis for {name!r} is not orthonormal: max |U^T U - I| = {error:.2e} > {atol:g}")
+            raise ConfigError(
+                f"basis for {name!r} is not orthonormal: max |U^T U - I| = {error:.2e} > {atol:g}; recompute it "
+                "(WaRP phase 1)"
+            )
         plans[name] = (module, basis)
     return plans
 
