@@ -257,9 +257,10 @@ def test_two_process_head_study_measures_shards_and_matches_one_process(tmp_path
     assert (double / "heads.csv").is_file() and (double / "final" / "config.json").is_file()
 
 
+# 2 processes equal 1 only without dropout: each rank draws its own dropout masks.
+TINY_QWEN2 = ["model_name_or_path=tiny:qwen2", 'lora_target_modules=["q_proj","v_proj"]']
 DRIFT = [
-    "model_name_or_path=tiny:qwen2",  # no dropout: each rank draws its own dropout masks
-    'lora_target_modules=["q_proj","v_proj"]',
+    *TINY_QWEN2,
     'methods=["full", "lora"]',
     "seeds=[1]",
     "eval_subset_size=16",
@@ -343,8 +344,7 @@ def test_two_process_lora_null_run_matches_one_process(tmp_path):
     2 ranks x 4 equal 1 x 8's up to summation order; only rank 0 writes."""
     recipe, config = ROOT / "recipes" / "lora_null.py", ROOT / "recipes" / "configs" / "lora_null_minilm_topic.json"
     common = [
-        "model_name_or_path=tiny:qwen2",  # no dropout: each rank draws its own dropout masks
-        'lora_target_modules=["q_proj","v_proj"]',
+        *TINY_QWEN2,
         "max_train_samples=64",
         "calib_samples=32",
         "verify_samples=16",

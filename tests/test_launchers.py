@@ -3,6 +3,7 @@ that split what it reads, with an error naming the combination; FSDP asked for o
 
 import importlib
 import pkgutil
+import re
 
 import pytest
 import torch
@@ -106,11 +107,18 @@ def test_fsdp_asked_for_on_a_cpu_is_refused_instead_of_silently_dropped(tmp_path
         HfExtTrainer(model=model, args=_args(tmp_path), train_dataset=[{"input_ids": torch.ones(4, dtype=torch.long)}])
 
 
-def test_head_study_refuses_fsdp_before_measuring_or_writing(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "recipe, config, who, reads",
+    [
+        ("head_plasticity", "head_plasticity_minilm_topic.json", "the head study", "weights"),
+        ("drift", "drift_minilm_sentiment.json", "the drift study", "weights"),
+        ("lora_null", "lora_null_minilm_topic.json", "LoRA-Null (its verification)", "weights"),
+        ("warp", "warp_tiny_llama.json", "WaRP (its importance and masked updates)", "gradients"),
+    ],
+)
+def test_studies_refuse_fsdp_before_measuring_or_writing(tmp_path, monkeypatch, recipe, config, who, reads):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     out = tmp_path / "run"
-    with pytest.raises(ConfigError, match="the head study cannot run under FSDP: it reads whole weights"):
-        run_recipe(
-            "head_plasticity", "head_plasticity_minilm_topic.json", f"output_dir={out}", "model_name_or_path=tiny:bert"
-        )
+    with pytest.raises(ConfigError, match=rf"^{re.escape(who)} cannot run under FSDP: it reads whole {reads}"):
+        run_recipe(recipe, config, f"output_dir={out}")
     assert not out.exists()

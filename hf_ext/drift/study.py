@@ -88,6 +88,7 @@ def run_drift_study(
     A rerun with the same ``output_dir`` and settings keeps the base dump and every finished run and redoes
     the rest (a run is finished when its ``metrics.json`` and a readable dump are on disk).
     """
+    distributed.check_launcher(training_args, "the drift study", "weights")  # before any output
     root = Path(training_args.output_dir)
     overwrite = getattr(training_args, "overwrite_output_dir", False)
     runs = [run_dir(root, seed, method) for seed in drift.seeds for method in drift.methods]

@@ -735,6 +735,7 @@ def run_warp_study(run: WarpRun) -> dict | None:
 
     ``config.json`` is written after each phase that succeeds, never by a failed invocation.
     """
+    distributed.check_launcher(run.training_args, "WaRP (its importance and masked updates)", "gradients")
     seeds = run.seed_runs()
     rows_by_seed = {}
     for index, seed_run in enumerate(seeds):
