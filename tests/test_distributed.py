@@ -193,7 +193,17 @@ def test_two_process_leaf_weight_phase3_matches_one_process(tmp_path):
     _run_path(recipe, config, f"output_dir={one}", "phase=2", *common)
     shutil.copytree(one, two)
     _run_path(recipe, config, f"output_dir={one}", "phase=3", "per_device_train_batch_size=8", *common)
-    torchrun(str(recipe), str(config), f"output_dir={two}", "phase=3", "per_device_train_batch_size=4", *common)
+    writes = tmp_path / "writes"
+    torchrun(
+        str(recipe),
+        str(config),
+        f"output_dir={two}",
+        "phase=3",
+        "per_device_train_batch_size=4",
+        *common,
+        writes=writes,
+    )
+    assert_only_rank0_writes(writes, two)
     single, _ = load_tensors(one / "phase3" / "coefficients.safetensors")
     double, _ = load_tensors(two / "phase3" / "coefficients.safetensors")
     masks, _ = load_tensors(one / "phase2" / "masks.safetensors")
