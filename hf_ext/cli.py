@@ -10,13 +10,25 @@ from collections.abc import Sequence
 from .errors import HfExtError
 
 
+def _allow_pickle_weights(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-pickle-weights",
+        action="store_true",
+        help="load model or adapter weights saved only as pickles (.bin/.pt/.pth), as tensors only "
+        "(torch.load weights_only=True); without it such a directory is refused",
+    )
+
+
 def _targets(args: argparse.Namespace) -> None:
     from .config import ModelArguments
     from .models import load_model, load_tokenizer
     from .targets import find_attention, select_linear
 
     tokenizer = load_tokenizer(args.model)
-    model = load_model(ModelArguments(model_name_or_path=args.model, task_type=args.task_type), tokenizer, ["a", "b"])
+    model_args = ModelArguments(
+        model_name_or_path=args.model, task_type=args.task_type, allow_pickle_weights=args.allow_pickle_weights
+    )
+    model = load_model(model_args, tokenizer, ["a", "b"])
     if args.patterns:
         selected = select_linear(model, args.patterns, layers=args.layers)
         print(f"{len(selected)} linear module(s) selected:")
@@ -170,7 +182,9 @@ def _drift_inputs(args: argparse.Namespace):
     from .models import load_with_adapter
     from .texts import load_texts, text_batches
 
-    model, tokenizer = load_with_adapter(args.model, args.adapter, args.task_type, args.num_labels)
+    model, tokenizer = load_with_adapter(
+        args.model, args.adapter, args.task_type, args.num_labels, allow_pickle_weights=args.allow_pickle_weights
+    )
     ids, texts = load_texts(args.data, split=args.split, column=args.text_column, limit=args.max_examples)
     return model, ids, text_batches(tokenizer, texts, batch_size=args.batch_size, max_length=args.max_seq_length)
 
@@ -284,6 +298,7 @@ def _add_drift_parser(commands) -> None:
     for parser in (dump, measure):
         parser.add_argument("--model", required=True, help="embedded:minilm, tiny:<arch>, a hub id or a directory")
         parser.add_argument("--adapter", default=None, help="a saved peft adapter directory to load on the model")
+        _allow_pickle_weights(parser)
         parser.add_argument(
             "--data", required=True, help="builtin:<task> or a .jsonl/.json/.csv file with a text column"
         )
@@ -337,7 +352,9 @@ def _lora_null_verify(args: argparse.Namespace) -> int:
     from .texts import load_texts, text_batches
 
     _check_new_file(args.save_stats, "--save-stats")
-    model, tokenizer = load_with_adapter(args.model, args.adapter, args.task_type, args.num_labels)
+    model, tokenizer = load_with_adapter(
+        args.model, args.adapter, args.task_type, args.num_labels, allow_pickle_weights=args.allow_pickle_weights
+    )
     _, texts = load_texts(args.data, split=args.split, column=args.text_column, limit=args.max_examples)
     batches = text_batches(tokenizer, texts, batch_size=args.batch_size, max_length=args.max_seq_length)
     init = read_init(args.adapter)
@@ -373,6 +390,7 @@ def _add_lora_null_parser(commands) -> None:
         "--model", required=True, help="the base model: embedded:minilm, tiny:<arch>, hub id, directory"
     )
     verify.add_argument("--adapter", required=True, help="the saved peft adapter directory")
+    _allow_pickle_weights(verify)
     verify.add_argument("--data", required=True, help="builtin:<task> or a .jsonl/.json/.csv file with a text column")
     verify.add_argument("--split", default="validation", help="split of a builtin task (default validation)")
     verify.add_argument("--text-column", default="text", help="column holding the text (default text)")
@@ -431,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("patterns", nargs="*", help="target patterns, e.g. 'mlp.down_proj' 'layers.[0-1].mlp.*'")
     targets.add_argument("--layers", default=None, help="keep only these blocks, e.g. '28-31'")
     targets.add_argument("--task-type", default="seq_cls", choices=["seq_cls", "causal_lm"])
+    _allow_pickle_weights(targets)
     targets.set_defaults(run_command=_targets)
 
     data = commands.add_parser("data", help="built-in text tasks").add_subparsers(dest="action", required=True)

@@ -205,8 +205,9 @@ def refuse_pickled_weights(directory: str | Path, *, allowed: bool) -> None:
         raise ConfigError(
             f"{directory} holds pickled weights ({', '.join(path.name for path in files)}) and no .safetensors file; "
             "unpickling can run arbitrary code, so they are not loaded: convert them to safetensors (load the model "
-            "once where you trust the file and save_pretrained it again), or set allow_pickle_weights=true to read "
-            "them as plain tensors (torch.load with weights_only=True)"
+            "once where you trust the file and save_pretrained it again), or set allow_pickle_weights=true "
+            "(--allow-pickle-weights for hf-ext commands) to read them as plain tensors (torch.load with "
+            "weights_only=True)"
         )
 
 

@@ -1008,6 +1008,16 @@ def test_adapter_directory_with_pickled_weights_is_refused_unless_allowed(tmp_pa
     assert torch.equal(loaded.state_dict()[lora_a], weights[lora_a.replace(".default", "")])
 
 
+def test_hf_ext_commands_refuse_pickled_weights_unless_given_the_flag(pickled_model, capsys, torch_load_calls):
+    directory, _ = pickled_model
+    with unchanged(directory):
+        assert cli(["targets", str(directory), "query"]) == 2
+    assert "holds pickled weights (pytorch_model.bin)" in capsys.readouterr().err and torch_load_calls == []
+    with unchanged(directory):
+        assert cli(["targets", str(directory), "query", "--allow-pickle-weights"]) == 0
+    assert "2 linear module(s) selected" in capsys.readouterr().out and torch_load_calls == [True]
+
+
 # ---- a checkpoint written by another recipe or technique ----
 
 RESUMABLE = ["lr_scheduler_type=constant", "warmup_steps=0", "save_strategy=steps", "save_steps=1", "report_to=[]"]

@@ -237,7 +237,9 @@ def prune_saved_model(
             f"{training_args.output_dir}/eval_subset.json not found: the curve is measured on the study's evaluation "
             "subset; point the config (or output_dir=...) at a finished head-plasticity run"
         )
-    model, tokenizer = load_with_adapter(model_dir, None, model_args.task_type, None)
+    model, tokenizer = load_with_adapter(
+        model_dir, None, model_args.task_type, None, allow_pickle_weights=model_args.allow_pickle_weights
+    )
     data = prepare_data(data_args, tokenizer, model_args.task_type)
     record = _prune_curves(model.to(training_args.device), _evaluation_batches(data, study, training_args), study)
     write_json(out, record | {"model": str(model_dir)})
