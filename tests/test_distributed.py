@@ -377,5 +377,6 @@ def test_two_process_lora_null_run_matches_one_process(tmp_path):
                     assert double["layers"][layer][metric] == pytest.approx(value, rel=1e-3, abs=1e-5), (layer, metric)
     single, double = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (one, two))
     assert single.keys() == double.keys() and single
+    assert max(float(single[k].abs().max()) for k in single if "lora_B" in k) > 1e-3  # B left its zero init
     for key in single:
         torch.testing.assert_close(double[key], single[key], rtol=1e-3, atol=1e-5)
