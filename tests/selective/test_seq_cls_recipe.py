@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 from conftest import all_runs
+from launch_util import run_script, torchrun
 from peft import PeftConfig
 from recipes_util import run_recipe
-from test_distributed import _run as run_script
-from test_distributed import torchrun
 from transformers import AutoModelForSequenceClassification
 
 from hf_ext.cli import main as cli

@@ -131,7 +131,7 @@ def test_twice_is_an_error_and_merge_undoes():
 @pytest.mark.multiprocess
 def test_the_basis_is_not_broadcast_by_ddp(tmp_path):
     """DDP broadcasts every buffer before each forward; a basis (the same file on every rank) must not travel."""
-    from test_distributed import torchrun
+    from launch_util import torchrun
 
     torchrun("warp_ddp_buffers.py", str(tmp_path / "sent.json"))
     sent = json.loads((tmp_path / "sent.json").read_text())

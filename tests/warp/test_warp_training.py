@@ -301,7 +301,7 @@ def test_only_gradient_callbacks_get_the_gradients_ready_event(tmp_path):
 @pytest.mark.multiprocess
 def test_micro_batch_importance_under_ddp_is_the_mean_over_every_ranks_micro_batches(tmp_path):
     """Plain DDP loop (no Trainer): the hooks read each rank's own gradient, the mean sums across ranks."""
-    from test_distributed import torchrun
+    from launch_util import torchrun
 
     torchrun("warp_importance_ddp.py", str(tmp_path / "importance.safetensors"), ",".join(TARGETS))
     got, _ = load_tensors(tmp_path / "importance.safetensors")

@@ -23,7 +23,7 @@ from hf_ext.activations import (
 from hf_ext.models import tiny_model
 from hf_ext.targets import select_linear
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 TEXTS = ["a good film", "the plot was bad and long", "fine", "sports news of the week", "how to bake bread"]
 

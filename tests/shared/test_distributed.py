@@ -1,64 +1,16 @@
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from launch_util import ROOT, SCRIPTS, assert_only_rank0_writes, launch, run_path, run_script, torchrun
 from safetensors.torch import load_file
 
 from hf_ext.io import load_tensors
-
-SCRIPTS = Path(__file__).parent / "scripts"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def torchrun(script: str, *args: str, nproc: int = 2, writes: Path | None = None) -> None:
-    """Run a test script (or, by absolute path, a recipe) under torchrun on the CPU with gloo, as the README
-    describes. With ``writes``, each rank lists the files it wrote in ``writes/rank<R>.json`` (scripts/traced.py)."""
-    result = launch(script, *args, nproc=nproc, writes=writes)
-    assert result.returncode == 0, _failure(result)
-
-
-def launch(script: str, *args: str, nproc: int = 2, writes: Path | None = None, fail: str | None = None):
-    """The finished torchrun process; ``fail="RANK:module:function"`` makes that function raise on that rank."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    assert writes is not None or fail is None, "traced.py needs a directory for its write logs"
-    traced = [str(SCRIPTS / "traced.py"), str(writes), *([fail] if fail else [])] if writes else []
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(nproc),
-        "--standalone",
-        *traced,
-        str(SCRIPTS / script),  # an absolute script path is used as is
-        *args,
-    ]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-
-
-def assert_only_rank0_writes(writes: Path, under: Path, own_files: str | None = None) -> None:
-    """Rank 0 wrote files under ``under`` and the other ranks none, except files of their own (names matching
-    the glob ``own_files``, e.g. dump shards), which no two ranks share."""
-    ranks = {path.stem: json.loads(path.read_text()) for path in writes.glob("rank*.json")}
-    assert set(ranks) == {"rank0", "rank1"}, ranks.keys()
-    inside = {rank: {Path(p) for p in paths if Path(p).is_relative_to(under)} for rank, paths in ranks.items()}
-    assert inside["rank0"], f"rank 0 wrote nothing under {under}"
-    others = {p for p in inside["rank1"] if not (own_files and p.match(own_files))}
-    assert not others, f"rank 1 wrote shared files: {sorted(others)[:5]}"
-    assert not inside["rank0"] & inside["rank1"], "two ranks wrote the same file"
-
-
-def _failure(result: subprocess.CompletedProcess) -> str:
-    """The first traceback of a failed run (progress bars would push it out of a plain tail)."""
-    start = result.stderr.find("Traceback")
-    return result.stderr[start : start + 6000] if start >= 0 else result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.multiprocess
@@ -82,7 +34,7 @@ def test_two_process_statistics_equal_one_process(tmp_path):
 def test_two_process_bases_are_split_across_ranks_and_agree_with_one_process(tmp_path):
     """Each rank decomposes every 2nd module and broadcasts it: both ranks end with the same bases, equal to
     one process's up to the statistics' summation order."""
-    _run("input_statistics.py", str(tmp_path / "one"), "bases")
+    run_script("input_statistics.py", str(tmp_path / "one"), "bases")
     torchrun("input_statistics.py", str(tmp_path / "two"), "bases")
     single, _ = load_tensors(tmp_path / "one.rank0.safetensors")
     rank0, _ = load_tensors(tmp_path / "two.rank0.safetensors")
@@ -94,17 +46,6 @@ def test_two_process_bases_are_split_across_ranks_and_agree_with_one_process(tmp
             torch.testing.assert_close(rank0[name], single[name], rtol=1e-5, atol=1e-7)
         else:  # the leading directions agree, signs included
             assert (rank0[name] * single[name]).sum(0)[:3].min() > 0.999, name
-
-
-def _run(script: str, *args: str) -> None:
-    _run_path(SCRIPTS / script, *args)
-
-
-def _run_path(script, *args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, _failure(result)
 
 
 def _assert_same_training(reference, other):
@@ -121,9 +62,9 @@ def _assert_same_training(reference, other):
 def test_ddp_and_gradient_accumulation_match_one_big_batch(tmp_path, task_type):
     """Same global batch of 16, three ways: the loss scale must not depend on processes or accumulation."""
     one = tmp_path / "one.safetensors"
-    _run("train_steps.py", str(one), task_type, "16", "1")
+    run_script("train_steps.py", str(one), task_type, "16", "1")
     accumulated = tmp_path / "accumulated.safetensors"
-    _run("train_steps.py", str(accumulated), task_type, "8", "2")
+    run_script("train_steps.py", str(accumulated), task_type, "8", "2")
     _assert_same_training(one, accumulated)
     ddp = tmp_path / "ddp.safetensors"
     torchrun("train_steps.py", str(ddp), task_type, "8", "1")
@@ -145,9 +86,9 @@ def test_two_process_warp_phase2_matches_one_process(tmp_path):
         "warmup_steps=0",
     ]
     one, two = tmp_path / "one", tmp_path / "two"
-    _run_path(recipe, config, f"output_dir={one}", "phase=1", *common)
+    run_path(recipe, config, f"output_dir={one}", "phase=1", *common)
     shutil.copytree(one, two)
-    _run_path(recipe, config, f"output_dir={one}", "phase=2", "per_device_train_batch_size=8", *common)
+    run_path(recipe, config, f"output_dir={one}", "phase=2", "per_device_train_batch_size=8", *common)
     writes = tmp_path / "writes"
     torchrun(
         str(recipe),
@@ -189,10 +130,10 @@ def test_two_process_leaf_weight_phase3_matches_one_process(tmp_path):
         "mask_controls=[]",
     ]
     one, two = tmp_path / "one", tmp_path / "two"
-    _run_path(recipe, config, f"output_dir={one}", "phase=1", *common)
-    _run_path(recipe, config, f"output_dir={one}", "phase=2", *common)
+    run_path(recipe, config, f"output_dir={one}", "phase=1", *common)
+    run_path(recipe, config, f"output_dir={one}", "phase=2", *common)
     shutil.copytree(one, two)
-    _run_path(recipe, config, f"output_dir={one}", "phase=3", "per_device_train_batch_size=8", *common)
+    run_path(recipe, config, f"output_dir={one}", "phase=3", "per_device_train_batch_size=8", *common)
     writes = tmp_path / "writes"
     torchrun(
         str(recipe),
@@ -241,7 +182,7 @@ def test_two_process_head_study_measures_shards_and_matches_one_process(tmp_path
         "report_to=[]",
     ]
     one, two = tmp_path / "one", tmp_path / "two"
-    _run_path(recipe, config, f"output_dir={one}", *common)
+    run_path(recipe, config, f"output_dir={one}", *common)
     writes = tmp_path / "writes"
     torchrun(str(recipe), str(config), f"output_dir={two}", *common, writes=writes)
     assert_only_rank0_writes(writes, two)
@@ -301,7 +242,7 @@ def test_two_process_drift_run_matches_one_process(tmp_path):
     within 1%: float32 over 4 steps of a different summation order); rank 1 writes only its dump shards."""
     recipe, config = ROOT / "recipes" / "drift.py", ROOT / "recipes" / "configs" / "drift_minilm_sentiment.json"
     one, two, writes = tmp_path / "one", tmp_path / "two", tmp_path / "writes"
-    _run_path(recipe, config, f"output_dir={one}", "per_device_train_batch_size=8", *DRIFT)
+    run_path(recipe, config, f"output_dir={one}", "per_device_train_batch_size=8", *DRIFT)
     torchrun(str(recipe), str(config), f"output_dir={two}", "per_device_train_batch_size=4", *DRIFT, writes=writes)
     assert_only_rank0_writes(writes, two, own_files="*shard-*")
     for method in ("full", "lora"):
@@ -365,7 +306,7 @@ def test_two_process_lora_null_run_matches_one_process(tmp_path):
         "report_to=[]",
     ]
     one, two, writes = tmp_path / "one", tmp_path / "two", tmp_path / "writes"
-    _run_path(recipe, config, f"output_dir={one}", "per_device_train_batch_size=8", *common)
+    run_path(recipe, config, f"output_dir={one}", "per_device_train_batch_size=8", *common)
     torchrun(str(recipe), str(config), f"output_dir={two}", "per_device_train_batch_size=4", *common, writes=writes)
     assert_only_rank0_writes(writes, two)
     for name in ("verify_init.json", "verify_trained.json"):

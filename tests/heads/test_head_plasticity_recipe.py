@@ -31,7 +31,7 @@ SEED_FILES = [
 ]
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # A tiny grouped-query causal LM on the topic task: what the tests and the prune-curve command share.
 SETTINGS = [
     "model_name_or_path=tiny:qwen2",

@@ -2,9 +2,8 @@ import logging
 
 import pytest
 import torch
+from launch_util import run_script, torchrun
 from peft import LoraConfig, PeftModel, get_peft_model
-from test_distributed import _run as run_script
-from test_distributed import torchrun
 from transformers import TrainingArguments
 
 from hf_ext.config import DataArguments, ModelArguments

@@ -15,7 +15,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 
 from hf_ext.config import HfExtTrainingArguments, ModelArguments, parse_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,8 @@
 import pytest
 import torch
+from launch_util import run_script, torchrun
 from peft import LoraConfig, get_peft_model
 from tb_events import read_events
-from test_distributed import _run as run_script
-from test_distributed import torchrun
 from transformers import TrainingArguments
 
 from hf_ext.config import DataArguments, ModelArguments
