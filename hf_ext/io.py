@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
 from .errors import FileFormatError, WriteError
+from .version import __version__
 
 FORMAT = "hf_ext.tensors"
 FORMAT_VERSION = 1

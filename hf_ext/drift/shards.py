@@ -33,12 +33,13 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import __version__, distributed
+from .. import distributed
 from ..errors import FileFormatError, RunDirectoryError
 from ..io import file_sha256, read_json, read_sidecar, save_tensors, write_json
 from ..models import eval_mode, model_device, model_inputs
 from ..outputs import changed_settings
 from ..targets import find_blocks
+from ..version import __version__
 from .recorders import POOLINGS, RepresentationRecorder, pool_token_rows
 
 DUMP_FORMAT = "hf_ext.representation_dump"

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, TrainingArguments
 
-from .. import __version__, distributed
+from .. import distributed
 from ..activations import compute_bases
 from ..config import DataArguments, ModelArguments
 from ..data import PreparedData, prepare_data, uses_chat_template
@@ -37,6 +37,7 @@ from ..run_logger import RunLogger, print_run_locations
 from ..targets import select_linear, set_trainable
 from ..tasks import is_refusal
 from ..trainer import HfExtTrainer
+from ..version import __version__
 from . import lineage
 from .arms import Arm, control_masks, study_arms
 from .callbacks import CoefficientDriftCallback, ImportanceCallback, LeafWeightCallback
