@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 import time
@@ -70,6 +72,36 @@ def test_same_arguments_give_identical_datasets_whatever_the_global_rng(name):
     assert random.getstate() == state
     for split in SPLITS:
         assert first[split].to_dict() == second[split].to_dict()
+
+
+# SHA-256 of json.dumps(split rows, sort_keys=True) for the default sizes and seed 0. Any change to a template
+# string, to its order or to the generator changes these: update them only for an intended change of the data.
+SEED0_SHA256 = {
+    "safety": {
+        "train": "7a1e0f0ea14592031139f2c62a7edfd11d4c91a882bcff54a28f6d6da04ba444",
+        "validation": "9d8d58056b407458d4306fa6bb5be81ada2363c34b4f259dca8224cb1f2720a9",
+        "test": "d17732d2041aaeaef1d3a5deb7ab801c691aaab36c8abe9ee0a104b43bc22170",
+    },
+    "sentiment": {
+        "train": "eb44e0abe17fb0746f4b9267effb193ef6ed6b13d1c3ed16380cdc2516ebc8d3",
+        "validation": "ec1415fb82a73733848d0324b1731133a95ff228458a26a84ecc24e122b0b972",
+        "test": "4f074a44c98d2591a8f2a13d59e55b7f87d9ba9f3c7d5f69bf53410156400ad1",
+    },
+    "topic": {
+        "train": "dd0e8ca7b7eaf41bc1d40af0b65cf721235a5b614a51ab24a614e69d2c24328a",
+        "validation": "3481c887b0cbd54f99c848cba6fae31fbdb8cedf7a6b5b2c5edc43ce48dc257b",
+        "test": "dd427eb3445e97edfbbc2440736412698f90b8b6fc01dfb80b0c9ededdd7b652",
+    },
+}
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_seed_0_splits_are_pinned(loaded, name):
+    digests = {
+        split: hashlib.sha256(json.dumps(loaded[name][split].to_list(), sort_keys=True).encode()).hexdigest()
+        for split in SPLITS
+    }
+    assert digests == SEED0_SHA256[name]
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
