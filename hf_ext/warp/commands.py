@@ -1,0 +1,79 @@
+"""``hf-ext warp``: check, score and rebuild the models of a WaRP run (``recipes/warp.py``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _warp_seed_dirs(run: str) -> list[str]:
+    """The seed-* directories of a WaRP study run with several seeds, else ``[run]``."""
+    from pathlib import Path
+
+    root = Path(run)
+    seeds = sorted(p for p in root.glob("seed-*") if p.is_dir()) if not (root / "config.json").exists() else []
+    return [str(p) for p in seeds] or [run]
+
+
+def _warp_verify(args: argparse.Namespace) -> int:
+    from .verify import format_checks, verify_run
+
+    passed = True
+    for run in _warp_seed_dirs(args.run):
+        checks = verify_run(run)
+        print(f"{run}:\n{format_checks(checks)}" if run != args.run else format_checks(checks))
+        passed &= all(c.ok for c in checks)
+    return 0 if passed else 1
+
+
+def _warp_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_run, format_table
+    from .run import WarpRun
+
+    for run in _warp_seed_dirs(args.run):
+        rows = evaluate_run(WarpRun.from_dir(run))
+        print(format_table(rows))
+        print(f"written: {run}/eval.json, {run}/eval.md")
+    return 0
+
+
+def _warp_apply_delta(args: argparse.Namespace) -> int:
+    from ..errors import RunDirectoryError
+    from .delta import apply_delta
+    from .run import WarpRun
+
+    run = WarpRun.from_dir(args.run, use_cpu=True)
+    deltas = sorted(p.parent.name for p in run.layout.root.glob("*/delta.safetensors"))
+    if args.phase not in deltas:
+        raise RunDirectoryError(
+            f"{run.layout.delta(args.phase)} not found: {args.run} holds the deltas of "
+            f"{', '.join(deltas) or 'nothing'}"
+        )
+    model = run.load_model(None)
+    for phase in ["phase2"] if args.phase == "phase2" else ["phase2", args.phase]:
+        apply_delta(model, run.layout.delta(phase))
+    model.save_pretrained(args.out)
+    run.tokenizer.save_pretrained(args.out)
+    print(f"{args.out}: the base model with the {args.phase} delta applied")
+    return 0
+
+
+def add_parser(commands, name: str, help: str) -> None:
+    """Add ``hf-ext warp`` and its actions to the ``commands`` subparsers."""
+    warp = commands.add_parser(name, help=help).add_subparsers(dest="action", required=True)
+    verify = warp.add_parser("verify", help="check basis, reconstruction, mask ratio and frozen coefficients")
+    verify.add_argument("--run", required=True, help="the run's output_dir")
+    verify.set_defaults(run_command=_warp_verify)
+    evaluate = warp.add_parser(
+        "eval", help="held-out safety retention and utility of the phase-2, phase-3 and plain models"
+    )
+    evaluate.add_argument("--run", required=True, help="the run's output_dir")
+    evaluate.set_defaults(run_command=_warp_eval)
+    apply = warp.add_parser(
+        "apply-delta", help="rebuild a phase's full model from the base model and the run's delta files"
+    )
+    apply.add_argument("--run", required=True, help="the run's output_dir")
+    apply.add_argument(
+        "--phase", required=True, help="phase2, or an arm: phase3, phase3_random, plain, full_lr1e-05, ..."
+    )
+    apply.add_argument("--out", required=True, help="directory for the full model (save_pretrained)")
+    apply.set_defaults(run_command=_warp_apply_delta)
