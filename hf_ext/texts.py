@@ -10,7 +10,7 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from .data import BUILTIN_PREFIX
-from .data_files import check_data_file, data_format
+from .data_files import check_data_file, load_data_files
 from .errors import ConfigError, DataError
 from .tasks import load_builtin_task
 
@@ -33,9 +33,8 @@ def load_texts(
         dataset, prefix = splits[split], f"{split}:"
     else:
         check_data_file(data)
-        from datasets import load_dataset
 
-        dataset, prefix = load_dataset(data_format(data), data_files=str(data), split="train"), ""
+        dataset, prefix = load_data_files({"train": data})["train"], ""
     if column not in dataset.column_names:
         raise DataError(f"{data} has no column {column!r} (columns: {dataset.column_names}); set {option}")
     count = len(dataset) if limit is None else min(limit, len(dataset))
