@@ -6,7 +6,7 @@ importance of a replicate is a count-weighted mean (ablation, Fisher) or sum (gr
 values the study saves (``I_pre_examples.safetensors``, ``I_post_examples.safetensors``,
 ``G_pre_examples.safetensors``, ``entropy_examples.safetensors``). All columns of a replicate use the same
 examples; U and Urel are properties of the two checkpoints and do not vary. Intervals are percentile
-intervals (2.5 and 97.5).
+intervals (2.5 and 97.5, :func:`hf_ext.stats.percentile_interval`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import load_tensors
+from ..stats import bootstrap_mean_interval
+from ..stats import percentile_interval as percentile_interval
 
 EXAMPLE_FILES = {"I_pre": "I_pre_examples.safetensors", "I_post": "I_post_examples.safetensors"}
 GRADIENT_FILE = "G_pre_examples.safetensors"
@@ -27,11 +29,6 @@ METRIC_KEYS = {
     "loss": ("example_loss", "base_example_loss"),
     "accuracy": ("example_accuracy", "base_example_accuracy"),
 }
-
-
-def percentile_interval(values: np.ndarray, axis: int = 0) -> np.ndarray:
-    """The 2.5th and 97.5th percentiles along ``axis`` (NaNs ignored), stacked first."""
-    return np.nanpercentile(values, [2.5, 97.5], axis=axis)
 
 
 def example_replicates(run: str | Path, metric: str, samples: int, seed: int = 0) -> dict[str, np.ndarray] | None:
@@ -71,10 +68,10 @@ def example_replicates(run: str | Path, metric: str, samples: int, seed: int = 0
 
 
 def mean_over_seeds_interval(values: np.ndarray, samples: int, seed: int = 0) -> list[float]:
-    """Percentile interval of the mean of ``values`` (one per seed) under resampling the seeds with replacement;
-    with few seeds it is coarse (3 seeds: at most 10 distinct means)."""
+    """Percentile interval of the mean of ``values`` (one per seed) under resampling the seeds with replacement
+    (:func:`hf_ext.stats.bootstrap_mean_interval`); with few seeds it is coarse (3 seeds: at most 10 distinct
+    means)."""
     values = np.asarray(values, dtype=float)
     if not np.isfinite(values).all():  # a seed without the statistic: no interval, as its mean is NaN too
         return [math.nan, math.nan]
-    draws = np.random.default_rng(seed).integers(0, len(values), size=(samples, len(values)))
-    return percentile_interval(values[draws].mean(1)).tolist()
+    return list(bootstrap_mean_interval(values, samples, seed=seed))

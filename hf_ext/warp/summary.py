@@ -11,21 +11,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..plotting import plotting_available, require_pyplot
+from ..stats import t_interval
 
 METRICS = ("safety_accuracy", "utility_accuracy", "safety_retention")
 
 
 def mean_interval(values: list[float], confidence: float = 0.95) -> dict[str, float]:
-    """Mean and Student-t interval of the mean (``nan`` bounds for a single value)."""
-    from scipy.stats import t
-
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+    """Mean and Student-t interval of the mean (:func:`hf_ext.stats.t_interval`; ``nan`` bounds for a single
+    value)."""
+    mean, low, high = t_interval(values, confidence)
+    return {"mean": mean, "low": low, "high": high, "n": len(values)}
 
 
 def summarize(rows_by_seed: Mapping[int, Mapping[str, Mapping]], eval_sizes: Mapping[str, int]) -> dict:
