@@ -7,8 +7,8 @@
 - params: every key of the recipe's other argument dataclasses (``ModelArguments``, ``DataArguments``,
   the study's); a key that the Trainer's params already hold gets the dataclass name as prefix;
 - the artifact ``config/resolved_config.json``: every key of every dataclass the recipe parsed, defaults
-  included (:func:`hf_ext.config.run_record`); a Trainer whose arguments were not parsed logs
-  ``args.to_dict()``;
+  included (the ``run_record`` that parsing attaches to the arguments); a Trainer whose arguments were not
+  parsed logs ``args.to_dict()``;
 - tags ``hf_ext.recipe``, ``hf_ext.config_file``, ``hf_ext.version``, ``hf_ext.git_commit`` and
   ``hf_ext.git_dirty`` (git run in the recipe's directory; ``unknown`` outside a repository);
 - the files ``trainer.save_model()`` writes directly into a directory, under ``model/``.
@@ -22,7 +22,10 @@ the process exits (mlflow's ``atexit`` hook). Runs that hf_ext did not start (a 
 
 The store: ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_NAME`` when set, else mlflow's default
 (mlflow 3: ``sqlite:///mlflow.db`` in the working directory, artifacts in ``./mlruns``; no server).
-mlflow is imported only inside functions, so ``import hf_ext`` works without it.
+An ``http(s)://`` tracking server is asked once, when the arguments are parsed, whether it answers
+(:func:`mlflow_unavailable_reason`): mlflow itself would retry an unreachable server for minutes.
+mlflow is imported only inside functions, so ``import hf_ext`` works without it. This module imports
+nothing of ``hf_ext.config`` (which imports it).
 """
 
 from __future__ import annotations
@@ -36,14 +39,16 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from transformers import Trainer
 from transformers.integrations import MLflowCallback
 
-from .config import run_record
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,7 @@ TAG_PREFIX = "hf_ext."
 MODEL_ARTIFACT_PATH = "model"
 CONFIG_ARTIFACT = "config/resolved_config.json"
 SKIPPED_MODEL_FILES = frozenset({"training_args.bin"})  # pickled TrainingArguments: not part of the model
+SERVER_PROBE_TIMEOUT_S = 3.0  # how long an http(s) tracking server gets to answer when the arguments are parsed
 
 # Runs this process started through HfExtMLflowCallback and has not ended yet.
 _OPEN_RUNS: set[str] = set()
@@ -61,7 +67,9 @@ def mlflow_unavailable_reason() -> str | None:
 
     Checked the way transformers checks (``find_spec`` and ``DISABLE_MLFLOW_INTEGRATION``), so
     :class:`~hf_ext.config.HfExtTrainingArguments` refuses the config before any model loads instead
-    of transformers' ``RuntimeError`` when the Trainer is built.
+    of transformers' ``RuntimeError`` when the Trainer is built. A ``sqlite:///`` store must be in a
+    writable folder, and an ``http(s)://`` ``MLFLOW_TRACKING_URI`` must answer one request within
+    :data:`SERVER_PROBE_TIMEOUT_S` seconds (mlflow would retry it for minutes); other stores are not probed.
     """
     try:
         missing = importlib.util.find_spec("mlflow") is None
@@ -77,7 +85,7 @@ def mlflow_unavailable_reason() -> str | None:
             "DISABLE_MLFLOW_INTEGRATION=TRUE turns transformers' MLflow integration off; unset it "
             '(or remove "mlflow" from report_to)'
         )
-    return None
+    return _server_problem(os.getenv("MLFLOW_TRACKING_URI", ""))
 
 
 def _sqlite_store_problem(uri: str) -> str | None:
@@ -89,6 +97,67 @@ def _sqlite_store_problem(uri: str) -> str | None:
         return None
     problem = "does not exist" if not folder.exists() else "cannot be written"
     return f"MLFLOW_TRACKING_URI={uri}: the folder {folder} {problem}; point it at a writable path"
+
+
+def _server_problem(uri: str, timeout: float = SERVER_PROBE_TIMEOUT_S) -> str | None:
+    """Why an ``http(s)://`` tracking server cannot be used: it did not answer one GET of its ``/health`` page
+    within ``timeout`` seconds (any HTTP answer counts, an error status or a TLS complaint included: the server
+    is there, and mlflow reports the rest itself). ``None`` for other URIs and for a server that answered."""
+    if urlsplit(uri).scheme.lower() not in ("http", "https"):
+        return None
+    outcome: list[str | None] = []
+    probe = threading.Thread(target=lambda: outcome.append(_probe(uri, timeout)), daemon=True)
+    probe.start()
+    probe.join(timeout + 1.0)  # the request's timeout does not bound name resolution: this does
+    problem = outcome[0] if outcome else f"no answer within {timeout:g} s"
+    if problem is None:
+        return None
+    return (
+        f"MLFLOW_TRACKING_URI={_without_password(uri)} does not answer ({problem}); start the MLflow server "
+        "(mlflow server --host HOST --port PORT) or fix the URI, or unset MLFLOW_TRACKING_URI to log to a local "
+        'store (sqlite:///mlflow.db), or remove "mlflow" from report_to'
+    )
+
+
+def _probe(uri: str, timeout: float) -> str | None:
+    """One GET of ``<uri>/health`` (through the proxies the environment names, as mlflow's requests go);
+    ``None`` when anything answered, else what went wrong, in a few words."""
+    import requests
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        requests.get(url, timeout=timeout, allow_redirects=False).close()
+    except requests.exceptions.SSLError:
+        return None  # something answered; mlflow reports certificate problems (and honours its TLS settings)
+    except requests.exceptions.Timeout:
+        return f"no answer within {timeout:g} s"
+    except requests.exceptions.RequestException as err:
+        return _short_reason(err)
+    return None
+
+
+def _short_reason(err: Exception) -> str:
+    """The innermost cause of a requests error, e.g. ``ConnectionRefusedError: [Errno 111] Connection refused``."""
+    seen = {id(err)}
+    while True:
+        inner = err.__cause__ or err.__context__ or next((a for a in err.args if isinstance(a, Exception)), None)
+        if inner is None or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        err = inner
+    reason = getattr(err, "reason", None)  # urllib3's NewConnectionError and MaxRetryError carry the socket error
+    text = str(reason if isinstance(reason, Exception) else err)
+    text = re.sub(r"^<[^>]*>:\s*", "", text).splitlines()[0] if text else type(err).__name__
+    return text[:200]
+
+
+def _without_password(uri: str) -> str:
+    """``uri`` with the password of ``user:password@host`` replaced by ``***`` (the reason is printed)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 class HfExtMLflowCallback(MLflowCallback):
@@ -121,18 +190,10 @@ class HfExtMLflowCallback(MLflowCallback):
             _OPEN_RUNS.add(self.run_id)
             if not args.run_name:  # else mlflow draws a name from the (seeded) global RNG: the same every run
                 self._client.set_tag(self.run_id, "mlflow.runName", Path(args.output_dir).name)
-        record = run_record(args) or {
-            "recipe": "unknown",
-            "recipe_file": None,
-            "config_file": None,
-            "resolved": {type(args).__name__: json.loads(json.dumps(args.to_dict(), default=str))},
-        }
-        self._log_record(record, args, model)
+        self._log_record(_record_of(args), args, model)
 
     def _log_record(self, record: dict[str, Any], args, model) -> None:
         from mlflow.entities import Param, RunTag
-
-        from . import __version__
 
         taken = set(args.to_dict())
         if getattr(model, "config", None) is not None:
@@ -216,6 +277,20 @@ class HfExtMLflowCallback(MLflowCallback):
         # MLflowCallback.__del__ ends whatever run is active when the callback is collected, which may be
         # the next Trainer's run by then. Runs end when the next one starts, by end_mlflow_run, or at exit.
         pass
+
+
+def _record_of(args) -> dict[str, Any]:
+    """The run record that parsing attached to ``args`` (``args.run_record.to_dict()``: recipe, recipe_file,
+    config_file, resolved); for arguments built in code, only the Trainer's own arguments as resolved."""
+    record = getattr(args, "run_record", None)
+    if record is not None:
+        return record.to_dict()
+    return {
+        "recipe": "unknown",
+        "recipe_file": None,
+        "config_file": None,
+        "resolved": {type(args).__name__: json.loads(json.dumps(args.to_dict(), default=str))},
+    }
 
 
 def _end_active_hf_ext_run(status: str = "FINISHED") -> None:

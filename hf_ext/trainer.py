@@ -90,10 +90,33 @@ class HfExtTrainer(Trainer):
     - With ``"mlflow"`` in ``report_to``, :class:`~hf_ext.tracking.HfExtMLflowCallback` replaces
       transformers' ``MLflowCallback``: one run per trainer that stays open for the metrics of
       ``evaluate()`` after training, and :meth:`save_model` logs the saved model to it.
+    - A run that fails before writing any file (a refused ``resume_from_checkpoint``, a refused
+      configuration) leaves no empty ``output_dir`` behind: the directories this trainer created (the
+      ``output_dir`` the Trainer makes when it is built, its parents, the TensorBoard directory) are
+      removed again when they hold no file. Directories that existed before, and files, are never removed.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model=None, args=None, *rest, **kwargs):
+        missing = [
+            _missing_directories(args.output_dir if args is not None else None),
+            _missing_directories(os.getenv("TENSORBOARD_LOGGING_DIR")),  # TensorBoardCallback's folder when set
+        ]
+        self._created_dirs: list[list[Path]] = []
+        self._removed_output_dir = False
+        try:
+            super().__init__(model, args, *rest, **kwargs)
+            # What this process makes: the Trainer makes output_dir where it saves; TensorBoard writes on rank 0.
+            self._created_dirs = [
+                missing[0] if self.args.should_save else [],
+                missing[1] if self.is_world_process_zero() else [],
+            ]
+            self._finish_init()
+        except BaseException:
+            self._remove_created_empty_dirs()
+            raise
+
+    def _finish_init(self) -> None:
+        """hf_ext's checks and set-up once ``Trainer.__init__`` has run."""
         if distributed.sharded_launcher(self.args) == "FSDP" and not self.is_fsdp_enabled:
             raise ConfigError(
                 f"fsdp is set but accelerate runs FSDP only on GPUs: on {self.args.device.type} this run would "
@@ -120,8 +143,34 @@ class HfExtTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """``Trainer.train``; ``resume_from_checkpoint=True`` means the last checkpoint in ``output_dir``,
-        and a missing checkpoint is a :class:`~hf_ext.errors.RunDirectoryError` that says what to do."""
-        return super().train(self._checkpoint_to_resume(resume_from_checkpoint), *args, **kwargs)
+        and a missing checkpoint is a :class:`~hf_ext.errors.RunDirectoryError` that says what to do.
+
+        If it raises before any file was written, the directories this trainer created are removed again
+        (see the class docstring): a failed start leaves no empty ``output_dir``."""
+        if self._removed_output_dir and self.args.should_save:  # an earlier train() failed: as Trainer.__init__ does
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            self._removed_output_dir = False
+        try:
+            return super().train(self._checkpoint_to_resume(resume_from_checkpoint), *args, **kwargs)
+        except BaseException:
+            self._remove_created_empty_dirs()
+            raise
+
+    def _remove_created_empty_dirs(self) -> None:
+        """After a failure: remove the directories this trainer created (``output_dir`` and the parents the Trainer
+        made for it, the TensorBoard directory when set apart) if they hold no file, with every empty directory
+        in them. A tree that holds any file (or link) is left whole; directories that existed before are kept."""
+        for index, created in enumerate(self._created_dirs):
+            if not created or not _holds_only_directories(created[0]):
+                continue
+            _remove_empty_tree(created[0])
+            for parent in created[1:]:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+            if index == 0 and not created[0].exists():
+                self._removed_output_dir = True
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """``Trainer.save_model``; with ``report_to`` MLflow, a model saved by the caller (not a checkpoint)
@@ -261,6 +310,44 @@ class HfExtTrainer(Trainer):
                 "(before logging_nan_inf_filter hid them): the model diverged; lower learning_rate, keep "
                 "max_grad_norm on, use bf16 instead of fp16, or check the data (labels out of range, empty texts)"
             )
+
+
+def _missing_directories(path: str | os.PathLike | None) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, ``path`` first: what ``os.makedirs`` would create."""
+    if not path:
+        return []
+    missing = []
+    current = Path(path).expanduser().absolute()
+    while not os.path.lexists(current) and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    return missing
+
+
+def _holds_only_directories(top: Path) -> bool:
+    """True if ``top`` is a directory (not a link) and nothing below it is a file or a link."""
+    if top.is_symlink() or not top.is_dir():
+        return False
+
+    def unreadable(err: OSError) -> None:
+        raise err
+
+    try:
+        for folder, subfolders, files in os.walk(top, onerror=unreadable):
+            if files or any(os.path.islink(os.path.join(folder, name)) for name in subfolders):
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def _remove_empty_tree(top: Path) -> None:
+    """``rmdir`` every directory below ``top``, deepest first, then ``top``; one that is not empty stays."""
+    for folder, _, _ in os.walk(top, topdown=False):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
 
 
 def _loss_normalises_by_item_count(model) -> bool:
