@@ -1,32 +1,20 @@
-"""Argument dataclasses shared by every recipe, and strict parsing of one JSON config file.
+"""Argument dataclasses shared by every recipe, their allowed ranges, and the run record they carry.
 
-A recipe is run as ``python recipe.py config.json [key=value ...]``: the JSON file holds the keys
-of every dataclass the recipe parses (ours and ``TrainingArguments``), and ``key=value`` pairs on
-the command line override single keys (values are read as JSON, else as strings). Unknown keys,
-values of the wrong type and numbers out of range are errors that name the key and where it was
-given (the file or the command line), before any model or data is loaded.
+Parsing a config file into these dataclasses is :mod:`hf_ext.parsing`'s job.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import enum
+import importlib.util
 import json
-import math
 import os
-import re
-import sys
-import textwrap
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 from transformers.integrations import get_reporting_integration_callbacks
 
 from .errors import ConfigError
@@ -102,11 +90,11 @@ def check_bounds(instance: Any) -> None:
     for f in dataclasses.fields(instance):
         bounds, value = bounds_of(type(instance), f.name), getattr(instance, f.name)
         if bounds is not None and not bounds.allows(value):
-            raise ConfigError(_invalid(f.name, value, bounds.describe(), type(instance), f))
+            raise ConfigError(invalid_value(f.name, value, bounds.describe(), type(instance), f))
 
 
-def _invalid(key: str, value: Any, expected: str, owner: type, field_: dataclasses.Field) -> str:
-    return f"{key}={_text(value)} is invalid; expected {expected} ({owner.__name__}.{key}: {_help(field_)})"
+def invalid_value(key: str, value: Any, expected: str, owner: type, field_: dataclasses.Field) -> str:
+    return f"{key}={_text(value)} is invalid; expected {expected} ({owner.__name__}.{key}: {field_help(field_)})"
 
 
 def _text(value: Any) -> str:
@@ -117,8 +105,54 @@ def _text(value: Any) -> str:
         return repr(value)
 
 
-def _help(field_: dataclasses.Field) -> str:
+def field_help(field_: dataclasses.Field) -> str:
     return " ".join(str(field_.metadata.get("help", "")).split())
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Where parsed arguments came from, as a plain value (JSON-safe contents).
+
+    ``recipe``/``recipe_file``: the script that parsed them (``"unknown"``/``None`` if not given);
+    ``config_file``: the JSON file (``None`` for :func:`hf_ext.parsing.parse_dict`); ``resolved``: every
+    key of every dataclass parsed together, defaults included, by dataclass name; ``given``: the keys the
+    config or the command line set, by dataclass name.
+    """
+
+    recipe: str
+    recipe_file: str | None
+    config_file: str | None
+    resolved: Mapping[str, Mapping[str, Any]]
+    given: Mapping[str, frozenset[str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"recipe", "recipe_file", "config_file", "resolved"}`` as a new JSON-safe dict."""
+        return {
+            "recipe": self.recipe,
+            "recipe_file": self.recipe_file,
+            "config_file": self.config_file,
+            "resolved": copy.deepcopy(dict(self.resolved)),
+        }
+
+
+RUN_RECORD_FIELD = "run_record"
+
+
+def given_keys(training_args: Any, kind: type | None = None) -> frozenset[str]:
+    """The keys of dataclass ``kind`` (default: ``training_args``' own class) that the config or the command
+    line set, as opposed to defaults, read from the :class:`RunRecord` that parsed ``training_args`` carry.
+
+    Empty for training arguments that were not parsed by :mod:`hf_ext.parsing`.
+    """
+    record = getattr(training_args, RUN_RECORD_FIELD, None)
+    name = (kind or type(training_args)).__name__
+    return frozenset() if record is None else record.given.get(name, frozenset())
+
+
+def run_record(training_args: Any) -> dict[str, Any] | None:
+    """``training_args.run_record`` as a dict (:meth:`RunRecord.to_dict`); ``None`` if it was built otherwise."""
+    record = getattr(training_args, RUN_RECORD_FIELD, None)
+    return None if record is None else record.to_dict()
 
 
 @dataclass
@@ -170,6 +204,8 @@ class DataArguments:
         "max_train_samples": AT_LEAST_ONE,
         "max_eval_samples": AT_LEAST_ONE,
     }
+    # A key the config set that another set key makes unused: the parser warns (dataset_name has a default).
+    SUPERSEDED_BY: ClassVar[dict[str, str]] = {"dataset_name": "train_file"}
 
     dataset_name: str | None = field(
         default="builtin:sentiment",
@@ -299,10 +335,18 @@ class HfExtTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Replace the results of a finished run in output_dir instead of refusing to start."},
     )
+    run_record: RunRecord | None = field(
+        default=None,
+        kw_only=True,
+        repr=False,
+        compare=False,
+        metadata={"help": "Set by the parser: where these arguments came from (not a config key)."},
+    )
 
     def __post_init__(self):
         if self.output_dir is None:  # transformers would fall back to ./trainer_output
             raise ConfigError("output_dir is not set: name the directory the run writes to")
+        _check_deepspeed_installed(self)
         super().__post_init__()
         check_bounds(self)
         try:
@@ -315,318 +359,26 @@ class HfExtTrainingArguments(TrainingArguments):
             reason = mlflow_unavailable_reason()
             if reason is not None:
                 raise ConfigError(f"report_to={self.report_to!r}: {reason}")
-        _inherit_run_record(self)
         if self.max_steps <= 0 and self.num_train_epochs == 0:
             raise ConfigError(
                 "num_train_epochs=0 with max_steps unset trains nothing (and would save an untrained model); "
                 "set num_train_epochs > 0 or max_steps > 0"
             )
 
-
-def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
-    """Parse ``config.json [key=value ...]`` into instances of ``dataclass_types``.
-
-    ``-h``/``--help`` prints every key (type, default, help) and exits.
-
-    Raises:
-        ConfigError: no file, unreadable JSON, an unknown key (with the closest known keys), a
-            value of the wrong type or out of range; the message names the key and where it was given.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["-h"], ["--help"]):
-        print(format_help(dataclass_types))
-        sys.exit(0)
-    if not argv:
-        raise ConfigError(_usage(dataclass_types))
-    if not argv[0].endswith(".json"):
-        what = "a directory" if Path(argv[0]).is_dir() else "not a .json file"
-        raise ConfigError(f"{argv[0]} is {what}; the config comes first: {_usage(dataclass_types).splitlines()[0]}")
-    path = Path(argv[0])
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if not text.strip():
-            raise ConfigError(f"config file {path} is empty: it must hold a JSON object of keys")
-        values = json.loads(text, object_pairs_hook=_refuse_duplicates(path))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON: {err}") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not a UTF-8 text file: {err}") from err
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a JSON object of keys, found {type(values).__name__}")
-    overrides = parse_overrides(argv[1:])
-    origins = {key: str(path) for key in values} | {key: "the command line" for key in overrides}
-    parsed = parse_dict(dataclass_types, values | overrides, source=origins)
-    record = {**getattr(parsed[0], _RUN_RECORD), "config_file": str(path)} if parsed else None
-    for instance in parsed:
-        object.__setattr__(instance, _RUN_RECORD, record)
-    return parsed
+    def to_dict(self) -> dict[str, Any]:
+        """``TrainingArguments.to_dict`` without the run record (it is not a training key)."""
+        values = super().to_dict()
+        values.pop(RUN_RECORD_FIELD, None)
+        return values
 
 
-def _refuse_duplicates(path: Path):
-    def object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [key for key, _ in pairs]
-        repeated = sorted({key for key in keys if keys.count(key) > 1})
-        if repeated:
-            raise ConfigError(f"{path} gives key(s) {repeated} more than once; keep one value for each")
-        return dict(pairs)
-
-    return object_pairs
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["learning_rate=1e-4", "output_dir=runs/x"]`` -> ``{"learning_rate": 0.0001, "output_dir": "runs/x"}``."""
-    out = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(
-                f"cannot read override {pair!r} on the command line: write key=value, e.g. learning_rate=1e-4"
-            )
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
-def parse_dict(
-    dataclass_types: Sequence[type], values: dict[str, Any], *, source: str | Mapping[str, str] = "config"
-) -> tuple[Any, ...]:
-    """Like ``HfArgumentParser.parse_dict`` but every key must be known, well typed and in range.
-
-    ``source`` names where the keys came from (one name, or one per key) for the error messages.
-    """
-    where = (lambda key: source.get(key, "config")) if isinstance(source, Mapping) else (lambda key: source)
-    fields = {f.name: (f, t) for t in dataclass_types for f in dataclasses.fields(t) if f.init}
-    unknown = [key for key in values if key not in fields]
-    if unknown:
-        by_origin: dict[str, list[str]] = {}
-        for key in unknown:
-            close = difflib.get_close_matches(key, list(fields), n=3)
-            hint = f"{key!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
-            by_origin.setdefault(where(key), []).append(hint)
+def _check_deepspeed_installed(args: TrainingArguments) -> None:
+    """A DeepSpeed launch (``deepspeed`` key or accelerate's environment) needs the package: one line, not
+    transformers' ``PackageNotFoundError`` traceback."""
+    asked = args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
+    if asked and importlib.util.find_spec("deepspeed") is None:
+        how = f"deepspeed={args.deepspeed!r}" if args.deepspeed else "ACCELERATE_USE_DEEPSPEED (accelerate launch)"
         raise ConfigError(
-            "; ".join(f"unknown key(s) {_in(origin)}: {'; '.join(hints)}" for origin, hints in by_origin.items())
+            f"{how} asks for DeepSpeed, but the deepspeed package is not installed: pip install deepspeed, "
+            "or launch with another accelerate config (accelerate_configs/)"
         )
-    values = dict(values)
-    for key, value in values.items():
-        field_, owner = fields[key]
-        annotation = typing.get_type_hints(owner).get(key, Any)
-        renamed = getattr(owner, "RENAMED_VALUES", {}).get(key, {})
-        if isinstance(value, str) and value in renamed:
-            raise ConfigError(f"{where(key)}: {key}={value!r} was renamed: write {renamed[value]}")
-        if _is_number(value) and not _matches(value, annotation) and _matches(str(value), annotation):
-            value = values[key] = str(value)  # a text key given a number: train_layers=1 on the command line
-        if _non_finite(value):
-            expected = (
-                f"{'finite numbers' if isinstance(value, list) else 'a finite number'} (JSON has no NaN or Infinity)"
-            )
-            raise ConfigError(f"{where(key)}: " + _invalid(key, value, expected, owner, field_))
-        if key == "resume_from_checkpoint" and value is True:
-            continue  # true: the last checkpoint in output_dir, as Trainer.train(resume_from_checkpoint=True)
-        if not _matches(value, annotation):
-            raise ConfigError(f"{where(key)}: " + _invalid(key, value, _describe(annotation), owner, field_))
-        bounds = bounds_of(owner, key)
-        if bounds is not None and not bounds.allows(value):
-            raise ConfigError(f"{where(key)}: " + _invalid(key, value, bounds.describe(), owner, field_))
-    try:
-        parsed = HfArgumentParser(list(dataclass_types)).parse_dict(values)
-    except (TypeError, ValueError) as err:  # a dataclass's own check, naming the keys it is about
-        named = [key for key in values if re.search(rf"\b{re.escape(key)}\b", str(err))]
-        origins = sorted({where(key) for key in named or values})
-        raise ConfigError(f"{' and '.join(origins) or 'config'}: {err}") from None
-    caller = _caller_file()
-    record = {
-        "recipe": Path(caller).stem if caller else "unknown",
-        "recipe_file": caller,
-        "config_file": None,
-        "resolved": {type(instance).__name__: _resolved(instance) for instance in parsed},
-    }
-    for instance in parsed:
-        names = {f.name for f in dataclasses.fields(instance)}
-        object.__setattr__(instance, _GIVEN_KEYS, frozenset(key for key in values if key in names))
-        object.__setattr__(instance, _RUN_RECORD, record)
-    return parsed
-
-
-def _non_finite(value: Any) -> bool:
-    """A NaN or infinite float, also inside a list (Python's json reads NaN and Infinity; no range check can)."""
-    if isinstance(value, list):
-        return any(_non_finite(item) for item in value)
-    return isinstance(value, float) and not math.isfinite(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _in(origin: str) -> str:
-    return "on the command line" if origin == "the command line" else f"in {origin}"
-
-
-_GIVEN_KEYS = "_hf_ext_given_keys"
-
-
-def given_keys(arguments: Any) -> frozenset[str]:
-    """The keys of ``arguments`` that the config or the command line set, as opposed to defaults.
-
-    Empty for an instance that did not come from :func:`parse_config` / :func:`parse_dict`.
-    """
-    return getattr(arguments, _GIVEN_KEYS, frozenset())
-
-
-_RUN_RECORD = "_hf_ext_run_record"
-
-
-def run_record(arguments: Any) -> dict[str, Any] | None:
-    """Where ``arguments`` came from, for experiment tracking (a copy; JSON-safe values).
-
-    ``{"recipe": "finetune", "recipe_file": "/abs/recipes/finetune.py", "config_file": "cfg.json",
-    "resolved": {dataclass name: {key: value, ...}, ...}}``: the script that called :func:`parse_config`
-    (or :func:`parse_dict`; ``config_file`` is then ``None``) and every key of every dataclass parsed
-    with it, defaults included. Training arguments made from parsed ones with ``dataclasses.replace``
-    (as the studies make one per run) keep the record. ``None`` for an instance built otherwise.
-    """
-    record = getattr(arguments, _RUN_RECORD, None)
-    return None if record is None else copy.deepcopy(record)
-
-
-def _caller_file() -> str | None:
-    """The source file of the nearest caller outside this module (a recipe calling :func:`parse_config`)."""
-    here = os.path.abspath(__file__)
-    frame = sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename) == here:
-        frame = frame.f_back
-    name = frame.f_code.co_filename if frame is not None else ""
-    return os.path.abspath(name) if os.path.isfile(name) else None  # not "<stdin>", "<string>"
-
-
-def _resolved(instance: Any) -> dict[str, Any]:
-    """Every key of a parsed dataclass with its value, JSON-safe (``TrainingArguments.to_dict`` masks tokens)."""
-    if isinstance(instance, TrainingArguments):
-        return _json_safe(instance.to_dict())
-    return {f.name: _json_safe(getattr(instance, f.name)) for f in dataclasses.fields(instance) if f.init}
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return _json_safe(value.value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_json_safe(item) for item in value]
-    return str(value)  # paths, dtypes, anything else
-
-
-def _inherit_run_record(instance: Any) -> None:
-    """Give ``instance`` the run record of the parsed instance ``dataclasses.replace`` is copying, if that is
-    how it is being built (replace calls the class with every key; the source is a local of its frame)."""
-    frame = sys._getframe(1)
-    for _ in range(8):
-        frame = frame.f_back if frame is not None else None
-        if frame is None:
-            return
-        code = frame.f_code
-        if code.co_name in ("replace", "_replace") and code.co_filename == dataclasses.__file__:
-            # replace(obj, **changes); from Python 3.13 on, the inner _replace(self, **changes)
-            source = frame.f_locals.get("obj", frame.f_locals.get("self"))
-            if type(source) is type(instance) and hasattr(source, _RUN_RECORD):
-                object.__setattr__(instance, _RUN_RECORD, getattr(source, _RUN_RECORD))
-            return
-
-
-def format_help(dataclass_types: Sequence[type]) -> str:
-    """What a user can set: every key with its type, default and help, grouped by dataclass.
-
-    ``TrainingArguments`` keys get one line each (the first sentence of their help).
-    """
-    lines = [_usage(dataclass_types), ""]
-    for kind in dataclass_types:
-        doc = (kind.__doc__ or "").strip().splitlines()[0] if kind.__doc__ else ""
-        lines.append(f"{kind.__name__}: {doc}")
-        hints = typing.get_type_hints(kind)
-        brief = issubclass(kind, TrainingArguments)
-        own = (
-            {f.name for f in dataclasses.fields(TrainingArguments)}
-            if brief and kind is not TrainingArguments
-            else set()
-        )
-        for f in dataclasses.fields(kind):
-            if not f.init or f.name.startswith("_"):
-                continue
-            default = (
-                f.default
-                if f.default is not dataclasses.MISSING
-                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-            )
-            bounds = bounds_of(kind, f.name)
-            kind_text = _describe(hints.get(f.name, Any)) + (f", {bounds.describe()}" if bounds else "")
-            if f.name == "resume_from_checkpoint":
-                kind_text = "true (the last checkpoint in output_dir), a checkpoint directory or null"
-            head = f"  {f.name} ({kind_text}, default {default!r})"
-            text = _help(f)
-            if brief and f.name in own:
-                first = text.split(". ")[0]
-                lines.append(f"{head}: {first[:100]}{'...' if len(first) > 100 else ''}")
-            else:
-                lines.append(head)
-                lines.extend(textwrap.wrap(text, 100, initial_indent="      ", subsequent_indent="      "))
-        lines.append("")
-    return "\n".join(lines).rstrip()
-
-
-def _matches(value: Any, annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is Any:
-        return True
-    if annotation is type(None):
-        return value is None
-    if origin in (typing.Union, types.UnionType):
-        choices = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
-        if choices and isinstance(value, str):  # e.g. SchedulerType | str: the string must name a member
-            return any(value in {m.value for m in kind} for kind in choices)
-        return any(_matches(value, a) for a in args)
-    if origin is Literal:
-        return value in args
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if origin in (list, tuple):
-        return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
-    if origin is dict or annotation is dict:
-        return isinstance(value, dict)
-    if isinstance(annotation, type) and issubclass(annotation, str):  # str enums of TrainingArguments
-        return isinstance(value, str)
-    return True
-
-
-def _describe(annotation: Any) -> str:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(annotation)
-        if any(isinstance(a, type) and issubclass(a, enum.Enum) for a in args):
-            args = tuple(a for a in args if a is not str)  # the str alternative only spells a member by name
-        return " or ".join(_describe(a) for a in args)
-    if origin is Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(annotation)))
-    if origin in (list, tuple) and typing.get_args(annotation):
-        return f"a list of {_describe(typing.get_args(annotation)[0])}"
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return "one of " + ", ".join(repr(m.value) for m in annotation)
-    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
-
-
-def _usage(dataclass_types: Sequence[type]) -> str:
-    script = Path(sys.argv[0]).name
-    groups = ", ".join(t.__name__ for t in dataclass_types)
-    return f"usage: {script} CONFIG.json [key=value ...]\n  CONFIG.json holds the keys of: {groups}"

@@ -14,22 +14,27 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
-from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, EvalPrediction, PreTrainedTokenizerBase
+from transformers import (
+    DataCollatorForSeq2Seq,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from . import distributed, tasks
-from .config import DataArguments, given_keys
-from .data_files import check_data_file, data_format
+from . import distributed, models, tasks
+from .config import DataArguments, ModelArguments
+from .data_files import check_data_file, data_format, load_data_files
 from .errors import ConfigError, DataError, RunDirectoryError
 from .io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-PLAIN_PROMPT = "User: {prompt}\nAssistant:"
 BUILTIN_PREFIX = "builtin:"
 
 
@@ -85,9 +90,7 @@ def _load_files(args: DataArguments) -> DatasetDict:
                 f"{files[split]} has columns {names} but {files['train']} has {columns['train']}: "
                 "every split needs the same columns"
             )
-    if args.dataset_name and "dataset_name" in given_keys(args):
-        logger.warning("train_file is set: dataset_name %r is not used", args.dataset_name)
-    return load_dataset(kinds.pop(), data_files=files)
+    return load_data_files(files)
 
 
 def infer_label_names(raw: DatasetDict, args: DataArguments) -> list[str]:
@@ -206,7 +209,7 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_temp
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
         )
-    return PLAIN_PROMPT.format(prompt=prompt)
+    return tasks.PLAIN_PROMPT.format(prompt=prompt)
 
 
 def uses_chat_template(tokenizer: PreTrainedTokenizerBase, args: DataArguments) -> bool:
@@ -402,3 +405,19 @@ def eval_subset(dataset, size: int, seed: int, path: Path) -> list[int]:
             path, {"size": len(indices), "seed": seed, "indices": indices, "hashes": example_hashes(dataset, indices)}
         )
     return indices
+
+
+class ModelAndData(NamedTuple):
+    """What :func:`load_model_and_data` returns: unpack as ``tokenizer, data, model``."""
+
+    tokenizer: PreTrainedTokenizerBase
+    data: PreparedData
+    model: PreTrainedModel
+
+
+def load_model_and_data(model_args: ModelArguments, data_args: DataArguments, *, seed: int = 0) -> ModelAndData:
+    """The opening of every recipe: the tokenizer of ``model_args``, the data of ``data_args`` tokenized for its
+    task type, and the model (a classifier gets the data's labels; ``seed`` initialises new weights)."""
+    tokenizer = models.load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    data = prepare_data(data_args, tokenizer, model_args.task_type)
+    return ModelAndData(tokenizer, data, models.load_model(model_args, tokenizer, data.labels, seed=seed))

@@ -33,9 +33,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from . import tasks
 from .config import ModelArguments
-from .data import PLAIN_PROMPT
 from .errors import ConfigError, RunDirectoryError
 from .io import read_json
 
@@ -84,7 +82,9 @@ def tiny_tokenizer(architecture: str) -> PreTrainedTokenizerFast:
 
     Decoders (Llama, Qwen2) prepend ``<s>``; encoders wrap inputs in ``[CLS] ... [SEP]``.
     """
-    words = set(tasks.vocabulary()) | set(_WORD.findall(PLAIN_PROMPT.replace("{prompt}", "").lower()))
+    from .tasks import PLAIN_PROMPT, vocabulary  # only tiny models need the task vocabulary (and datasets)
+
+    words = set(vocabulary()) | set(_WORD.findall(PLAIN_PROMPT.replace("{prompt}", "").lower()))
     vocab = {token: i for i, token in enumerate([*_SPECIAL_TOKENS, *sorted(words - set(_SPECIAL_TOKENS))])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.normalizer = normalizers.Lowercase()

@@ -21,10 +21,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .. import distributed
 from ..config import DataArguments, ModelArguments
-from ..data import eval_subset, prepare_data
+from ..data import eval_subset, load_model_and_data
 from ..errors import FileFormatError, RunDirectoryError
 from ..io import read_json, write_json
-from ..models import load_model, load_tokenizer
+from ..models import load_model
 from ..outputs import changed_settings, check_output_dir, tensorboard_writer
 from ..plotting import plotting_available
 from ..trainer import HfExtTrainer
@@ -97,9 +97,8 @@ def run_drift_study(
     settings = _settings(model_args, data_args, drift)
     if not overwrite:
         _check_same_study(root / "study.json", settings)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(data_args, tokenizer, model_args.task_type)
-    base = load_model(model_args, tokenizer, data.labels, seed=training_args.seed).to(training_args.device)
+    tokenizer, data, base = load_model_and_data(model_args, data_args, seed=training_args.seed)
+    base = base.to(training_args.device)
     RepresentationRecorder(base, pooling=drift.pooling, layers=drift.layers)  # checks both before any work
     if "lora" in drift.methods:
         drift.check_targets(base)

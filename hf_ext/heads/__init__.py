@@ -12,25 +12,30 @@
 - :mod:`.config`, :mod:`.study`: the head-plasticity recipe's arguments and steps.
 """
 
-from .callbacks import HeadImportanceCallback
-from .config import HeadStudyArguments
-from .entropy import attention_entropy
-from .gates import HeadGates, head_update_sizes, mean_head_outputs
-from .importance import AblationResult, GradientImportance, ablation_importance, gradient_importance
-from .pruning import prune_curve
-from .study import run_head_study
+from __future__ import annotations
 
-__all__ = [
-    "AblationResult",
-    "GradientImportance",
-    "HeadGates",
-    "HeadImportanceCallback",
-    "HeadStudyArguments",
-    "ablation_importance",
-    "attention_entropy",
-    "gradient_importance",
-    "head_update_sizes",
-    "mean_head_outputs",
-    "prune_curve",
-    "run_head_study",
-]
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "callbacks": ["HeadImportanceCallback"],
+    "config": ["HeadStudyArguments"],
+    "entropy": ["attention_entropy"],
+    "gates": ["HeadGates", "head_update_sizes", "mean_head_outputs"],
+    "importance": ["AblationResult", "GradientImportance", "ablation_importance", "gradient_importance"],
+    "probe": ["fit_probe", "head_state", "restore_head"],
+    "pruning": ["prune_curve"],
+    "study": ["run_head_study"],
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+
+if TYPE_CHECKING:
+    from .callbacks import HeadImportanceCallback
+    from .config import HeadStudyArguments
+    from .entropy import attention_entropy
+    from .gates import HeadGates, head_update_sizes, mean_head_outputs
+    from .importance import AblationResult, GradientImportance, ablation_importance, gradient_importance
+    from .probe import fit_probe, head_state, restore_head
+    from .pruning import prune_curve
+    from .study import run_head_study

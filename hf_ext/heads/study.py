@@ -24,10 +24,10 @@ from transformers import TrainingArguments
 
 from .. import distributed
 from ..config import DataArguments, HfExtTrainingArguments, ModelArguments, given_keys
-from ..data import eval_subset, prepare_data
+from ..data import eval_subset, load_model_and_data, prepare_data
 from ..errors import ConfigError, RunDirectoryError
 from ..io import read_json, save_tensors, write_json
-from ..models import load_model, load_tokenizer, load_with_adapter
+from ..models import load_with_adapter
 from ..outputs import check_output_dir
 from ..plotting import plotting_available, save_figures
 from ..run_logger import RunLogger, print_run_locations
@@ -252,9 +252,8 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
     """One seed of the study. Under DDP every rank measures its shard of the evaluation batches and the results
     are gathered, so no rank waits in a collective while another measures; only rank 0 writes files."""
     run = Path(training_args.output_dir) / f"seed-{seed}"
-    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(data_args, tokenizer, model_args.task_type)
-    model = load_model(model_args, tokenizer, data.labels, seed=seed).to(training_args.device)
+    tokenizer, data, model = load_model_and_data(model_args, data_args, seed=seed)
+    model = model.to(training_args.device)
     check_top_k(study.top_k, math.prod(HeadGates(model).shape))  # before any measurement or training
     batches = _evaluation_batches(data, study, training_args)
     shard = distributed.shard(batches)

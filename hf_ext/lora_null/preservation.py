@@ -164,7 +164,7 @@ def run_preservation_study(
     training_args: TrainingArguments,
 ) -> Path:
     """Every method x seed: train, task accuracy, embedding cosine and probe accuracy on the probe task."""
-    ignored = sorted({"mode", "freeze_A"} & given_keys(args))
+    ignored = sorted({"mode", "freeze_A"} & given_keys(training_args, type(args)))
     if ignored:
         raise ConfigError(
             f"{', '.join(ignored)} do not apply to the preservation recipe: it compares the adapters named in "

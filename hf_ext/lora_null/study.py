@@ -14,10 +14,9 @@ from transformers import TrainingArguments
 
 from .. import distributed
 from ..config import DataArguments, ModelArguments
-from ..data import prepare_data
+from ..data import load_model_and_data
 from ..errors import ConfigError, DataError
 from ..io import write_json
-from ..models import load_model, load_tokenizer
 from ..outputs import check_output_dir
 from ..run_logger import print_run_locations
 from ..texts import load_texts, text_batches
@@ -61,9 +60,7 @@ def prepare_run(model_args, data_args, args: LoraNullArguments, training_args, f
         overwrite=getattr(training_args, "overwrite_output_dir", False),
         resuming=bool(training_args.resume_from_checkpoint),
     )
-    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(data_args, tokenizer, model_args.task_type)
-    model = load_model(model_args, tokenizer, data.labels, seed=training_args.seed)
+    tokenizer, data, model = load_model_and_data(model_args, data_args, seed=training_args.seed)
     args.check_targets(model)
     return root, tokenizer, data, model
 

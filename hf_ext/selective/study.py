@@ -18,10 +18,9 @@ import torch
 
 from .. import distributed
 from ..config import DataArguments, HfExtTrainingArguments, ModelArguments
-from ..data import PreparedData, prepare_data
+from ..data import PreparedData, load_model_and_data
 from ..errors import ConfigError, RunDirectoryError
 from ..io import read_json, write_json
-from ..models import load_model, load_tokenizer
 from ..outputs import changed_settings, check_output_dir
 from ..run_logger import print_run_locations
 from ..tracking import end_mlflow_run
@@ -39,9 +38,7 @@ def prepare_seq_cls(model_args: ModelArguments, data_args: DataArguments, select
     """Tokenizer, data and the classifier with the selection applied: ``(model, tokenizer, data, selection)``."""
     if model_args.task_type != "seq_cls":
         raise ConfigError(f"task_type={model_args.task_type!r}: the seq_cls recipe trains classifiers; set seq_cls")
-    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    data = prepare_data(data_args, tokenizer, "seq_cls")
-    model = load_model(model_args, tokenizer, data.labels, seed=seed)
+    tokenizer, data, model = load_model_and_data(model_args, data_args, seed=seed)
     model, selection = select_trainable(model, selective, "seq_cls", seed=seed)
     if not selective.train_head:
         logger.warning(

@@ -172,10 +172,10 @@ def _mnli_like(path, n):
 
 
 def test_the_glue_style_pair_config_reads_local_files_and_tokenises_both_segments(tmp_path):
-    from hf_ext.config import parse_config
     from hf_ext.data import prepare_data
     from hf_ext.heads.study import HEAD_STUDY_ARGUMENT_TYPES
     from hf_ext.models import load_tokenizer
+    from hf_ext.parsing import parse_config
 
     files = [f"train_file={_mnli_like(tmp_path / 'train.jsonl', 90)}"]
     files.append(f"validation_file={_mnli_like(tmp_path / 'validation_matched.jsonl', 30)}")

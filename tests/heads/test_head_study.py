@@ -1,13 +1,13 @@
 """The head study's mixed-precision choice: automatic only where the config left bf16 and fp16 unset."""
 
 import pytest
-from transformers import TrainingArguments
 
 import hf_ext.heads.study as study
-from hf_ext.config import DataArguments, ModelArguments, given_keys, parse_config
+from hf_ext.config import DataArguments, HfExtTrainingArguments, ModelArguments, given_keys
 from hf_ext.heads.config import HeadStudyArguments
+from hf_ext.parsing import parse_config
 
-TYPES = (ModelArguments, DataArguments, HeadStudyArguments, TrainingArguments)
+TYPES = (ModelArguments, DataArguments, HeadStudyArguments, HfExtTrainingArguments)
 
 
 def _training_args(tmp_path, *overrides):

@@ -3,7 +3,8 @@ import json
 import pytest
 from transformers import TrainingArguments
 
-from hf_ext.config import ConfigError, DataArguments, ModelArguments, parse_config, parse_overrides
+from hf_ext.config import ConfigError, DataArguments, ModelArguments
+from hf_ext.parsing import parse_config, parse_overrides
 
 TYPES = (ModelArguments, DataArguments, TrainingArguments)
 
@@ -88,3 +89,49 @@ def test_every_field_has_help():
     for cls in (ModelArguments, DataArguments):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+
+
+def test_unused_dataset_name_is_warned_even_when_max_seq_length_is_lowered(tmp_path, caplog):
+    """The warning fires once the keys are read, whatever copies of the arguments the data loading makes."""
+    from hf_ext.config import HfExtTrainingArguments
+    from hf_ext.data import prepare_data
+    from hf_ext.models import load_tokenizer
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": f"text {i}", "label": i % 2}) + "\n" for i in range(20)))
+    config = _write(
+        tmp_path,
+        {"dataset_name": "builtin:topic", "train_file": str(train), "max_seq_length": 100000, "output_dir": "o"},
+    )
+    with caplog.at_level("WARNING"):
+        _, data_args, _ = parse_config((ModelArguments, DataArguments, HfExtTrainingArguments), [config])
+        prepare_data(data_args, load_tokenizer("embedded:minilm"), "seq_cls")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("max_seq_length=100000 is more than the model takes" in m for m in messages), messages
+    assert any("train_file is set: dataset_name='builtin:topic' is not used" in m for m in messages), messages
+
+
+def test_dataset_name_left_at_its_default_is_not_warned(tmp_path, caplog):
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"text": "a", "label": 0}) + "\n")
+    with caplog.at_level("WARNING"):
+        parse_config(TYPES, [_write(tmp_path, {"train_file": str(train), "output_dir": "o"})])
+    assert not any("is not used" in r.getMessage() for r in caplog.records)
+
+
+def test_run_record_is_a_field_that_replace_carries_and_hf_argument_parser_accepts(tmp_path):
+    import dataclasses
+
+    from transformers import HfArgumentParser
+
+    from hf_ext.config import HfExtTrainingArguments, given_keys
+
+    types = (ModelArguments, DataArguments, HfExtTrainingArguments)
+    *_, args = parse_config(types, [_write(tmp_path, {"output_dir": "o", "seed": 3})], recipe=__file__)
+    copy = dataclasses.replace(args, output_dir="p")
+    assert copy.run_record is args.run_record and given_keys(copy) == {"output_dir", "seed"}
+    assert given_keys(copy, DataArguments) == frozenset()
+    assert args.run_record.recipe == "test_config" and args.run_record.config_file.endswith("config.json")
+    # the plain transformers parser still takes our dataclasses (one run_record option, not a clash)
+    model_args, _, plain = HfArgumentParser(types).parse_dict({"output_dir": "o"})
+    assert plain.run_record is None and model_args.model_name_or_path == "embedded:minilm"

@@ -7,7 +7,6 @@ import torch
 from hf_ext.cli import main as cli
 from hf_ext.config import DataArguments
 from hf_ext.data import (
-    PLAIN_PROMPT,
     data_collator,
     infer_label_names,
     load_raw_datasets,
@@ -16,6 +15,7 @@ from hf_ext.data import (
 )
 from hf_ext.errors import DataError
 from hf_ext.models import load_tokenizer
+from hf_ext.tasks import PLAIN_PROMPT
 
 
 @pytest.fixture(scope="module")

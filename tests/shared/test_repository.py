@@ -2,6 +2,7 @@
 
 import ast
 import dataclasses
+import importlib
 import json
 import re
 import runpy
@@ -13,7 +14,8 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
-from hf_ext.config import HfExtTrainingArguments, ModelArguments, parse_config
+from hf_ext.config import HfExtTrainingArguments, ModelArguments
+from hf_ext.parsing import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,19 +125,33 @@ def test_no_key_belongs_to_two_argument_dataclasses_of_a_recipe(recipe):
     assert ModelArguments in _argument_types(recipe) and HfExtTrainingArguments in _argument_types(recipe)
 
 
-def test_type_checking_block_names_every_lazy_export():
-    """``hf_ext/__init__.py``: the ``if TYPE_CHECKING:`` imports equal the lazy export table."""
-    import hf_ext
+LAZY_PACKAGES = ["hf_ext", "hf_ext.warp", "hf_ext.heads", "hf_ext.drift", "hf_ext.lora_null", "hf_ext.selective"]
 
-    tree = ast.parse((ROOT / "hf_ext" / "__init__.py").read_text())
+
+@pytest.mark.parametrize("package", LAZY_PACKAGES)
+def test_type_checking_block_names_every_lazy_export(package):
+    """Each package's ``if TYPE_CHECKING:`` imports equal its lazy export table, and every name resolves."""
+    module = importlib.import_module(package)
+    tree = ast.parse(Path(module.__file__).read_text())
     block = next(
         node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
     )
     imported = {(node.module, alias.name) for node in block.body for alias in node.names}
-    exported = {(module, name) for module, names in hf_ext._EXPORTS.items() for name in names}
+    exported = {(submodule, name) for submodule, names in module._EXPORTS.items() for name in names}
     assert imported == exported
-    for name in hf_ext.__all__:
-        assert getattr(hf_ext, name) is not None
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+
+
+def test_the_package_face_is_narrow_and_each_name_is_its_techniques():
+    """About 25 names at the top; a name from a technique is that technique package's own export."""
+    import hf_ext
+
+    assert 20 <= len(hf_ext.__all__) <= 30
+    for submodule, names in hf_ext._EXPORTS.items():
+        technique = importlib.import_module(f"hf_ext.{submodule}")
+        if technique.__file__.endswith("__init__.py"):
+            assert set(names) <= set(technique.__all__), submodule
 
 
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])

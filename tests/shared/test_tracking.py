@@ -15,10 +15,11 @@ from recipes_util import ROOT, run_recipe
 from transformers import TrainerState
 from transformers.integrations import MLflowCallback
 
-from hf_ext.config import DataArguments, HfExtTrainingArguments, ModelArguments, parse_config, parse_dict, run_record
+from hf_ext.config import DataArguments, HfExtTrainingArguments, ModelArguments, run_record
 from hf_ext.data import prepare_data
 from hf_ext.errors import ConfigError
 from hf_ext.models import load_model, load_tokenizer
+from hf_ext.parsing import parse_config, parse_dict
 from hf_ext.tracking import HfExtMLflowCallback, end_mlflow_run, tracking_callback
 from hf_ext.trainer import HfExtTrainer
 
@@ -105,7 +106,7 @@ def test_study_trainers_get_one_run_each_ended_before_the_next(mlflow_store, tmp
         "report_to": ["mlflow"],
         "use_cpu": True,
     }
-    _, _, args = parse_dict(ARGUMENT_TYPES, values)
+    _, _, args = parse_dict(ARGUMENT_TYPES, values, recipe=__file__)
     second_args = dataclasses.replace(args, output_dir=str(tmp_path / "b"), seed=7)  # as the studies do
     assert run_record(second_args) == run_record(args) and run_record(args)["recipe"] == "test_tracking"
 
@@ -227,14 +228,17 @@ def test_mlflow_is_imported_only_inside_functions():
 def test_run_record_is_json_safe_and_names_the_caller(tmp_path):
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"output_dir": str(tmp_path), "model_name_or_path": "tiny:bert"}))
-    model_args, data_args, training_args = parse_config(ARGUMENT_TYPES, [str(config), "max_seq_length=16"])
+    model_args, data_args, training_args = parse_config(
+        ARGUMENT_TYPES, [str(config), "max_seq_length=16"], recipe=__file__
+    )
     record = run_record(training_args)
-    assert record == run_record(model_args) == run_record(data_args)
+    assert set(record["resolved"]) == {"ModelArguments", "DataArguments", "HfExtTrainingArguments"}
     assert (record["recipe"], record["recipe_file"], record["config_file"]) == ("test_tracking", __file__, str(config))
     assert json.loads(json.dumps(record)) == record
     assert record["resolved"]["DataArguments"]["max_seq_length"] == 16
     assert record["resolved"]["HfExtTrainingArguments"]["save_strategy"] == "steps"
-    assert run_record(ModelArguments()) is None
+    assert run_record(HfExtTrainingArguments(output_dir=str(tmp_path))) is None
+    assert "run_record" not in training_args.to_dict() and "run_record" not in record["resolved"]["HfExtTrainingArguments"]
 
 
 def test_only_the_files_save_model_writes_are_logged(mlflow_store, tmp_path):

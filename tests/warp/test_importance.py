@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from hf_ext.errors import TrainingDivergedError
-from hf_ext.warp.importance import ImportanceAccumulator, build_masks, top_k_masks
+from hf_ext.warp.importance import ImportanceAccumulator
+from hf_ext.warp.masking import build_masks, top_k_masks
 
 
 def _grads_of_two_steps():
@@ -139,8 +140,8 @@ def test_the_old_importance_name_names_the_new_one(tmp_path):
 
     from recipes_util import ROOT
 
-    from hf_ext.config import parse_config
     from hf_ext.errors import ConfigError
+    from hf_ext.parsing import parse_config
 
     types = runpy.run_path(str(ROOT / "recipes" / "warp.py"))["ARGUMENT_TYPES"]
     config = str(ROOT / "recipes" / "configs" / "warp_minilm.json")
@@ -156,7 +157,8 @@ def test_the_old_importance_name_names_the_new_one(tmp_path):
 
 
 def test_importance_after_training_is_the_mean_batch_gradient_in_eval_mode_and_changes_nothing():
-    from hf_ext.warp.importance import importance_after_training, mask_overlap
+    from hf_ext.warp.importance import importance_after_training
+    from hf_ext.warp.masking import mask_overlap
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 2))
