@@ -1,18 +1,12 @@
-"""Errors a user can fix, and the one-line report recipes and the CLI give for them.
+"""Errors a user can fix: the exception classes, and nothing else (this module imports nothing from hf_ext).
 
-Every :class:`HfExtError` says what was expected, what was found and how to fix it. Recipes run
-their ``main`` through :func:`exit_on_user_error`: such an error prints one line and exits with
-code 2, while any other exception (a bug) keeps its traceback. The subclasses also derive from the
-built-in exception a caller would catch for that kind of problem.
+Every :class:`HfExtError` says what was expected, what was found and how to fix it. Recipes run their ``main``
+through :func:`hf_ext.entrypoint.exit_on_user_error`, which turns such an error into one line and exit code 2,
+while any other exception (a bug) keeps its traceback. The subclasses also derive from the built-in exception a
+caller would catch for that kind of problem.
 """
 
 from __future__ import annotations
-
-import os
-import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 
 class HfExtError(Exception):
@@ -43,25 +37,3 @@ class WriteError(HfExtError, OSError):
 
 class TrainingDivergedError(HfExtError, FloatingPointError):
     """The training loss became NaN or infinite: the model diverged or a batch holds values it cannot fit."""
-
-
-def exit_on_user_error(main: Callable[[], Any], prog: str | None = None) -> int:
-    """Run ``main()``; on an :class:`HfExtError` print ``prog: error: message`` and return 2 (on ranks other
-    than 0 the line starts with ``[rank N]``).
-
-    Returns 0 when ``main`` succeeds, after :func:`hf_ext.distributed.release`. Other exceptions propagate with
-    their traceback.
-    """
-    from .distributed import release  # here: distributed imports this module
-
-    try:
-        main()
-        release()
-    except HfExtError as err:
-        # Every rank says why it stops: a launcher ends the others when one exits, so an error seen only on
-        # rank 1 would otherwise be lost. Rank 0's line has no prefix.
-        rank = os.environ.get("RANK", "0")
-        where = "" if rank == "0" else f"[rank {rank}] "
-        print(f"{where}{prog or Path(sys.argv[0]).name}: error: {err}", file=sys.stderr, flush=True)
-        return 2
-    return 0
