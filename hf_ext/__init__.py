@@ -27,10 +27,9 @@ _EXPORTS = {
         "LoraNullArguments",
         "LoraNullCallback",
         "PreservationArguments",
-        "run_lora_null",
         "run_preservation_study",
     ],
-    "selective": ["SelectiveArguments", "run_seq_cls"],
+    "selective": ["SelectiveArguments"],
     "warp": [
         "CoefficientDriftCallback",
         "ImportanceCallback",
@@ -52,11 +51,10 @@ if TYPE_CHECKING:
         LoraNullArguments,
         LoraNullCallback,
         PreservationArguments,
-        run_lora_null,
         run_preservation_study,
     )
     from .parsing import parse_config
     from .run_logger import LoggingCallback
-    from .selective import SelectiveArguments, run_seq_cls
+    from .selective import SelectiveArguments
     from .trainer import HfExtTrainer
     from .warp import CoefficientDriftCallback, ImportanceCallback, MaskedUpdateCallback, WarpArguments, run_warp_study

@@ -18,6 +18,7 @@ from transformers import TrainingArguments
 from transformers.integrations import get_reporting_integration_callbacks
 
 from .errors import ConfigError
+from .outputs import check_output_dir
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,16 @@ class HfExtTrainingArguments(TrainingArguments):
                 "num_train_epochs=0 with max_steps unset trains nothing (and would save an untrained model); "
                 "set num_train_epochs > 0 or max_steps > 0"
             )
+
+    def check_output_dir(self, finished: list[str]) -> None:
+        """Before any work: ``output_dir`` is usable, and holds no finished run (one of the ``finished`` files)
+        unless ``overwrite_output_dir`` or ``resume_from_checkpoint`` is set. Nothing is created."""
+        check_output_dir(
+            self.output_dir,
+            finished=finished,
+            overwrite=self.overwrite_output_dir,
+            resuming=bool(self.resume_from_checkpoint),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """``TrainingArguments.to_dict`` without the run record (it is not a training key)."""

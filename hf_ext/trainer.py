@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.integrations import TensorBoardCallback
+from transformers.integrations.integration_utils import default_logdir
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
@@ -19,7 +21,7 @@ from . import distributed, tracking
 from .errors import ConfigError, RunDirectoryError, TrainingDivergedError
 from .io import read_json, write_json
 from .models import check_checkpoint_weights
-from .run_logger import LoggingCallback
+from .run_logger import LoggingCallback, print_run_locations
 
 
 def checkpoint_dir(args, state) -> str:
@@ -130,6 +132,9 @@ class HfExtTrainer(Trainer):
         self._nonfinite_losses: torch.Tensor | int = 0
         tracking.install(self)
         for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                # transformers names the folder only in on_train_begin: an evaluate() first would write to ./runs
+                callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
             self._bind(callback)
 
     def _bind(self, callback: TrainerCallback) -> None:
@@ -184,13 +189,19 @@ class HfExtTrainer(Trainer):
 
     def train_and_report(self, splits: dict, resume_from_checkpoint: str | bool | None = None):
         """A recipe's ending: train, save the model to ``output_dir``, print and save the training metrics and
-        :meth:`report_splits` ``splits``; returns the ``TrainOutput``."""
+        :meth:`report_splits` ``splits``, then print where the outputs, logs and tracking run are; returns the
+        ``TrainOutput``."""
         result = self.train(resume_from_checkpoint=resume_from_checkpoint)
         self.save_model()
         self.log_metrics("train", result.metrics)
         self.save_metrics("train", result.metrics)
         self.report_splits(splits)
+        print_run_locations(self)
         return result
+
+    def end_tracking(self) -> None:
+        """End this trainer's MLflow run now (it stays open after training for metrics logged later)."""
+        tracking.end_mlflow_run(self)
 
     def report_splits(self, splits: dict) -> dict[str, dict[str, float]]:
         """Evaluate each dataset of ``{"eval": validation, "test": test}`` (``None`` skipped), print its metrics

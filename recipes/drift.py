@@ -24,7 +24,7 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, DriftArguments, HfExtTrainingAr
 
 
 def main(argv=None):
-    return run_drift_study(*parse_config(ARGUMENT_TYPES, argv))
+    return run_drift_study(*parse_config(ARGUMENT_TYPES, argv, recipe=__file__))
 
 
 if __name__ == "__main__":

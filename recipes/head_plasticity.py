@@ -10,12 +10,21 @@ Pruning curve of a saved model: hf-ext heads prune-curve CONFIG --model DIR/seed
 
 import sys
 
-from hf_ext import exit_on_user_error, parse_config, run_head_study
-from hf_ext.heads.study import HEAD_STUDY_ARGUMENT_TYPES as ARGUMENT_TYPES
+from hf_ext import (
+    DataArguments,
+    HeadStudyArguments,
+    HfExtTrainingArguments,
+    ModelArguments,
+    exit_on_user_error,
+    parse_config,
+    run_head_study,
+)
+
+ARGUMENT_TYPES = (ModelArguments, DataArguments, HeadStudyArguments, HfExtTrainingArguments)
 
 
 def main(argv=None):
-    return run_head_study(*parse_config(ARGUMENT_TYPES, argv))
+    return run_head_study(*parse_config(ARGUMENT_TYPES, argv, recipe=__file__))
 
 
 if __name__ == "__main__":

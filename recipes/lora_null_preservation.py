@@ -23,7 +23,7 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, LoraNullArguments, Preservation
 
 
 def main(argv=None):
-    return run_preservation_study(*parse_config(ARGUMENT_TYPES, argv))
+    return run_preservation_study(*parse_config(ARGUMENT_TYPES, argv, recipe=__file__))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,31 @@ See what one batch records per block: hf-ext selective inspect recipes/configs/s
 
 import sys
 
-from hf_ext import exit_on_user_error, parse_config
-from hf_ext.selective.study import SEQ_CLS_ARGUMENT_TYPES, run_seq_cls
+from hf_ext import (
+    DataArguments,
+    HfExtTrainer,
+    HfExtTrainingArguments,
+    ModelArguments,
+    SelectiveArguments,
+    exit_on_user_error,
+    parse_config,
+)
+from hf_ext.selective import prepare_seq_cls, record_selection
 
-ARGUMENT_TYPES = SEQ_CLS_ARGUMENT_TYPES
+ARGUMENT_TYPES = (ModelArguments, DataArguments, SelectiveArguments, HfExtTrainingArguments)
 
 
 def main(argv=None):
-    return run_seq_cls(*parse_config(ARGUMENT_TYPES, argv))
+    model_args, data_args, selective, training_args = parse_config(ARGUMENT_TYPES, argv, recipe=__file__)
+    training_args.check_output_dir(finished=["train_results.json"])
+    model, tokenizer, data, selection = prepare_seq_cls(model_args, data_args, selective, training_args.seed)
+    record_selection(training_args, model, selection, data.labels)
+    trainer = HfExtTrainer(model=model, args=training_args, processing_class=tokenizer, **data.trainer_kwargs())
+    if not training_args.resume_from_checkpoint:  # the control: the same classifier before any step
+        trainer.save_metrics("init", trainer.evaluate(data.validation, metric_key_prefix="init"))
+    trainer.train_and_report({"eval": data.validation, "test": data.test}, training_args.resume_from_checkpoint)
+    trainer.end_tracking()
+    return trainer
 
 
 if __name__ == "__main__":

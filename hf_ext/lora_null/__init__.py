@@ -11,7 +11,13 @@ _EXPORTS = {
     "config": ["LoraNullArguments"],
     "init": ["check_frozen_A", "initialize_lora_null_weights", "save_lora_null"],
     "preservation": ["PreservationArguments", "run_preservation_study"],
-    "study": ["run_lora_null"],
+    "study": [
+        "calibration_batches",
+        "prepare_run",
+        "report_lora_null",
+        "save_initial_adapter",
+        "verification_batches",
+    ],
     "verify": ["verify_adapter"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
@@ -21,5 +27,5 @@ if TYPE_CHECKING:
     from .config import LoraNullArguments
     from .init import check_frozen_A, initialize_lora_null_weights, save_lora_null
     from .preservation import PreservationArguments, run_preservation_study
-    from .study import run_lora_null
+    from .study import calibration_batches, prepare_run, report_lora_null, save_initial_adapter, verification_batches
     from .verify import verify_adapter

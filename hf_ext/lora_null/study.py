@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import TrainingArguments
-
 from .. import distributed
-from ..config import DataArguments, ModelArguments
+from ..config import DataArguments
 from ..data import load_model_and_data
 from ..errors import ConfigError, DataError
 from ..io import write_json
@@ -23,7 +21,7 @@ from ..texts import load_texts, text_batches
 from ..trainer import HfExtTrainer
 from .callbacks import LoraNullCallback
 from .config import LoraNullArguments
-from .init import initialize_lora_null_weights, save_lora_null
+from .init import save_lora_null
 from .verify import format_comparison, format_verification, save_verification
 
 
@@ -65,39 +63,27 @@ def prepare_run(model_args, data_args, args: LoraNullArguments, training_args, f
     return root, tokenizer, data, model
 
 
-def run_lora_null(
-    model_args: ModelArguments, data_args: DataArguments, args: LoraNullArguments, training_args: TrainingArguments
-) -> Path:
-    """Initialise, verify, train, verify, save and compare; returns ``output_dir``."""
-    from peft import get_peft_model
+def verification_batches(data, samples: int, batch_size: int = 32) -> list[dict]:
+    """The first ``samples`` validation examples as collated batches: what :class:`LoraNullCallback` verifies on."""
+    chosen = data.validation.select(range(min(samples, len(data.validation))))
+    return [
+        data.collator([chosen[i] for i in range(start, min(start + batch_size, len(chosen)))])
+        for start in range(0, len(chosen), batch_size)
+    ]
 
-    root, tokenizer, data, model = prepare_run(model_args, data_args, args, training_args, "verify_trained.json")
-    model = get_peft_model(model, args.lora_config(model_args.task_type)).to(training_args.device)
-    init = initialize_lora_null_weights(
-        model,
-        calibration_batches(args, data_args, tokenizer, data),
-        mode=args.mode,
-        freeze_A=args.freeze_A,
-        progress=distributed.is_main_process(),
-    )
-    main = distributed.is_main_process()
-    if main:
+
+def save_initial_adapter(model, init, root: Path) -> None:
+    """The adapter before any step and its null-space record, in ``root/adapter_init`` (main process only)."""
+    if distributed.is_main_process():
         model.save_pretrained(str(root / "adapter_init"))
         init.save(root / "adapter_init")
-    verify_set = data.validation.select(range(min(args.verify_samples, len(data.validation))))
-    batches = [
-        data.collator([verify_set[i] for i in range(j, min(j + 32, len(verify_set)))])
-        for j in range(0, len(verify_set), 32)
-    ]
-    callback = LoraNullCallback(
-        batches, init=init.to_dict(), frozen_A=init.freeze_A, max_activation_samples=args.max_activation_samples
-    )
-    trainer = HfExtTrainer(
-        model=model, args=training_args, processing_class=tokenizer, callbacks=[callback], **data.trainer_kwargs()
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+
+def report_lora_null(trainer: HfExtTrainer, callback: LoraNullCallback, init, root: Path) -> dict[str, float]:
+    """After training: evaluate, save the metrics, the verification at init and after training, the adapter
+    (converted back to rank r for ``null_projection``) and print the comparison; returns the task metrics."""
     metrics = trainer.evaluate()
-    if main:
+    if distributed.is_main_process():
         write_json(root / "metrics.json", metrics)
         model = trainer.accelerator.unwrap_model(trainer.model)
         initial, trained = callback.history[0]["result"], callback.history[-1]["result"]
@@ -113,4 +99,4 @@ def run_lora_null(
         print(f"\ntask metrics after training: {metrics}", flush=True)
     distributed.barrier()
     print_run_locations(trainer, adapter=str(root / "adapter"))
-    return root
+    return metrics

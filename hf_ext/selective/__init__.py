@@ -12,7 +12,7 @@ _EXPORTS = {
     "inspect": ["inspect_graph"],
     "prefix": ["NoGradPrefix", "attach_no_grad_prefix"],
     "selection": ["resolve_train_layers", "select_trainable"],
-    "study": ["run_seq_cls"],
+    "study": ["prepare_seq_cls", "record_selection"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
@@ -21,4 +21,4 @@ if TYPE_CHECKING:
     from .inspect import inspect_graph
     from .prefix import NoGradPrefix, attach_no_grad_prefix
     from .selection import resolve_train_layers, select_trainable
-    from .study import run_seq_cls
+    from .study import prepare_seq_cls, record_selection

@@ -21,10 +21,7 @@ from ..config import DataArguments, HfExtTrainingArguments, ModelArguments
 from ..data import PreparedData, load_model_and_data
 from ..errors import ConfigError, RunDirectoryError
 from ..io import read_json, write_json
-from ..outputs import changed_settings, check_output_dir
-from ..run_logger import print_run_locations
-from ..tracking import end_mlflow_run
-from ..trainer import HfExtTrainer
+from ..outputs import changed_settings
 from .config import SelectiveArguments
 from .inspect import GraphReport, format_report, inspect_graph
 from .selection import Selection, select_trainable
@@ -94,21 +91,12 @@ def _prepare_run_directory(output_dir: Path, record: dict, resuming: bool) -> No
     write_json(path, record)
 
 
-def run_seq_cls(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    selective: SelectiveArguments,
-    training_args: HfExtTrainingArguments,
-) -> HfExtTrainer:
-    """Train a sequence classifier on the selected blocks, save it, score validation and test."""
-    check_output_dir(
-        training_args.output_dir,
-        finished=["train_results.json"],
-        overwrite=training_args.overwrite_output_dir,
-        resuming=bool(training_args.resume_from_checkpoint),
-    )
-    model, tokenizer, data, selection = prepare_seq_cls(model_args, data_args, selective, training_args.seed)
-    record = selection_record(model, selection, data.labels)
+def record_selection(
+    training_args: HfExtTrainingArguments, model: torch.nn.Module, selection: Selection, labels: list[str] | None
+) -> dict:
+    """Write ``selection.json`` (a resume must use the checkpoint's selection; an earlier run's model or adapter
+    in ``output_dir`` is removed) and say what trains; returns the record."""
+    record = selection_record(model, selection, labels)
     _prepare_run_directory(Path(training_args.output_dir), record, bool(training_args.resume_from_checkpoint))
     logger.warning(
         "training %s of %s parameters: blocks %s of %d (%s), head %s; blocks below %d run without autograd",
@@ -120,13 +108,7 @@ def run_seq_cls(
         selection.head or "frozen",
         selection.prefix_blocks,
     )
-    trainer = HfExtTrainer(model=model, args=training_args, processing_class=tokenizer, **data.trainer_kwargs())
-    if not training_args.resume_from_checkpoint:  # the control: the same classifier before any step
-        trainer.save_metrics("init", trainer.evaluate(data.validation, metric_key_prefix="init"))
-    trainer.train_and_report({"eval": data.validation, "test": data.test}, training_args.resume_from_checkpoint)
-    print_run_locations(trainer)
-    end_mlflow_run(trainer)
-    return trainer
+    return record
 
 
 def inspect_config(

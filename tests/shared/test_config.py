@@ -135,3 +135,18 @@ def test_run_record_is_a_field_that_replace_carries_and_hf_argument_parser_accep
     # the plain transformers parser still takes our dataclasses (one run_record option, not a clash)
     model_args, _, plain = HfArgumentParser(types).parse_dict({"output_dir": "o"})
     assert plain.run_record is None and model_args.model_name_or_path == "embedded:minilm"
+
+
+def test_a_deepspeed_launch_without_the_package_is_one_config_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from hf_ext.config import HfExtTrainingArguments
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="deepspeed package is not installed: pip install deepspeed"):
+        parse_config((ModelArguments, DataArguments, HfExtTrainingArguments), [_write(tmp_path, {"output_dir": "o"})])
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    with pytest.raises(ConfigError, match="deepspeed='ds.json' asks for DeepSpeed"):
+        HfExtTrainingArguments(output_dir="o", deepspeed="ds.json")

@@ -231,3 +231,17 @@ def test_every_imported_package_is_declared_in_setup_cfg():
         if not {d.lower().replace("_", "-") for d in distributions.get(module, [module])} & declared
     ]
     assert undeclared == []
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipes_are_one_screen_on_the_public_api(recipe):
+    """A recipe imports the package face or a technique package, never a shared internal module, and fits a screen."""
+    path = ROOT / "recipes" / f"{recipe}.py"
+    allowed = {"hf_ext", "hf_ext.warp", "hf_ext.heads", "hf_ext.drift", "hf_ext.lora_null", "hf_ext.selective"}
+    modules = {
+        node.module
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hf_ext")
+    }
+    assert modules <= allowed, modules - allowed
+    assert len(path.read_text().splitlines()) <= 65

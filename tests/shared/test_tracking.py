@@ -238,7 +238,10 @@ def test_run_record_is_json_safe_and_names_the_caller(tmp_path):
     assert record["resolved"]["DataArguments"]["max_seq_length"] == 16
     assert record["resolved"]["HfExtTrainingArguments"]["save_strategy"] == "steps"
     assert run_record(HfExtTrainingArguments(output_dir=str(tmp_path))) is None
-    assert "run_record" not in training_args.to_dict() and "run_record" not in record["resolved"]["HfExtTrainingArguments"]
+    assert (
+        "run_record" not in training_args.to_dict()
+        and "run_record" not in record["resolved"]["HfExtTrainingArguments"]
+    )
 
 
 def test_only_the_files_save_model_writes_are_logged(mlflow_store, tmp_path):

@@ -143,3 +143,23 @@ def test_train_and_report_with_resume_true_and_no_checkpoint_leaves_no_output_di
     with pytest.raises(RunDirectoryError, match=NO_CHECKPOINT):
         trainer.train_and_report({"eval": parts[1].validation}, resume_from_checkpoint=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_evaluation_before_training_logs_into_output_dir(tmp_path, monkeypatch):
+    """transformers' TensorBoardCallback names its folder at train start; an evaluate() before it (the seq_cls
+    recipe's init control) must not open a writer in ./runs of the working directory."""
+    from hf_ext import DataArguments, HfExtTrainer, HfExtTrainingArguments, ModelArguments, load_model_and_data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    model_args = ModelArguments(model_name_or_path="tiny:bert")
+    data_args = DataArguments(dataset_name="builtin:topic", max_train_samples=16, max_eval_samples=8)
+    args = HfExtTrainingArguments(
+        output_dir="out", max_steps=1, report_to=["tensorboard"], save_strategy="no", disable_tqdm=True
+    )
+    tokenizer, data, model = load_model_and_data(model_args, data_args)
+    trainer = HfExtTrainer(model=model, args=args, processing_class=tokenizer, **data.trainer_kwargs())
+    trainer.evaluate()
+    trainer.train()
+    assert not (tmp_path / "runs").exists()
+    assert len(list((tmp_path / "out").rglob("events.out.tfevents.*"))) == 1
