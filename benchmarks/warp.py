@@ -50,8 +50,8 @@ from hf_ext.config import ModelArguments
 from hf_ext.models import load_model, load_tokenizer
 from hf_ext.targets import select_linear
 from hf_ext.tasks import load_builtin_task
-from hf_ext.warp.importance import ImportanceAccumulator, build_masks
-from hf_ext.warp.masking import MaskedUpdate
+from hf_ext.warp.importance import ImportanceAccumulator
+from hf_ext.warp.masking import MaskedUpdate, build_masks
 from hf_ext.warp.reparam import coefficient_parameters, reparameterize
 
 

@@ -29,9 +29,8 @@ from machine import CpuShare, processor  # benchmarks/machine.py (the script dir
 from hf_ext.config import ModelArguments
 from hf_ext.models import load_model, load_tokenizer
 from hf_ext.targets import select_linear
-from hf_ext.warp.importance import build_masks
 from hf_ext.warp.leaf import LeafReparameterization
-from hf_ext.warp.masking import MaskedUpdate
+from hf_ext.warp.masking import MaskedUpdate, build_masks
 from hf_ext.warp.reparam import coefficient_parameters, reparameterize
 
 

@@ -14,17 +14,17 @@ from hf_ext import (
     HfExtTrainingArguments,
     ModelArguments,
     WarpArguments,
-    WarpRun,
     exit_on_user_error,
     parse_config,
     run_warp_study,
 )
+from hf_ext.warp import WarpRun
 
 ARGUMENT_TYPES = (ModelArguments, DataArguments, WarpArguments, HfExtTrainingArguments)
 
 
 def main(argv=None):
-    model_args, data_args, warp_args, training_args = parse_config(ARGUMENT_TYPES, argv)
+    model_args, data_args, warp_args, training_args = parse_config(ARGUMENT_TYPES, argv, recipe=__file__)
     return run_warp_study(WarpRun.build(model_args, data_args, warp_args, training_args))
 
 

@@ -1,4 +1,4 @@
-"""Gradient importance: a running accumulator over optimizer steps and exact top-k mask builders.
+"""Gradient importance: a running accumulator over optimizer steps (the masks built from it: :mod:`.masking`).
 
 Importance of a coefficient is a mean of ``|dL/dC|`` (``kind="abs"``) or ``(dL/dC)^2``
 (``kind="squared"``, the square of a gradient, not a Fisher estimate) over
@@ -23,20 +23,13 @@ let the examples of a micro-batch cancel before squaring. :func:`make_accumulato
 With ``granularity="input"`` each gradient is summed over the output dimension first, giving one
 score per input direction (column); as the mean is linear this equals summing the element-wise
 importance afterwards, but needs only ``d_in`` floats (``r``, the basis rank, for coefficients).
-
-Masks mark the most important ``keep_ratio`` share as ``True`` (frozen). The k-th largest score is
-found by bisection on the bit patterns of the float32 scores, so masks are exact for any tensor
-size (``torch.quantile`` refuses more than ~16M elements) and need no concatenated copy for a
-global threshold.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -44,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import TrainingDivergedError
+from .masking import _check_choice
 from .reparam import coefficients, is_reparameterized
 
 KINDS = ("abs", "squared")
@@ -51,12 +45,6 @@ EMPIRICAL_FISHER = "empirical_fisher"
 ALL_KINDS = (*KINDS, EMPIRICAL_FISHER)  # every kind :func:`make_accumulator` builds
 STATISTICS = ("micro_batch", "step")
 GRANULARITIES = ("element", "input")
-THRESHOLDS = ("per_layer", "global")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 class ImportanceAccumulator:
@@ -478,118 +466,6 @@ def importance_after_training(
         accumulator.remove_hooks()
         model.train(was_training)
     return accumulator
-
-
-def mask_overlap(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
-    """Per layer: the share of ``first``'s frozen entries that ``second`` freezes too, and that share's chance
-    level (``second``'s frozen share: two random masks of these sizes)."""
-    out = {}
-    for name, mask in first.items():
-        other = second[name]
-        frozen = int(mask.sum())
-        out[name] = {
-            "shared": float((mask & other).sum()) / frozen if frozen else float("nan"),
-            "chance": float(other.float().mean()),
-        }
-    return out
-
-
-@dataclass
-class MaskInfo:
-    """What :func:`build_masks` realised: frozen share per layer and the thresholds used."""
-
-    keep_ratio: float
-    threshold: str
-    frozen: dict[str, int]
-    total: dict[str, int]
-    thresholds: dict[str, float]
-
-    @property
-    def realised(self) -> dict[str, float]:
-        return {name: self.frozen[name] / self.total[name] for name in self.total}
-
-    def to_json(self) -> dict:
-        return {
-            "keep_ratio": self.keep_ratio,
-            "threshold": self.threshold,
-            "frozen": self.frozen,
-            "total": self.total,
-            "realised_ratio": self.realised,
-            "thresholds": self.thresholds,
-        }
-
-
-def _sortable_bits(scores: torch.Tensor) -> torch.Tensor:
-    """int32 keys that order like the float32 scores (scores must be >= 0 and not NaN)."""
-    return scores.detach().float().contiguous().view(torch.int32)
-
-
-def top_k_masks(scores: Mapping[str, torch.Tensor], k: int) -> tuple[dict[str, torch.Tensor], float]:
-    """Masks selecting exactly the ``k`` largest scores over all tensors together.
-
-    Ties at the threshold are broken by order (tensor order, then flat index), so exactly ``k``
-    entries are ``True``. Returns the masks and the threshold (the k-th largest score).
-    """
-    keys = {name: _sortable_bits(s) for name, s in scores.items()}
-    n = sum(key.numel() for key in keys.values())
-    if not 0 <= k <= n:
-        raise ValueError(f"k must be in 0..{n}, got {k}")
-    if k == 0:
-        return {name: torch.zeros_like(key, dtype=torch.bool) for name, key in keys.items()}, math.inf
-
-    def at_least(t: int) -> int:
-        return sum(int((key >= t).sum()) for key in keys.values())
-
-    lo, hi = 0, 0x7F800000  # bits of 0.0 and +inf; count(>= lo) = n >= k
-    while lo < hi:  # largest t with count(>= t) >= k
-        mid = (lo + hi + 1) // 2
-        if at_least(mid) >= k:
-            lo = mid
-        else:
-            hi = mid - 1
-    masks, ties_left = {}, k - sum(int((key > lo).sum()) for key in keys.values())
-    for name, key in keys.items():
-        tie = key == lo
-        take = tie.flatten().cumsum(0) <= ties_left
-        mask = (key > lo) | (tie & take.view_as(tie))
-        ties_left -= int((tie & take.view_as(tie)).sum())
-        masks[name] = mask
-    threshold = torch.tensor(lo, dtype=torch.int32).view(torch.float32).item()
-    return masks, threshold
-
-
-def build_masks(
-    scores: Mapping[str, torch.Tensor], keep_ratio: float, threshold: str = "per_layer"
-) -> tuple[dict[str, torch.Tensor], MaskInfo]:
-    """Freeze the most important ``keep_ratio`` share of entries: ``True`` = frozen.
-
-    ``threshold="per_layer"`` freezes ``round(keep_ratio * n)`` entries of every tensor;
-    ``"global"`` freezes ``round(keep_ratio * N)`` over all tensors together, so layers with larger
-    scores get more frozen entries.
-    """
-    if not 0 < keep_ratio < 1:
-        raise ValueError(f"keep_ratio must be in (0, 1) (the share of coefficients to freeze), got {keep_ratio}")
-    _check_choice("threshold", threshold, THRESHOLDS)
-    for name, s in scores.items():
-        if not torch.isfinite(s).all() or (s < 0).any():
-            raise ValueError(f"importance of {name!r} has negative or non-finite entries")
-    if threshold == "per_layer":
-        masks, thresholds = {}, {}
-        for name, s in scores.items():
-            layer_mask, thresholds[name] = top_k_masks({name: s}, round(keep_ratio * s.numel()))
-            masks[name] = layer_mask[name]
-    else:
-        total = sum(s.numel() for s in scores.values())
-        masks, value = top_k_masks(scores, round(keep_ratio * total))
-        thresholds = {"global": value}
-    info = MaskInfo(
-        keep_ratio,
-        threshold,
-        {n: int(m.sum()) for n, m in masks.items()},
-        {n: m.numel() for n, m in masks.items()},
-        thresholds,
-    )
-    return masks, info
 
 
 def importance_vs_eigenvalues(

@@ -1,4 +1,12 @@
-"""Exact mask-restricted updates: masked entries of a parameter never change, bit for bit.
+"""Masks: choosing them from importance scores and applying them exactly.
+
+:func:`build_masks` marks the most important ``keep_ratio`` share as ``True`` (frozen), per layer or over
+all layers together (:func:`top_k_masks`). The k-th largest score is found by bisection on the bit
+patterns of the float32 scores, so masks are exact for any tensor size (``torch.quantile`` refuses more
+than ~16M elements) and need no concatenated copy for a global threshold. :func:`mask_overlap` compares
+two sets of masks.
+
+Exact mask-restricted updates (:class:`MaskedUpdate`): masked entries of a parameter never change, bit for bit.
 
 Zeroing a gradient is not a freeze: AdamW's weight decay and momentum still move an entry whose
 gradient is zero. :class:`MaskedUpdate` keeps a copy of the frozen values only, zeroes their
@@ -9,9 +17,130 @@ column (shape ``(in_features,)`` for a 2-D parameter), stored as bools with ``Tr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
+
+THRESHOLDS = ("per_layer", "global")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass
+class MaskInfo:
+    """What :func:`build_masks` realised: frozen share per layer and the thresholds used."""
+
+    keep_ratio: float
+    threshold: str
+    frozen: dict[str, int]
+    total: dict[str, int]
+    thresholds: dict[str, float]
+
+    @property
+    def realised(self) -> dict[str, float]:
+        return {name: self.frozen[name] / self.total[name] for name in self.total}
+
+    def to_json(self) -> dict:
+        return {
+            "keep_ratio": self.keep_ratio,
+            "threshold": self.threshold,
+            "frozen": self.frozen,
+            "total": self.total,
+            "realised_ratio": self.realised,
+            "thresholds": self.thresholds,
+        }
+
+
+def _sortable_bits(scores: torch.Tensor) -> torch.Tensor:
+    """int32 keys that order like the float32 scores (scores must be >= 0 and not NaN)."""
+    return scores.detach().float().contiguous().view(torch.int32)
+
+
+def top_k_masks(scores: Mapping[str, torch.Tensor], k: int) -> tuple[dict[str, torch.Tensor], float]:
+    """Masks selecting exactly the ``k`` largest scores over all tensors together.
+
+    Ties at the threshold are broken by order (tensor order, then flat index), so exactly ``k``
+    entries are ``True``. Returns the masks and the threshold (the k-th largest score).
+    """
+    keys = {name: _sortable_bits(s) for name, s in scores.items()}
+    n = sum(key.numel() for key in keys.values())
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in 0..{n}, got {k}")
+    if k == 0:
+        return {name: torch.zeros_like(key, dtype=torch.bool) for name, key in keys.items()}, math.inf
+
+    def at_least(t: int) -> int:
+        return sum(int((key >= t).sum()) for key in keys.values())
+
+    lo, hi = 0, 0x7F800000  # bits of 0.0 and +inf; count(>= lo) = n >= k
+    while lo < hi:  # largest t with count(>= t) >= k
+        mid = (lo + hi + 1) // 2
+        if at_least(mid) >= k:
+            lo = mid
+        else:
+            hi = mid - 1
+    masks, ties_left = {}, k - sum(int((key > lo).sum()) for key in keys.values())
+    for name, key in keys.items():
+        tie = key == lo
+        take = tie.flatten().cumsum(0) <= ties_left
+        mask = (key > lo) | (tie & take.view_as(tie))
+        ties_left -= int((tie & take.view_as(tie)).sum())
+        masks[name] = mask
+    threshold = torch.tensor(lo, dtype=torch.int32).view(torch.float32).item()
+    return masks, threshold
+
+
+def build_masks(
+    scores: Mapping[str, torch.Tensor], keep_ratio: float, threshold: str = "per_layer"
+) -> tuple[dict[str, torch.Tensor], MaskInfo]:
+    """Freeze the most important ``keep_ratio`` share of entries: ``True`` = frozen.
+
+    ``threshold="per_layer"`` freezes ``round(keep_ratio * n)`` entries of every tensor;
+    ``"global"`` freezes ``round(keep_ratio * N)`` over all tensors together, so layers with larger
+    scores get more frozen entries.
+    """
+    if not 0 < keep_ratio < 1:
+        raise ValueError(f"keep_ratio must be in (0, 1) (the share of coefficients to freeze), got {keep_ratio}")
+    _check_choice("threshold", threshold, THRESHOLDS)
+    for name, s in scores.items():
+        if not torch.isfinite(s).all() or (s < 0).any():
+            raise ValueError(f"importance of {name!r} has negative or non-finite entries")
+    if threshold == "per_layer":
+        masks, thresholds = {}, {}
+        for name, s in scores.items():
+            layer_mask, thresholds[name] = top_k_masks({name: s}, round(keep_ratio * s.numel()))
+            masks[name] = layer_mask[name]
+    else:
+        total = sum(s.numel() for s in scores.values())
+        masks, value = top_k_masks(scores, round(keep_ratio * total))
+        thresholds = {"global": value}
+    info = MaskInfo(
+        keep_ratio,
+        threshold,
+        {n: int(m.sum()) for n, m in masks.items()},
+        {n: m.numel() for n, m in masks.items()},
+        thresholds,
+    )
+    return masks, info
+
+
+def mask_overlap(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Per layer: the share of ``first``'s frozen entries that ``second`` freezes too, and that share's chance
+    level (``second``'s frozen share: two random masks of these sizes)."""
+    out = {}
+    for name, mask in first.items():
+        other = second[name]
+        frozen = int(mask.sum())
+        out[name] = {
+            "shared": float((mask & other).sum()) / frozen if frozen else float("nan"),
+            "chance": float(other.float().mean()),
+        }
+    return out
 
 
 class _FrozenEntries:

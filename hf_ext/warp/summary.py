@@ -1,6 +1,6 @@
 """Every arm of a WaRP study over seeds: means, 95% intervals, the table and the safety-vs-utility figure.
 
-``rows_by_seed`` is ``{seed: eval rows}``, each as :func:`hf_ext.warp.study.evaluate_run` writes them
+``rows_by_seed`` is ``{seed: eval rows}``, each as :func:`hf_ext.warp.evaluation.evaluate_run` writes them
 (``{arm: {"label", "safety_accuracy", "utility_accuracy", "safety_retention"}}``).
 """
 

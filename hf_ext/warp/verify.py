@@ -26,7 +26,7 @@ from ..models import classifier_head
 from . import lineage
 from .layout import WarpLayout
 from .reparam import coefficient_parameters, reparameterize
-from .study import WarpRun, load_basis, load_masks
+from .run import WarpRun, load_basis, load_masks
 
 ORTHONORMALITY_TOL = 1e-4
 RECONSTRUCTION_TOL = 1e-4  # relative to max |W|

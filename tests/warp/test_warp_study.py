@@ -8,7 +8,8 @@ from transformers import TrainingArguments
 from hf_ext.config import DataArguments, ModelArguments
 from hf_ext.warp.config import WarpArguments
 from hf_ext.warp.layout import WarpLayout
-from hf_ext.warp.study import WarpRun, _trainer, restrict_classes
+from hf_ext.warp.phases import _trainer, restrict_classes
+from hf_ext.warp.run import WarpRun
 
 
 def _run(tmp_path) -> WarpRun:
