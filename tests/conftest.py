@@ -27,7 +27,9 @@ def bert_run(tmp_path_factory):
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
     """A sqlite store under tmp_path, the working directory there (artifacts land in ./mlruns); open runs
-    are ended afterwards, while the store is still the one they belong to."""
+    are ended afterwards, while the store is still the one they belong to. Skips the test without the optional
+    mlflow extra (pip install 'hf_ext[mlflow]')."""
+    pytest.importorskip("mlflow")
     monkeypatch.chdir(tmp_path)
     for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_NESTED_RUN", "DISABLE_MLFLOW_INTEGRATION"):
         monkeypatch.delenv(name, raising=False)

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from recipes_util import run_recipe
 from tb_events import read_events
@@ -43,6 +44,7 @@ SETTINGS = [
 
 
 def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # the run's figures, heads plot and the prune curve's figure (the plots extra)
     runs = run_recipe(
         "head_plasticity",
         "head_plasticity_minilm_topic.json",

@@ -1,36 +1,30 @@
 """The bad-input catalogue: inputs a researcher gets wrong, each a clear error (or a documented warning),
-never a silent wrong result, and nothing half-written or overwritten."""
+never a silent wrong result, and nothing half-written or overwritten.
 
-import contextlib
+The technique-specific entries are in tests/<technique>/test_*_bad_inputs.py; their shared helpers in
+tests/bad_inputs_util.py."""
+
 import errno
-import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bad_inputs_util import TAMPERING, TAMPERING_IDS, unchanged
 from recipes_util import ROOT, run_recipe
-from warp_runs import copy_run, rotate_basis, run_phase
 
 from hf_ext.cli import main as cli
-from hf_ext.config import DataArguments, HfExtTrainingArguments, ModelArguments, format_help, parse_config
+from hf_ext.config import DataArguments, HfExtTrainingArguments, ModelArguments
 from hf_ext.data import prepare_data
-from hf_ext.errors import (
-    ConfigError,
-    DataError,
-    FileFormatError,
-    RunDirectoryError,
-    TrainingDivergedError,
-    WriteError,
-    exit_on_user_error,
-)
-from hf_ext.io import file_sha256, load_tensors, save_tensors, sidecar_path, write_json
+from hf_ext.entrypoint import exit_on_user_error
+from hf_ext.errors import ConfigError, DataError, FileFormatError, RunDirectoryError, TrainingDivergedError, WriteError
+from hf_ext.io import load_tensors, save_tensors, sidecar_path, write_json
 from hf_ext.models import load_tokenizer
+from hf_ext.parsing import format_help, parse_config
 from hf_ext.warp.config import WarpArguments
 
 TYPES = (ModelArguments, DataArguments, WarpArguments, HfExtTrainingArguments)
@@ -44,30 +38,6 @@ def _config(tmp_path, **values) -> str:
 
 def _parse(tmp_path, *overrides, **values):
     return parse_config(TYPES, [_config(tmp_path, **values), *overrides])
-
-
-def _hashes(root: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``root`` by relative path; ``"directory"`` for each folder (an empty one too)."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "directory"
-        for p in root.rglob("*")
-    }
-
-
-@contextlib.contextmanager
-def unchanged(directory: Path):
-    """The block leaves everything under ``directory`` as it was: no file or folder added (no temporaries either),
-    removed or changed (SHA-256). Checked also when the block raises."""
-    before = _hashes(directory)
-    try:
-        yield
-    finally:
-        after = _hashes(directory)
-        changed = sorted(name for name in before.keys() & after.keys() if before[name] != after[name])
-        assert after == before, (
-            f"under {directory}: added {sorted(after.keys() - before.keys())}, "
-            f"removed {sorted(before.keys() - after.keys())}, changed {changed}"
-        )
 
 
 # ---- config values, checked before any model or data is loaded ----
@@ -420,121 +390,6 @@ def test_warmup_covering_every_step_is_refused(tmp_path):
         _finetune(tmp_path, tmp_path / "out", "warmup_steps=10")
 
 
-# ---- WaRP run directories: files that do not belong together ----
-
-
-def test_masks_of_wrong_shape_are_refused_before_phase3_writes(bert_run, tmp_path):
-    out, _ = bert_run
-    run = tmp_path / "run"
-    copy_run(out, run)
-    masks, _ = load_tensors(run / "phase2" / "masks.safetensors")
-    masks["bert.encoder.layer.4.output.dense"] = torch.ones(5, dtype=torch.bool)
-    save_tensors(run / "phase2" / "masks.safetensors", masks)
-    with (
-        unchanged(run),
-        pytest.raises(RunDirectoryError, match=r"phase2/masks.safetensors: recorded \w+, found \w+"),
-    ):
-        run_phase(run, 3)  # the file is not the one phase 2 wrote
-    metadata = json.loads((run / "phase2" / "metadata.json").read_text())
-    metadata["lineage"]["masks"] = file_sha256(run / "phase2" / "masks.safetensors")
-    (run / "phase2" / "metadata.json").write_text(json.dumps(metadata))  # as if phase 2 had written them
-    with (
-        unchanged(run),
-        pytest.raises(ValueError, match=r"mask for 'bert.encoder.layer.4.output.dense' has shape \(5,\)"),
-    ):
-        run_phase(run, 3)
-
-
-def test_targets_changed_after_phase1_is_refused_before_phase2_writes(bert_run, tmp_path):
-    out, _ = bert_run
-    run = tmp_path / "run"
-    (run / "phase1").mkdir(parents=True)
-    for name in ("basis.safetensors", "basis.json"):
-        (run / "phase1" / name).write_bytes((out / "phase1" / name).read_bytes())
-    with unchanged(run), pytest.raises(RunDirectoryError, match="rerun phase 1"):
-        run_phase(run, 2, 'targets=["layer.[4-5].intermediate.dense"]')
-
-
-def test_basis_for_a_module_that_does_not_exist_is_refused(bert_run, tmp_path):
-    out, _ = bert_run
-    run = tmp_path / "run"
-    tensors, _ = load_tensors(out / "phase1" / "basis.safetensors")
-    renamed = {key.replace("layer.4.", "layer.7."): t for key, t in tensors.items()}
-    save_tensors(run / "phase1" / "basis.safetensors", renamed)
-    with (
-        unchanged(run),
-        pytest.raises(
-            RunDirectoryError,
-            match=r"the basis holds \['bert.encoder.layer.7.output.dense'\], which are no longer targets; it has no",
-        ),
-    ):
-        run_phase(run, 2)
-
-
-@pytest.mark.parametrize("keep_ratio", ["0", "1", "1.5"])
-def test_keep_ratio_outside_open_interval_is_a_config_error(tmp_path, keep_ratio):
-    with pytest.raises(ConfigError, match=rf"keep_ratio={keep_ratio} is invalid; expected a number > 0 and < 1"):
-        run_phase(tmp_path, 2, f"keep_ratio={keep_ratio}")
-    assert not any(tmp_path.iterdir())
-
-
-def test_phase3_before_phase2_says_what_to_run(tmp_path):
-    with pytest.raises(RunDirectoryError, match="run phases 1 and 2 first"):
-        run_phase(tmp_path, 3)
-
-
-def test_basis_replaced_after_phase2_is_refused_by_phase3_and_leaves_the_record(bert_run, tmp_path):
-    out, _ = bert_run
-    run = tmp_path / "run"
-    copy_run(out, run)
-    rotate_basis(run)
-    with unchanged(run), pytest.raises(RunDirectoryError, match=r"phase1/basis.safetensors: recorded \w+, found \w+"):
-        run_phase(run, 3)
-
-
-def test_failed_phase_does_not_rewrite_the_run_record(bert_run, tmp_path):
-    out, _ = bert_run
-    run = tmp_path / "run"
-    copy_run(out, run)
-    with unchanged(run), pytest.raises(ConfigError, match="phase2 ran with other arguments: targets="):
-        run_phase(run, 3, 'targets=["layer.[4-5].intermediate.dense"]')
-
-
-def test_verify_fails_on_a_replaced_basis_and_on_missing_phases(bert_run, tmp_path, capsys):
-    out, _ = bert_run
-    run = tmp_path / "run"
-    copy_run(out, run, ("config.json", "phase1", "phase2", "phase3"))
-    rotate_basis(run)
-    with unchanged(run):
-        assert cli(["warp", "verify", "--run", str(run)]) == 1
-    printed = capsys.readouterr().out
-    assert "FAIL  phase3 input is phase 2's file" in printed and "phase1/basis.safetensors: recorded" in printed
-    only_phase1 = tmp_path / "only_phase1"
-    copy_run(out, only_phase1, ("config.json", "phase1"))
-    assert cli(["warp", "verify", "--run", str(only_phase1)]) == 1
-    printed = capsys.readouterr().out
-    assert "FAIL  phase 2 files present" in printed and "missing: phase2/model" in printed
-    assert "FAIL  phase 3 files present" in printed
-
-
-def test_verify_fails_when_a_frozen_coefficient_moved(bert_run, tmp_path, capsys):
-    out, _ = bert_run
-    coefficients, _ = load_tensors(out / "phase3" / "coefficients.safetensors")
-    masks, _ = load_tensors(out / "phase2" / "masks.safetensors")
-    name = "bert.encoder.layer.4.output.dense"
-    column = int(masks[name].nonzero()[0])
-    original = coefficients[name].clone()
-    coefficients[name][0, column] += 1e-3
-    try:
-        save_tensors(out / "phase3" / "coefficients.safetensors", coefficients)
-        with unchanged(out):
-            assert cli(["warp", "verify", "--run", str(out)]) == 1
-        assert "FAIL  phase3: frozen coefficients bit-identical" in capsys.readouterr().out
-    finally:
-        coefficients[name] = original
-        save_tensors(out / "phase3" / "coefficients.safetensors", coefficients)
-
-
 # ---- names that resolve to nothing, and follow-ups of the first new-user trial ----
 
 
@@ -605,56 +460,6 @@ def test_resuming_a_run_with_nothing_left_to_train_keeps_its_results(tmp_path):
         _finetune(tmp_path, out, "max_steps=2", "save_strategy=steps", "save_steps=1", "resume_from_checkpoint=true")
 
 
-def _head_run(tmp_path) -> Path:
-    from hf_ext.heads.analysis import write_jsonl
-
-    values = [[1.0, 2.0], [3.0, 4.0]]
-    for name, fields in {
-        "I_pre": ("loss_increase",),
-        "I_post": ("loss_increase",),
-        "G_pre": ("gradient", "fisher"),
-        "U": ("U", "Urel"),
-    }.items():
-        write_jsonl(tmp_path / f"{name}.jsonl", {f: values for f in fields})
-    return tmp_path
-
-
-@pytest.mark.parametrize(
-    "options, message",
-    [
-        (["--important", "150"], "important percentile 150 is outside 0..100"),
-        (["--static", "-5"], "static percentile -5 is outside 0..100"),
-        (["--important", "10"], "important percentile 10 is below unimportant percentile 30"),
-        (["--top-k", "1000"], "top_k=1000 but there are 4 heads; choose top_k between 1 and 4"),
-    ],
-)
-def test_heads_aggregate_options_out_of_range(tmp_path, capsys, options, message):
-    run = _head_run(tmp_path)
-    with unchanged(run):
-        assert cli(["heads", "aggregate", "--run", str(run), "--top-k", "2", *options]) == 2
-    assert message in capsys.readouterr().err
-
-
-def test_heads_aggregate_uses_the_runs_own_top_k_by_default(tmp_path, capsys):
-    run = _head_run(tmp_path)
-    assert cli(["heads", "aggregate", "--run", str(run), "--top-k", "3"]) == 0
-    assert cli(["heads", "aggregate", "--run", str(run)]) == 0  # 4 heads: the default 20 would be refused
-    assert json.loads((run / "stats.json").read_text())["top_k"] == 3
-
-
-def test_heads_analysis_names_a_truncated_line_and_a_wrong_directory(tmp_path, capsys):
-    (tmp_path / "run").mkdir()
-    run = _head_run(tmp_path / "run")
-    with open(run / "I_pre.jsonl", "a") as f:
-        f.write('{"layer": 0, "head": 0, "value": ')
-    with unchanged(run):
-        assert cli(["heads", "aggregate", "--run", str(run)]) == 2
-    assert "I_pre.jsonl:5: not valid JSON" in capsys.readouterr().err
-    (tmp_path / "empty").mkdir()
-    assert cli(["heads", "plot", "--run", str(tmp_path / "empty")]) == 2
-    assert "holds neither seed-* directories nor I_pre.jsonl" in capsys.readouterr().err
-
-
 def test_data_export_into_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     with unchanged(tmp_path):
@@ -670,28 +475,6 @@ def test_eval_subset_larger_than_the_data_says_so(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         indices = eval_subset(Dataset.from_dict({"x": list(range(5))}), 100, 0, tmp_path / "subset.json")
     assert len(indices) == 5 and "eval_subset_size=100 is more than the 5 validation examples" in caplog.text
-
-
-def test_rerunning_phase1_with_overwrite_removes_the_phases_computed_from_it(bert_run, tmp_path, capsys):
-    out, _ = bert_run
-    run = tmp_path / "run"
-    copy_run(out, run)
-    with pytest.raises(RunDirectoryError, match="already holds a finished run"):
-        run_phase(run, 1)
-    assert (run / "phase2" / "metadata.json").exists()
-    run_phase(run, 1, "overwrite_output_dir=true")
-    assert "rerunning phase1: removing results computed from it: phase2" in capsys.readouterr().out
-    assert not (run / "phase2").exists() and (run / "phase1" / "basis.safetensors").exists()
-
-
-def test_verify_fails_when_the_basis_is_not_phase2s_even_without_phase3(bert_run, tmp_path, capsys):
-    out, _ = bert_run
-    run = tmp_path / "run"
-    copy_run(out, run)
-    rotate_basis(run)
-    with unchanged(run):
-        assert cli(["warp", "verify", "--run", str(run)]) == 1
-    assert "FAIL  phase 2 trained in this basis" in capsys.readouterr().out
 
 
 # ---- follow-ups of the second new-user trial ----
@@ -739,20 +522,6 @@ def test_layers_that_do_not_exist():
         select_linear(tiny_model("bert", "seq_cls")[0], "output.dense", layers="1-3")
 
 
-def test_heads_aggregate_top_k_zero_is_refused(tmp_path, capsys):
-    with unchanged(_head_run(tmp_path)):
-        assert cli(["heads", "aggregate", "--run", str(tmp_path), "--top-k", "0"]) == 2
-    assert "top_k=0 but there are 4 heads" in capsys.readouterr().err
-
-
-def test_warp_commands_on_a_directory_that_is_not_a_warp_run(tmp_path, capsys):
-    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
-    for command in ("verify", "eval"):
-        with unchanged(tmp_path):
-            assert cli(["warp", command, "--run", str(tmp_path)]) == 2
-        assert "is not the record of a WaRP run" in capsys.readouterr().err
-
-
 def test_resume_from_a_checkpoint_of_another_model(tmp_path):
     out = tmp_path / "out"
     _finetune(tmp_path, out, "max_steps=1", "save_strategy=steps", "save_steps=1")
@@ -769,47 +538,7 @@ def test_resume_from_a_checkpoint_of_another_model(tmp_path):
         )
 
 
-def test_later_phases_refuse_arguments_that_change_earlier_results(bert_run, tmp_path):
-    out, _ = bert_run
-    run = tmp_path / "run"
-    copy_run(out, run)
-    with unchanged(run):
-        with pytest.raises(ConfigError, match=r"phase2 ran with other arguments: keep_ratio=0.5 \(it used 0.1\)"):
-            run_phase(run, 3, "keep_ratio=0.5")
-        with pytest.raises(ConfigError, match=r"phase1 ran with other arguments: safety_dataset_name='builtin:topic'"):
-            run_phase(run, 2, "safety_dataset_name=builtin:topic", "overwrite_output_dir=true")
-
-
 # ---- tensor files: a truncated, tampered or foreign file is refused where it is read ----
-
-
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def _flip_a_byte(path: Path) -> None:
-    """Change the last tensor bytes in place (the sidecar is left as it was)."""
-    data = bytearray(path.read_bytes())
-    data[-3] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def _use_another_runs_sidecar(path: Path) -> None:
-    """Replace the sidecar by that of another file with the same names and shapes (another run's)."""
-    tensors, metadata = load_tensors(path)
-    other = path.parent / "other" / path.name
-    save_tensors(other, {name: t + 1 if t.is_floating_point() else t for name, t in tensors.items()}, metadata)
-    shutil.copy(sidecar_path(other), sidecar_path(path))
-    shutil.rmtree(other.parent)
-
-
-TAMPERING = [
-    (_truncate, r"is \d+ bytes but its sidecar basis.json records \d+: the file is truncated or was replaced"),
-    (_flip_a_byte, r"does not match the SHA-256 in basis.json: the file is corrupt or was replaced without its"),
-    (_use_another_runs_sidecar, r"does not match the SHA-256 in basis.json"),
-]
-TAMPERING_IDS = ["truncated", "bytes-changed", "another-runs-sidecar"]
 
 
 @pytest.mark.parametrize("tamper, message", TAMPERING, ids=TAMPERING_IDS)
@@ -819,29 +548,6 @@ def test_tampered_tensor_file_is_refused_by_load_tensors(tmp_path, tamper, messa
     tamper(path)
     with unchanged(tmp_path), pytest.raises(FileFormatError, match=message):
         load_tensors(path)
-
-
-@pytest.mark.parametrize("tamper, message", TAMPERING, ids=TAMPERING_IDS)
-def test_tampered_basis_is_refused_by_phase2_before_it_writes(bert_run, tmp_path, tamper, message):
-    """The real consumer: WaRP phase 2 reads phase 1's basis."""
-    out, _ = bert_run
-    run = tmp_path / "run"
-    copy_run(out, run, ("config.json", "phase1"))
-    tamper(run / "phase1" / "basis.safetensors")
-    with unchanged(run), pytest.raises(FileFormatError, match=r"phase1/basis.safetensors " + message):
-        run_phase(run, 2)
-
-
-def test_a_basis_of_another_model_is_refused_by_phase2(bert_run, tmp_path):
-    """A complete basis pair (file and its own sidecar) for the same module names but another model's width."""
-    out, _ = bert_run
-    run = tmp_path / "run"
-    copy_run(out, run, ("config.json", "phase1"))
-    basis, metadata = load_tensors(run / "phase1" / "basis.safetensors")
-    narrow = {name: torch.eye(64) if name.endswith(".U") else torch.ones(64) for name in basis}
-    save_tensors(run / "phase1" / "basis.safetensors", narrow, metadata | {"model": "tiny:bert"})
-    with unchanged(run), pytest.raises(ValueError, match=r"basis for 'bert.encoder.layer.4.output.dense' has shape"):
-        run_phase(run, 2)
 
 
 def _drop_sidecar(path: Path) -> None:
@@ -1018,100 +724,7 @@ def test_hf_ext_commands_refuse_pickled_weights_unless_given_the_flag(pickled_mo
     assert "2 linear module(s) selected" in capsys.readouterr().out and torch_load_calls == [True]
 
 
-# ---- a checkpoint written by another recipe or technique ----
-
-RESUMABLE = ["lr_scheduler_type=constant", "warmup_steps=0", "save_strategy=steps", "save_steps=1", "report_to=[]"]
-LORA_NULL = [
-    "model_name_or_path=tiny:bert",
-    'lora_target_modules=["query","value"]',
-    "max_train_samples=32",
-    "per_device_train_batch_size=8",
-    "calib_samples=32",
-    "verify_samples=16",
-    "max_activation_samples=256",
-    "eval_strategy=no",
-    *RESUMABLE,
-]
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """``{"finetune": checkpoint-1 of a full fine-tune, "lora_null": checkpoint-1 of a LoRA-Null run}`` (tiny:bert)."""
-    root = tmp_path_factory.mktemp("checkpoints")
-    run_recipe(
-        "finetune",
-        "finetune_minilm_sentiment.json",
-        f"output_dir={root / 'finetune'}",
-        "model_name_or_path=tiny:bert",
-        "max_train_samples=16",
-        "max_eval_samples=8",
-        "max_steps=1",
-        *RESUMABLE,
-    )
-    run_recipe(
-        "lora_null", "lora_null_minilm_topic.json", f"output_dir={root / 'lora_null'}", *LORA_NULL, "max_steps=1"
-    )
-    return {name: root / name / "checkpoint-1" for name in ("finetune", "lora_null")}
-
-
-def _full_model():
-    from hf_ext.models import tiny_model
-
-    return tiny_model("bert", "seq_cls", num_labels=4)[0]  # the topic task's four classes
-
-
-def _lora_model(**lora):
-    from peft import LoraConfig, get_peft_model
-
-    return get_peft_model(_full_model(), LoraConfig(task_type="SEQ_CLS", **lora))
-
-
-@pytest.mark.parametrize(
-    "checkpoint, model, message",
-    [
-        (
-            "finetune",
-            lambda: _lora_model(r=8, target_modules=["query", "value"]),
-            r"holds full model weights and no peft adapter, but this run trains a peft adapter \(LoRA\): it was",
-        ),
-        (
-            "lora_null",
-            _full_model,
-            r"holds a peft adapter, but this run trains the whole model: it was written by another recipe",
-        ),
-        (
-            "lora_null",
-            lambda: _lora_model(r=4, target_modules=["key"]),
-            r"the adapter in .*checkpoint-1 does not fit this run's: \d+ tensor\(s\) differ \(.*: absent in the",
-        ),
-    ],
-    ids=["full-weights-for-lora", "adapter-for-full-training", "adapter-of-other-targets"],
-)
-def test_a_checkpoint_of_another_technique_is_refused(checkpoints, checkpoint, model, message):
-    from hf_ext.models import check_checkpoint_weights
-
-    with unchanged(checkpoints[checkpoint]), pytest.raises(RunDirectoryError, match=message):
-        check_checkpoint_weights(checkpoints[checkpoint], model())
-
-
-def test_a_checkpoint_of_the_same_technique_passes_the_check(checkpoints):
-    from hf_ext.models import check_checkpoint_weights
-
-    check_checkpoint_weights(checkpoints["lora_null"], _lora_model(r=8, target_modules=["query", "value"]))
-    check_checkpoint_weights(checkpoints["finetune"], _full_model())
-
-
-def test_resuming_lora_null_from_a_finetune_checkpoint_is_refused(checkpoints, tmp_path):
-    with unchanged(checkpoints["finetune"]), pytest.raises(RunDirectoryError, match="holds full model weights"):
-        run_recipe(
-            "lora_null",
-            "lora_null_minilm_topic.json",
-            f"output_dir={tmp_path / 'out'}",
-            *LORA_NULL,
-            "max_steps=2",
-            f"resume_from_checkpoint={checkpoints['finetune']}",
-        )
-
+# ---- a run whose loss diverges ----
 
 DIVERGING = [
     "learning_rate=1e30",  # Adam moves every weight by ~lr at the first step: the next loss is not finite
@@ -1142,27 +755,3 @@ def test_a_nan_training_loss_stops_the_run_and_saves_no_model(tmp_path, logging_
             f"logging_steps={logging_steps}",
         )
     assert not (tmp_path / "run" / "model.safetensors").exists()
-
-
-def test_an_infinite_gradient_in_warp_importance_is_skipped_with_a_warning_and_counted():
-    from hf_ext.warp.importance import ImportanceAccumulator
-
-    layer = torch.nn.Linear(3, 2)
-    layer(torch.ones(4, 3)).sum().backward()
-    accumulator = ImportanceAccumulator({"w": layer.weight}, statistic="step")
-    accumulator.update()
-    layer.weight.grad[0, 0] = float("inf")
-    with pytest.warns(UserWarning, match="non-finite gradient at importance step 2: step skipped"):
-        assert accumulator.update() is False
-    assert (accumulator.steps, accumulator.skipped_steps) == (1, 1)
-    assert torch.isfinite(accumulator.mean()["w"]).all()
-
-
-def test_a_basis_holding_nan_is_refused():
-    from hf_ext.warp.reparam import reparameterize
-
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    basis = torch.eye(4)
-    basis[0, 0] = float("nan")
-    with pytest.raises(ConfigError, match="basis for '0' holds NaN or infinite values; recompute it"):
-        reparameterize(model, {"0": basis})

@@ -55,6 +55,7 @@ def server():
 
 
 def _timed(uri: str, monkeypatch) -> tuple[str | None, float]:
+    pytest.importorskip("mlflow")  # without it the answer is "mlflow is not installed", whatever the URI
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     start = time.perf_counter()
     reason = mlflow_unavailable_reason()
@@ -71,6 +72,7 @@ def test_a_closed_port_is_refused_fast_with_the_fix(monkeypatch):
 
 
 def test_the_config_is_refused_before_any_model_loads(monkeypatch, tmp_path):
+    pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://127.0.0.1:{_closed_port()}/mlflow")
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"report_to=\['mlflow'\]: MLFLOW_TRACKING_URI=https://127.0.0.1:\d+/mlflow"):
@@ -105,6 +107,8 @@ def test_the_password_of_the_uri_is_not_printed(monkeypatch):
 
 @pytest.mark.parametrize("uri", ["sqlite:///{tmp}/mlflow.db", "file://{tmp}/mlruns", "{tmp}/mlruns", "databricks"])
 def test_local_stores_are_not_probed(uri, monkeypatch, tmp_path):
+    pytest.importorskip("mlflow")
+
     def probe(*args):
         raise AssertionError("probed a store that is not a server")
 
