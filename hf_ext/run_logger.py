@@ -88,11 +88,15 @@ class RunLogger:
             writer.flush()
 
     def figure(self, tag: str, figure: Any, step: int | None = None) -> None:
-        """Log a matplotlib figure (closed afterwards)."""
+        """Log a matplotlib figure; it is closed afterwards, logged or not."""
         writer = self.writer()
-        if writer is not None:
-            writer.add_figure(tag, figure, self.step if step is None else step, close=True)
-            writer.flush()
+        if writer is None:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+            return
+        writer.add_figure(tag, figure, self.step if step is None else step, close=True)
+        writer.flush()
 
     def text(self, tag: str, text: str, step: int | None = None) -> None:
         writer = self.writer()

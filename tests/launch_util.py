@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def torchrun(script: str, *args: str, nproc: int = 2, writes: Path | None = None) -> None:
-    """Run a test script (or, by absolute path, a recipe) under torchrun on the CPU with gloo, as the README
-    describes. With ``writes``, each rank lists the files it wrote in ``writes/rank<R>.json`` (scripts/traced.py)."""
+    """Run a test script (or, by absolute path, a recipe) under torchrun on the CPU with gloo, as
+    docs/launching.md describes. With ``writes``, each rank lists the files it wrote in ``writes/rank<R>.json``
+    (scripts/traced.py)."""
     result = launch(script, *args, nproc=nproc, writes=writes)
     assert result.returncode == 0, failure(result)
 

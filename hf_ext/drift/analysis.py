@@ -239,12 +239,11 @@ def analyze_run(root: str | Path) -> dict[str, Any]:
 
 def figures(root: str | Path) -> dict[str, Any]:
     """The study's figure (CKA heatmap, drift reduction per layer, task metric per run) as matplotlib figures."""
-    plt = require_pyplot()
-
     if not (Path(root) / "drift.json").is_file():
         raise RunDirectoryError(
             f"{root} holds no drift.json: run recipes/drift.py there, or hf-ext drift analyze --run {root} first"
         )
+    plt = require_pyplot()
     summary = read_json(Path(root) / "drift.json")
     study, rows = summary["settings"], summary["rows"]
     layers = sorted({r["layer"] for r in rows})

@@ -143,7 +143,8 @@ def run_drift_study(
                 writer.add_figure(f"drift/{name}", figure, close=True)
             writer.close()
         print(format_summary(summary), flush=True)
-        print(f"\ndrift study: {root}/drift.csv, drift.json, drift.png\ntensorboard: tensorboard --logdir {root}")
+        written = "drift.csv, drift.json" + (", drift.png" if drawn else "")
+        print(f"\ndrift study: {root}/{written}\ntensorboard: tensorboard --logdir {root}")
     distributed.barrier()
     return root
 

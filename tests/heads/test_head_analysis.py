@@ -90,6 +90,7 @@ def test_seeds_aggregate_and_figures(tmp_path):
     assert rho["seeds_ci95"] == pytest.approx([rho["mean"], rho["mean"]])  # both seeds agree: no spread
     header, first = (tmp_path / "heads_across_seeds.csv").read_text().splitlines()[:2]
     assert header.startswith("layer,head,I_pre_mean,I_pre_std") and first.startswith("0,0,1.35,0.45")
+    pytest.importorskip("matplotlib")
     paths = plot(seeds[0])
     assert sorted(p.name for p in paths) == [
         "heatmaps.png",

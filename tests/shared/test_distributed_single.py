@@ -50,6 +50,9 @@ def test_single_process_answers_without_a_group_and_starts_none():
 
 
 GROUP = """
+import sys
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 
@@ -75,7 +78,7 @@ assert ints.tolist() == [0, 1, 1] and ints.dtype == torch.long
 distributed.barrier()
 distributed.release()
 assert not dist.is_initialized() and distributed.world_size() == 1
-print("ok", rank)
+Path(sys.argv[1], f"ok{rank}").touch()  # a file per rank: two ranks' prints interleave on one pipe
 """
 
 
@@ -84,7 +87,16 @@ def test_collectives_in_a_gloo_group_the_script_started(tmp_path):
     script = tmp_path / "group.py"
     script.write_text(textwrap.dedent(GROUP))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        str(script),
+        str(tmp_path),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(result.stdout.split("\n")[:-1]) == ["ok 0", "ok 1"]
+    assert sorted(p.name for p in tmp_path.glob("ok*")) == ["ok0", "ok1"]

@@ -46,7 +46,7 @@ def test_every_callback_that_reads_the_model_declares_what_it_reads():
     for module in pkgutil.walk_packages(hf_ext.__path__, "hf_ext."):
         importlib.import_module(module.name)
     found = {cls.__name__: cls.reads for cls in _subclasses(LoggingCallback) if cls.__module__.startswith("hf_ext.")}
-    assert found == READS  # a new callback must be placed in the support matrix (README "Launchers")
+    assert found == READS  # a new callback must be placed in the support matrix (docs/launching.md)
 
 
 def _args(tmp_path, **kwargs):
