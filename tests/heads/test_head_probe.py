@@ -31,6 +31,7 @@ def minilm_topic():
     return model, train, evaluation
 
 
+@pytest.mark.slow
 def test_probed_importance_ranking_is_stable_across_head_initialisations(minilm_topic):
     """Two classifier initialisations on the embedded MiniLM (72 heads, 4 topics): through the random heads the
     rankings barely agree; through probed heads they do (measured: see the asserts), far above chance 20/72."""

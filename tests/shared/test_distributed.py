@@ -58,7 +58,7 @@ def _assert_same_training(reference, other):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("task_type", ["seq_cls", "causal_lm"])
+@pytest.mark.parametrize("task_type", ["seq_cls", pytest.param("causal_lm", marks=pytest.mark.slow)])
 def test_ddp_and_gradient_accumulation_match_one_big_batch(tmp_path, task_type):
     """Same global batch of 16, three ways: the loss scale must not depend on processes or accumulation."""
     one = tmp_path / "one.safetensors"

@@ -107,6 +107,7 @@ def test_verify_passes_and_eval_rescores(bert_run, capsys):
     assert json.loads((out / "eval.json").read_text()) == rows
 
 
+@pytest.mark.slow
 def test_causal_lm_runs_all_phases_in_bf16(tmp_path):
     """bf16 weights: coefficients stay float32, verify passes (it failed 14 of 70 checks with bf16 coefficients)."""
     summary = run_recipe(
@@ -150,6 +151,7 @@ def test_verify_catches_a_head_row_of_the_other_task_that_moved(bert_run, tmp_pa
     assert len(failed) == 1 and "safety rows of the head" in failed[0] and "head.weight" in failed[0]
 
 
+@pytest.mark.slow
 def test_importance_after_training_reports_its_overlap_with_the_during_training_masks(bert_run, tmp_path):
     from warp_runs import copy_run, run_phase
 
@@ -176,6 +178,7 @@ def test_phase1_in_memory_groups_writes_the_same_basis(tmp_path):
         torch.testing.assert_close(grouped[key], one[key], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_deltas_applied_to_the_base_rebuild_the_merged_models(bert_run, tmp_path):
     out, _ = bert_run
     run = tmp_path / "full"
