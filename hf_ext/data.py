@@ -1,7 +1,8 @@
 """Data for recipes: built-in tasks, hub datasets or local files, tokenized for seq_cls or causal_lm.
 
 Every recipe takes the same :class:`~hf_ext.config.DataArguments`: ``dataset_name`` is
-``builtin:<task>`` (generated offline by :mod:`hf_ext.tasks`) or a hub name, and
+``builtin:<task>`` (generated offline by :mod:`hf_ext.tasks`), ``corpus:<name>`` (human-written text from
+:mod:`hf_ext.corpora`) or a hub name, and
 ``train_file``/``validation_file``/``test_file`` (json, jsonl, csv) take precedence over both.
 """
 
@@ -27,7 +28,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from . import distributed, models, tasks
+from . import corpora, distributed, models, tasks
 from .config import DataArguments, ModelArguments
 from .data_files import check_data_file, data_format, load_data_files
 from .errors import ConfigError, DataError, RunDirectoryError
@@ -48,6 +49,8 @@ def load_raw_datasets(args: DataArguments) -> DatasetDict:
         raw = _load_files(args)
     elif args.dataset_name and args.dataset_name.startswith(BUILTIN_PREFIX):
         raw = tasks.load_builtin_task(args.dataset_name[len(BUILTIN_PREFIX) :], seed=args.task_seed)
+    elif args.dataset_name and args.dataset_name.startswith(corpora.PREFIX):
+        raw = corpora.load_corpus(args.dataset_name, seed=args.split_seed)
     elif args.dataset_name:
         try:
             raw = load_dataset(args.dataset_name, args.dataset_config_name)
@@ -57,7 +60,9 @@ def load_raw_datasets(args: DataArguments) -> DatasetDict:
                 "dataset in the local cache, or local files with train_file"
             ) from None
     else:
-        raise ConfigError("no data given: set dataset_name ('builtin:sentiment', a hub name) or train_file")
+        raise ConfigError(
+            "no data given: set dataset_name ('builtin:sentiment', 'corpus:rotten_tomatoes', a hub name) or train_file"
+        )
     if "train" not in raw:
         raise DataError(f"the data has no 'train' split (found {list(raw)})")
     if "validation" not in raw:
@@ -78,8 +83,7 @@ def load_raw_datasets(args: DataArguments) -> DatasetDict:
 
 
 def _load_files(args: DataArguments) -> DatasetDict:
-    files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
-    files = {split: path for split, path in files.items() if path}
+    files = _data_files(args)
     kinds = {data_format(path) for path in files.values()}
     if len(kinds) > 1:
         raise DataError(f"data files mix formats {sorted(kinds)}; use one format for all splits")
@@ -283,6 +287,7 @@ class PreparedData:
     collator: Any
     compute_metrics: Callable[[EvalPrediction], dict[str, float]]
     preprocess_logits_for_metrics: Callable
+    source: dict[str, Any] | None = None
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The Trainer's data arguments: ``HfExtTrainer(model=..., args=..., **data.trainer_kwargs())``."""
@@ -292,6 +297,7 @@ class PreparedData:
             "data_collator": self.collator,
             "compute_metrics": self.compute_metrics,
             "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
+            "data_source": self.source,
         }
 
 
@@ -363,7 +369,37 @@ def prepare_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, task_t
         collator=data_collator(tokenizer, task_type),
         compute_metrics=compute_metrics_fn(task_type),
         preprocess_logits_for_metrics=argmax_logits,
+        source=data_source(args, raw),
     )
+
+
+def split_sha256(split: Dataset) -> str:
+    """SHA-256 of a split's rows in order (every column): equal hashes, equal data."""
+    digest = hashlib.sha256()
+    for row in split:
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def data_source(args: DataArguments, raw: DatasetDict) -> dict[str, Any]:
+    """Where the data of ``args`` came from (files, builtin task, corpus with its packages, hashes and licence, or
+    hub name) and the size and content hash of each split of ``raw``: the run record's data entry."""
+    if args.train_file:
+        origin: dict[str, Any] = {"files": _data_files(args)}
+    elif args.dataset_name.startswith(BUILTIN_PREFIX):
+        origin = {"dataset": args.dataset_name, "task_seed": args.task_seed}
+    elif args.dataset_name.startswith(corpora.PREFIX):
+        origin = {"dataset": args.dataset_name, **corpora.get_corpus(args.dataset_name).describe()}
+    else:
+        origin = {"dataset": args.dataset_name, "dataset_config_name": args.dataset_config_name}
+    splits = {name: {"rows": len(split), "sha256": split_sha256(split)} for name, split in raw.items()}
+    return {**origin, "split_seed": args.split_seed, "splits": splits}
+
+
+def _data_files(args: DataArguments) -> dict[str, str]:
+    files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
+    return {split: path for split, path in files.items() if path}
 
 
 def example_hashes(dataset, indices: list[int]) -> list[str]:

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 TAG_PREFIX = "hf_ext."
 MODEL_ARTIFACT_PATH = "model"
 CONFIG_ARTIFACT = "config/resolved_config.json"
+DATA_SOURCE_ARTIFACT = "config/data_source.json"
 SKIPPED_MODEL_FILES = frozenset({"training_args.bin"})  # pickled TrainingArguments: not part of the model
 SERVER_PROBE_TIMEOUT_S = 3.0  # how long an http(s) tracking server gets to answer when the arguments are parsed
 
@@ -176,6 +177,7 @@ class HfExtMLflowCallback(MLflowCallback):
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.tracking_uri: str | None = None
+        self.data_source: dict | None = None  # set by install() from the trainer
         self._client = None
 
     def setup(self, args, state, model):
@@ -226,6 +228,10 @@ class HfExtMLflowCallback(MLflowCallback):
             self._client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[start : start + batch]])
         self._client.log_batch(self.run_id, tags=[RunTag(TAG_PREFIX + k, str(v)) for k, v in tags.items()])
         self._client.log_dict(self.run_id, record["resolved"], CONFIG_ARTIFACT)
+        if self.data_source is not None:
+            self._client.log_dict(self.run_id, self.data_source, DATA_SOURCE_ARTIFACT)
+            if "license" in self.data_source:
+                self._client.set_tag(self.run_id, TAG_PREFIX + "data_license", self.data_source["license"])
 
     def on_log(self, args, state, control, logs, model=None, **kwargs):
         """Log numbers to this Trainer's run by id: after ``on_train_end`` (``trainer.evaluate``) or after the
@@ -321,6 +327,8 @@ def install(trainer: Trainer) -> None:
     for index, callback in enumerate(callbacks):
         if type(callback) is MLflowCallback:
             callbacks[index] = HfExtMLflowCallback()
+        if isinstance(callbacks[index], HfExtMLflowCallback):
+            callbacks[index].data_source = getattr(trainer, "data_source", None)
 
 
 def file_times(directory: str | os.PathLike) -> dict[str, int]:

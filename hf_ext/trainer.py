@@ -96,9 +96,14 @@ class HfExtTrainer(Trainer):
       configuration) leaves no empty ``output_dir`` behind: the directories this trainer created (the
       ``output_dir`` the Trainer makes when it is built, its parents, the TensorBoard directory) are
       removed again when they hold no file. Directories that existed before, and files, are never removed.
+    - ``data_source`` (passed by ``**data.trainer_kwargs()``: what :func:`hf_ext.data.data_source` describes)
+      is written to ``output_dir/data_source.json`` when training starts and logged to the MLflow run.
     """
 
-    def __init__(self, model=None, args=None, *rest, **kwargs):
+    DATA_SOURCE_FILE = "data_source.json"
+
+    def __init__(self, model=None, args=None, *rest, data_source: dict | None = None, **kwargs):
+        self.data_source = data_source
         missing = [
             _missing_directories(args.output_dir if args is not None else None),
             _missing_directories(os.getenv("TENSORBOARD_LOGGING_DIR")),  # TensorBoardCallback's folder when set
@@ -156,7 +161,10 @@ class HfExtTrainer(Trainer):
             os.makedirs(self.args.output_dir, exist_ok=True)
             self._removed_output_dir = False
         try:
-            return super().train(self._checkpoint_to_resume(resume_from_checkpoint), *args, **kwargs)
+            checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
+            if self.data_source is not None and self.args.should_save:
+                write_json(Path(self.args.output_dir) / self.DATA_SOURCE_FILE, self.data_source)
+            return super().train(checkpoint, *args, **kwargs)
         except BaseException:
             self._remove_created_empty_dirs()
             raise
