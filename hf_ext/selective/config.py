@@ -21,8 +21,9 @@ class SelectiveArguments(LoraShapeArguments):
     train_layers: str | None = field(
         default=None,
         metadata={
-            "help": "Blocks that train: 'last:4' (the last four), '16-19', '0,2,5-7'; null: every block. Blocks "
-            "below the first one run under torch.no_grad() with their output detached."
+            "help": "Blocks that train: 'last:4' (the last four), '16-19', '0,2,5-7'; null: every block; 'none': "
+            "no block, only the head (a probe on the frozen encoder). Blocks below the first one run under "
+            "torch.no_grad() with their output detached."
         },
     )
     train_modules: str | None = field(
@@ -71,14 +72,18 @@ class SelectiveArguments(LoraShapeArguments):
 
 
 def resolve_train_layers(spec: str | int | None, num_blocks: int) -> list[int]:
-    """``"last:4"``, ``"16-19"``, ``"0,2,5-7"`` or ``None`` (every block) -> sorted block indices."""
+    """``"last:4"``, ``"16-19"``, ``"0,2,5-7"``, ``None`` (every block) or ``"none"`` (no block) -> sorted block
+    indices."""
     valid = f"the model has blocks 0-{num_blocks - 1}"
     if spec is None:
         return list(range(num_blocks))
     text = str(spec).strip()
+    if text == "none":
+        return []
     if not text:
         raise ConfigError(
-            "train_layers is empty; name blocks like 'last:2', '16-19' or '0,2', or null for every block"
+            "train_layers is empty; name blocks like 'last:2', '16-19' or '0,2', null for every block, or 'none' for "
+            "the head alone"
         )
     if text.startswith("last:"):
         count = text[len("last:") :].strip()

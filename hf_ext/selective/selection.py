@@ -29,8 +29,8 @@ class Selection:
 
     @property
     def prefix_blocks(self) -> int:
-        """Blocks below the first trained one: they run without autograd."""
-        return self.layers[0]
+        """Blocks below the first trained one (every block when none trains): they run without autograd."""
+        return self.layers[0] if self.layers else self.num_blocks
 
 
 def head_modules(model: nn.Module) -> list[str]:
@@ -46,6 +46,8 @@ def block_modules(model: nn.Module, layers: list[int], pattern: str | None, *, l
     ``pattern`` is searched (``re.search``) in the relative names; ``None`` takes every module that holds
     parameters directly (or every linear layer when ``linear_only``).
     """
+    if not layers:
+        return {}
     blocks_name, blocks = find_blocks(model)
     try:
         regex = re.compile(pattern) if pattern is not None else None
@@ -97,14 +99,20 @@ def plan_selection(model: nn.Module, args: SelectiveArguments) -> Selection:
     """Resolve ``args`` against ``model``: every name checked, nothing changed yet."""
     blocks_name, blocks = find_blocks(model)
     layers = resolve_train_layers(args.train_layers, len(blocks))
+    if not layers and (args.finetuning == "lora" or not args.train_head):
+        raise ConfigError(
+            "train_layers='none' trains the head alone: it needs finetuning='full' and train_head=true (a LoRA "
+            "adapter or a frozen head would leave nothing to train)"
+        )
     modules = block_modules(model, layers, args.train_modules, linear_only=args.finetuning == "lora")
     head = head_modules(model) if args.train_head else []
     extra = _extra_modules(model, args.train_extra_modules)
-    below = _below_prefix(model, blocks_name, layers[0], extra)
+    first = layers[0] if layers else len(blocks)
+    below = _below_prefix(model, blocks_name, first, extra)
     if below:
         raise ConfigError(
             f"train_extra_modules={args.train_extra_modules!r} matches {below[0]!r}, which runs below the first "
-            f"trained block ({layers[0]}): the no-grad prefix gives it no gradient; include block 0 in train_layers "
+            f"trained block ({first}): the no-grad prefix gives it no gradient; include block 0 in train_layers "
             "or narrow train_extra_modules"
         )
     overlap = [n for n in extra if any(m == n or m.startswith(n + ".") for m in modules)]
@@ -113,7 +121,7 @@ def plan_selection(model: nn.Module, args: SelectiveArguments) -> Selection:
             f"train_extra_modules={args.train_extra_modules!r} matches {overlap[0]!r}, which holds LoRA targets of "
             "train_modules: a module cannot both get an adapter and train in full; narrow one of the two"
         )
-    tied = _tied_to_input_embeddings(model, [*head, *extra]) if layers[0] > 0 else []
+    tied = _tied_to_input_embeddings(model, [*head, *extra]) if first > 0 else []
     if tied:
         raise ConfigError(
             f"{tied[0]!r} shares its weight with the input embeddings, which run below the no-grad prefix: training "

@@ -137,6 +137,29 @@ def test_train_layers_forms():
     assert resolve_train_layers("16-19", 20) == [16, 17, 18, 19]
     assert resolve_train_layers("0,2,5-6", 8) == [0, 2, 5, 6]
     assert resolve_train_layers(None, 3) == [0, 1, 2]
+    assert resolve_train_layers("none", 3) == []
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_none_trains_the_head_alone_on_an_encoder_that_records_nothing(architecture):
+    """The frozen-encoder probe: every block in the no-grad prefix, only the head has gradients."""
+    model, tokenizer = _model(architecture)
+    model, selection = select_trainable(model, SelectiveArguments(train_layers="none"))
+    assert selection.layers == [] and selection.modules == {} and selection.prefix_blocks == 4
+    report = inspect_graph(model, _batch(tokenizer))
+    for index in range(4):
+        row = report.block(index)
+        assert (row.autograd_nodes, row.saved_tensors, row.trainable_parameters) == (0, 0, 0)
+    loss, grads = _gradients(model, _batch(tokenizer))
+    assert grads and all(name.split(".")[0] in selection.head for name in grads)
+    assert all(g.abs().sum() > 0 for g in grads.values())
+
+
+@pytest.mark.parametrize("override", [{"finetuning": "lora"}, {"train_head": False}])
+def test_none_without_a_trainable_head_is_refused(override):
+    model, _ = _model("bert")
+    with pytest.raises(ConfigError, match="train_layers='none' trains the head alone"):
+        select_trainable(model, SelectiveArguments(train_layers="none", **override))
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,15 @@ def test_lora_on_chosen_blocks_with_gradient_checkpointing_saves_an_adapter(tmp_
 
 
 def test_minilm_lora_on_the_last_two_blocks_learns_topics(tmp_path):
-    run_recipe("seq_cls", MINILM, f"output_dir={tmp_path}", *QUICK, "num_train_epochs=1", "max_train_samples=320")
+    run_recipe(
+        "seq_cls",
+        MINILM,
+        f"output_dir={tmp_path}",
+        *QUICK,
+        "dataset_name=builtin:topic",
+        "num_train_epochs=1",
+        "max_train_samples=320",
+    )
     assert _results(tmp_path, "test")["test_accuracy"] > 0.6  # chance: 0.25 (four topics)
     config = PeftConfig.from_pretrained(tmp_path)
     assert config.layers_to_transform == [4, 5]
