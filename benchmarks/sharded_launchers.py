@@ -24,7 +24,7 @@ TINY = ["max_train_samples=256", "max_eval_samples=64", "max_steps=20", "warmup_
 REFUSED = {
     "drift": ("drift_minilm_sentiment.json", ["model_name_or_path=tiny:bert", "seeds=[1]", "eval_subset_size=16"]),
     "lora_null": ("lora_null_minilm_topic.json", ["model_name_or_path=tiny:bert", 'lora_target_modules=["query"]']),
-    "head_plasticity": ("head_plasticity_minilm_topic.json", ["model_name_or_path=tiny:bert", "top_k=3"]),
+    "head_plasticity": ("head_plasticity_minilm_rotten_tomatoes.json", ["model_name_or_path=tiny:bert", "top_k=3"]),
 }
 
 

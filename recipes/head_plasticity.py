@@ -2,7 +2,7 @@
 the statistics and figures that relate them (see hf_ext/heads/study.py for the files written).
 
     accelerate launch --config_file accelerate_configs/cpu.yaml \
-        recipes/head_plasticity.py recipes/configs/head_plasticity_minilm_topic.json [key=value ...]
+        recipes/head_plasticity.py recipes/configs/head_plasticity_minilm_rotten_tomatoes.json [key=value ...]
 
 Redo the analysis from the saved files without the model: hf-ext heads aggregate|plot --run DIR
 Pruning curve of a saved model: hf-ext heads prune-curve CONFIG --model DIR/seed-<s>/initial

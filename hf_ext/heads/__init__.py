@@ -4,7 +4,8 @@
   ablation), :func:`mean_head_outputs` and :func:`head_update_sizes`.
 - :mod:`.importance`: ablation (prefix-cached), gradient and Fisher importance per head, per example.
 - :mod:`.entropy`: attention entropy per head.
-- :mod:`.pruning`: iterative pruning curves (importance recomputed every round; random orders as control).
+- :mod:`.pruning`: pruning curves ranked on one set of batches and evaluated on another (importance
+  recomputed every round, ranked once, or reversed; random orders as control).
 - :mod:`.probe`: a linear probe of the task head before importance is measured.
 - :mod:`.analysis`, :mod:`.rank_statistics`, :mod:`.bootstrap`: JSONL measurements, the per-head table,
   statistics with bootstrap intervals, cases and figures.

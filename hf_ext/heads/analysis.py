@@ -4,7 +4,8 @@ A run directory holds one JSONL file per measurement, one line per head (``{"lay
 ...values}``): ``I_pre.jsonl`` and ``I_post.jsonl`` (ablation: ``loss_increase``,
 ``accuracy_drop``), ``G_pre.jsonl`` (``gradient``, ``fisher``, ``gradient_layer_normalised``),
 ``U.jsonl`` (``U``, ``Urel``) and ``entropy.jsonl`` (``entropy``); the per-example values behind the
-first three sit beside them (``*_examples.safetensors``, see :mod:`.bootstrap`).
+first three sit beside them (``*_examples.safetensors``, see :mod:`.bootstrap`), and ``study.json`` holds
+the settings that decide the model fine-tuning started from (``finetune_from``, the probe's).
 Everything here works from those files alone, without the model.
 """
 
@@ -18,9 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..io import read_json, write_json
+from ..io import load_tensors, read_json, write_json
 from ..plotting import require_pyplot, save_figures
-from .bootstrap import MEASURED_ON_EXAMPLES, example_replicates, mean_over_seeds_interval, percentile_interval
+from .bootstrap import (
+    EXAMPLE_FILES,
+    MEASURED_ON_EXAMPLES,
+    example_replicates,
+    mean_over_seeds_interval,
+    percentile_interval,
+)
 from .rank_statistics import pair_statistics_rows
 
 MEASUREMENTS = {  # column -> (file, field); I_pre and I_post by the loss metric (see measurement_sources)
@@ -33,6 +40,8 @@ MEASUREMENTS = {  # column -> (file, field); I_pre and I_post by the loss metric
 }
 ENTROPY = ("entropy.jsonl", "entropy")  # attention entropy before fine-tuning; runs before it have none
 ABLATION_FIELDS = {"loss": "loss_increase", "accuracy": "accuracy_drop"}
+CURVE_SUFFIXES = {"recomputed": "", "one_shot": "-one-shot", "reverse": "-reverse"}  # pruning schedules
+SETTINGS_FILE = "study.json"  # the settings of the run's starting point; runs before it have none
 IMPORTANT_STATIC = "important_static"
 PLASTIC_UNIMPORTANT = "plastic_unimportant"
 
@@ -209,6 +218,65 @@ def statistics(
     return stats
 
 
+def finetune_from(run: str | Path) -> str | None:
+    """The head the run fine-tuned from (``probed_head``, ``random_head`` or a causal LM's ``pretrained_head``,
+    from its ``study.json``); None for runs from before it was recorded."""
+    path = Path(run) / SETTINGS_FILE
+    return read_json(path).get("finetune_from") if path.is_file() else None
+
+
+def model_scores(base_loss: np.ndarray, base_accuracy: np.ndarray) -> dict[str, float | int]:
+    """Mean accuracy and loss of the model (no head ablated) over its per-example values ``[examples]``."""
+    return {"accuracy": float(np.mean(base_accuracy)), "loss": float(np.mean(base_loss)), "examples": base_loss.size}
+
+
+def prediction_flips(example_accuracy: np.ndarray, base_accuracy: np.ndarray) -> dict[str, int]:
+    """How many single-head ablations flip at least one prediction, and how many they flip in all:
+    ``example_accuracy`` ``[num_layers, num_heads, examples]`` with each head ablated, ``base_accuracy``
+    ``[examples]`` with none. A prediction flips where the example's accuracy differs from the model's (right
+    to wrong or back; a causal LM: the share of its tokens predicted right); a switch between two wrong classes
+    is not seen. Accuracy drops of 0 can hide flips that cancel out."""
+    flipped = example_accuracy != base_accuracy
+    return {
+        "heads": int(np.prod(flipped.shape[:2])),
+        "heads_flipping_a_prediction": int(flipped.any(-1).sum()),
+        "predictions": int(flipped.size),
+        "flipped_predictions": int(flipped.sum()),
+    }
+
+
+def ablation_summaries(run: str | Path) -> dict[str, dict]:
+    """From the per-example ablation files the run saved (I_pre, I_post; older runs have none): the accuracy and
+    loss of the model each was measured on (``eval_subset``: before fine-tuning, after), and the
+    :func:`prediction_flips` of its single-head ablations (``prediction_flips``)."""
+    saved = {name: Path(run) / file for name, file in EXAMPLE_FILES.items() if (Path(run) / file).is_file()}
+    values = {name: {k: v.double().numpy() for k, v in load_tensors(path)[0].items()} for name, path in saved.items()}
+    scores, flips = {}, {}
+    for name, example in values.items():
+        scores[name] = model_scores(example["base_example_loss"], example["base_example_accuracy"])
+        flips[name] = prediction_flips(example["example_accuracy"], example["base_example_accuracy"])
+    return {"eval_subset": scores, "prediction_flips": flips}
+
+
+def summary(stats: dict) -> str:
+    """The lines the study and ``hf-ext heads aggregate`` print for one run's ``stats.json``."""
+    pairs = {pair: stats[f"I_pre_vs_{pair}"] for pair in ("Urel", "G_pre")}
+    lines = [
+        f"I_pre ({stats['importance_metric']}) vs Urel rho {pairs['Urel']['spearman_rho']:.3f} "
+        f"(p {pairs['Urel']['p_value']:.3g}), I_pre vs G_pre rho {pairs['G_pre']['spearman_rho']:.3f}, "
+        f"cases by {stats['cases_by']} {stats['cases']}; fine-tuned from {stats.get('finetune_from') or 'unrecorded'}"
+    ]
+    for name, moment in (("I_pre", "before fine-tuning"), ("I_post", "after fine-tuning")):
+        if name in stats.get("eval_subset", {}):
+            scores, flips = stats["eval_subset"][name], stats["prediction_flips"][name]
+            lines.append(
+                f"{moment}: accuracy {scores['accuracy']:.3f}, loss {scores['loss']:.4f} on {scores['examples']} "
+                f"examples; {flips['heads_flipping_a_prediction']} of {flips['heads']} single-head ablations flip a "
+                f"prediction ({flips['flipped_predictions']} of {flips['predictions']} predictions)"
+            )
+    return "\n".join(lines)
+
+
 def aggregate(
     run: str | Path,
     *,
@@ -249,6 +317,8 @@ def aggregate(
         "cases_by": cases_by,
         "bootstrap_samples": bootstrap_samples if replicates is not None else 0,
         "thresholds_percentile": asdict(thresholds),
+        "finetune_from": finetune_from(run),
+        **ablation_summaries(run),
     }
     write_json(run / "stats.json", stats)
     write_json(
@@ -261,16 +331,22 @@ def aggregate(
     return stats
 
 
+def _one_setting(stats: dict[str, dict], key: str, default):
+    """The value of ``key`` every seed's statistics share (``default`` where one lacks it), else ConfigError."""
+    values = {name: s.get(key, default) for name, s in stats.items()}
+    if len(set(values.values())) > 1:
+        raise ConfigError(f"the seeds differ in {key} ({values}); aggregate the seeds of one setting only")
+    return next(iter(values.values()))
+
+
 def aggregate_seeds(root: str | Path, seed_dirs: list[Path], *, bootstrap_samples: int = 1000) -> dict:
     """Across seeds: per-head mean and std of every column (``heads_across_seeds.csv``) and the per-seed
     statistics with, for every pair's statistic, the mean over seeds and its 95% interval under resampling the
     seeds (``stats_across_seeds.json``; the seeds' own ``importance_metric`` is used)."""
     root = Path(root)
     stats = {d.name: json.loads((d / "stats.json").read_text()) for d in seed_dirs}
-    metrics = {s.get("importance_metric", "loss") for s in stats.values()}
-    if len(metrics) > 1:
-        raise ConfigError(f"the seeds were aggregated with different importance metrics {sorted(metrics)}")
-    metric = metrics.pop()
+    metric = _one_setting(stats, "importance_metric", "loss")
+    _one_setting(stats, "finetune_from", None)
     per_seed = {d.name: load_measurements(d, metric) for d in seed_dirs}
     names = [c for c in per_seed[seed_dirs[0].name] if all(c in m for m in per_seed.values())]
     stacked = {c: np.stack([m[c] for m in per_seed.values()]) for c in names}
@@ -369,19 +445,49 @@ def figures(run: str | Path) -> dict:
     return out
 
 
+def curve_name(order: str, schedule: str) -> str:
+    """The key of a pruning curve in ``prune_curve.json``: ``gradient`` (recomputed), ``gradient-one-shot``,
+    ``gradient-reverse``, ...; random orders are ``random-<i>``."""
+    return order + CURVE_SUFFIXES[schedule]
+
+
+def _curve_style(name: str) -> tuple[str | None, dict]:
+    """Legend label (None: already labelled) and line style of the curve called ``name``."""
+    if name.startswith("random"):
+        return ("random order" if name == "random-0" else None), {"color": "gray", "alpha": 0.6, "linewidth": 1}
+    if name.endswith(CURVE_SUFFIXES["one_shot"]):
+        return f"{name.removesuffix(CURVE_SUFFIXES['one_shot'])} order, ranked once", {"linestyle": "--"}
+    if name.endswith(CURVE_SUFFIXES["reverse"]):
+        order = name.removesuffix(CURVE_SUFFIXES["reverse"])
+        return f"{order} order reversed (most important first)", {"linestyle": ":"}
+    return f"{name} order, recomputed", {"marker": "o", "markersize": 3}
+
+
+def _examples_title(record: dict) -> str:
+    """Which examples ranked the heads and which evaluated the curves (records from before: the same ones)."""
+    if "evaluation_examples" not in record:
+        return "ranked and evaluated on the same examples"
+    ranking, evaluation = record["ranking_examples"], record["evaluation_examples"]
+    return (
+        f"ranked on {len(ranking['indices'])} {ranking['split']} examples, "
+        f"evaluated on {len(evaluation['indices'])} held-out {evaluation['split']} examples"
+    )
+
+
 def prune_curve_figure(record: dict):
-    """Accuracy and loss against the share of heads removed: the importance order, and the random orders in gray."""
+    """Accuracy and loss against the share of heads removed, for every curve of ``record`` (``prune_curve.json``):
+    the importance order recomputed, ranked once and reversed, and the random orders in gray."""
     plt = require_pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, rows in record["curves"].items():
-        control = name.startswith("random")
-        style = {"color": "gray", "alpha": 0.6, "linewidth": 1} if control else {"marker": "o", "markersize": 3}
+        label, style = _curve_style(name)
         for ax, key in zip(axes, ("accuracy", "loss")):
-            label = None if control and name != "random-0" else ("random order" if control else f"{name} order")
             ax.plot([100 * r["share_removed"] for r in rows], [r[key] for r in rows], label=label, **style)
     for ax, key in zip(axes, ("accuracy", "loss")):
         ax.set(xlabel="heads removed (%)", ylabel=key)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"iterative pruning, {record['ablation']} ablation, {record['heads']} heads", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        f"head pruning, {record['ablation']} ablation, {record['heads']} heads; {_examples_title(record)}", fontsize=9
+    )
     fig.tight_layout()
     return fig

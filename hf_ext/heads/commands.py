@@ -24,7 +24,7 @@ def _heads_runs(run: str):
 
 
 def _heads_aggregate(args: argparse.Namespace) -> int:
-    from .analysis import CaseThresholds, aggregate, aggregate_seeds
+    from .analysis import CaseThresholds, aggregate, aggregate_seeds, summary
 
     root, runs = _heads_runs(args.run)
     thresholds = CaseThresholds(args.important, args.static, args.plastic, args.unimportant)
@@ -38,13 +38,7 @@ def _heads_aggregate(args: argparse.Namespace) -> int:
             if args.bootstrap_samples is not None
             else saved.get("bootstrap_samples", 1000),
         }
-        stats = aggregate(run, thresholds=thresholds, **chosen)
-        print(
-            f"{run}: I_pre ({chosen['metric']}) vs Urel rho {stats['I_pre_vs_Urel']['spearman_rho']:.3f} "
-            f"(p {stats['I_pre_vs_Urel']['p_value']:.3g}), I_pre vs "
-            f"G_pre rho {stats['I_pre_vs_G_pre']['spearman_rho']:.3f}, "
-            f"cases by {chosen['cases_by']} {stats['cases']}"
-        )
+        print(f"{run}:\n{summary(aggregate(run, thresholds=thresholds, **chosen))}")
     if len(runs) > 1:
         aggregate_seeds(root, runs, bootstrap_samples=chosen["bootstrap_samples"])
         print(f"{root}: heads_across_seeds.csv, stats_across_seeds.json")
@@ -62,8 +56,8 @@ def _heads_prune_curve(args: argparse.Namespace) -> int:
         args.model, *parse_config(HEAD_STUDY_ARGUMENT_TYPES, [args.config, *args.overrides]), out
     )
     for name, rows in record["curves"].items():
-        shown = ", ".join(f"{100 * r['share_removed']:.0f}%: {r['accuracy']:.3f}" for r in rows)
-        print(f"{name}: accuracy at heads removed {shown}")
+        shown = ", ".join(f"{100 * r['share_removed']:.0f}%: {r['accuracy']:.3f} ({r['loss']:.4f})" for r in rows)
+        print(f"{name}: accuracy (loss) at heads removed {shown}")
     print(out)
     return 0
 
@@ -111,7 +105,9 @@ def add_parser(commands, name: str, help: str) -> None:
     )
     aggregate.set_defaults(run_command=_heads_aggregate)
     prune = heads.add_parser(
-        "prune-curve", help="iterative pruning curve of a saved model on a head-plasticity run's evaluation subset"
+        "prune-curve",
+        help="pruning curves of a saved model: heads ranked on a head-plasticity run's evaluation subset, "
+        "curves evaluated on its held-out examples",
     )
     prune.add_argument("config", help="the head-plasticity config of the run (.json)")
     prune.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. prune_step=0.05")

@@ -9,6 +9,9 @@ from ..config import AT_LEAST_ONE, NON_NEGATIVE, PERCENTILE, POSITIVE, Bounds, c
 from ..errors import ConfigError
 from .analysis import CaseThresholds
 
+FINETUNE_FROM = ("probed_head", "random_head")
+STARTING_POINT_SETTINGS = ("finetune_from", "probe_before_importance", "probe_epochs", "probe_lr")
+
 
 def _percentile(default: float, text: str) -> float:
     return field(default=default, metadata={"help": text})
@@ -31,6 +34,7 @@ class HeadStudyArguments:
         "bootstrap_samples": NON_NEGATIVE,
         "prune_step": Bounds(0, 1),
         "prune_random_orders": NON_NEGATIVE,
+        "prune_eval_size": AT_LEAST_ONE,
     }
 
     seeds: list[int] = field(default_factory=list, metadata={"help": "Training seeds; empty: just the 'seed' key."})
@@ -64,11 +68,14 @@ class HeadStudyArguments:
     )
     probe_epochs: int = field(default=3, metadata={"help": "Epochs of the probe over the training data."})
     probe_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the probe."})
-    keep_probe_head: bool = field(
-        default=False,
+    finetune_from: Literal["probed_head", "random_head"] = field(
+        default="probed_head",
         metadata={
-            "help": "Fine-tune from the probed head (linear probing then fine-tuning, LP-FT); default: the "
-            "random head is restored bit for bit, so fine-tuning and U are those without a probe."
+            "help": "seq_cls: the task head fine-tuning starts from. probed_head: the head the probe fitted, the one "
+            "I_pre/G_pre/F_pre were measured through (linear probing then fine-tuning, LP-FT), so U measures how "
+            "the encoder learns the task; random_head: the random head, restored bit for bit, so U also holds the "
+            "encoder's movement while a random head is fitted. probed_head needs probe_before_importance=true. "
+            "Causal LMs are not probed: they start from their pretrained LM head (recorded as pretrained_head)."
         },
     )
     probe_seeds: list[int] = field(
@@ -110,8 +117,8 @@ class HeadStudyArguments:
     prune_step: float = field(
         default=0.1,
         metadata={
-            "help": "Iterative pruning curve of the fine-tuned model (prune_curve.json): share of the heads closed "
-            "per round, importance recomputed between rounds; 0: no curve."
+            "help": "Pruning curves of the fine-tuned model (prune_curve.json): share of the heads closed per "
+            "round; 0: no curves."
         },
     )
     prune_order: Literal["gradient", "ablation"] = field(
@@ -124,11 +131,43 @@ class HeadStudyArguments:
     prune_random_orders: int = field(
         default=3, metadata={"help": "Random pruning orders drawn as the control of the pruning curve."}
     )
+    prune_eval_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out examples the pruning curves are evaluated on (heads are ranked on the evaluation "
+            "subset): the test split where the data has one, else validation examples outside the evaluation "
+            "subset; examples whose content is in the evaluation subset are left out. Drawn with subset_seed; "
+            "default (null): eval_subset_size."
+        },
+    )
 
     def __post_init__(self):
         check_bounds(self)
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds {self.seeds} repeat a seed; each seed's run goes to its own seed-<s> directory")
+        self._check_finetune_from()
+
+    def _check_finetune_from(self) -> None:
+        if self.finetune_from not in FINETUNE_FROM:
+            raise ConfigError(f"finetune_from={self.finetune_from!r} is not one of {', '.join(FINETUNE_FROM)}")
+        if self.finetune_from == "probed_head" and not self.probe_before_importance:
+            raise ConfigError(
+                "finetune_from=probed_head needs probe_before_importance=true (there is no probed head without a "
+                "probe); set finetune_from=random_head to fine-tune from the random head"
+            )
+
+    def start_settings(self, task_type: str) -> dict:
+        """What decides the model fine-tuning starts from, recorded in each seed's ``study.json`` and checked when
+        a run is resumed or rerun in the same ``output_dir``. A causal LM is not probed: it starts from its
+        pretrained LM head (``finetune_from: pretrained_head``) whatever the config says."""
+        settings = {name: getattr(self, name) for name in STARTING_POINT_SETTINGS}
+        return settings if task_type == "seq_cls" else settings | {"finetune_from": "pretrained_head"}
+
+    @property
+    def heldout_size(self) -> int:
+        """How many held-out examples the pruning curves are evaluated on (``prune_eval_size``, else
+        ``eval_subset_size``)."""
+        return self.prune_eval_size or self.eval_subset_size
 
     @property
     def thresholds(self) -> CaseThresholds:

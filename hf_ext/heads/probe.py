@@ -5,8 +5,9 @@ encoder's attention heads measured through it describes the random head, not the
 embedded MiniLM, 4 topics: base loss ln 4, and two head initialisations ranked the attention heads with
 Spearman -0.10). Fitting the head alone first (the encoder frozen: a linear probe) gives importance a
 model that does the task. :func:`fit_probe` trains only :func:`task_head` (the classifier and, where the
-model has one, the pooler feeding it); :func:`head_state` / :func:`restore_head` put the random head back
-bit for bit before fine-tuning (or it is kept: linear probing then fine-tuning, LP-FT).
+model has one, the pooler feeding it). The study fine-tunes from the probed head by default (linear probing
+then fine-tuning, LP-FT); :func:`head_state` / :func:`restore_head` put the random head back bit for bit where
+it is asked to fine-tune from that instead.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """The head-plasticity study: are the heads that matter for a task the heads that fine-tuning changes?
 
-Per seed (``output_dir/seed-<s>/``): fit a linear probe of the task head (``probe.json``), measure head
-importance on a fixed evaluation subset by ablation (``I_pre.jsonl``), by gradient/Fisher (``G_pre.jsonl``)
-and the attention entropy (``entropy.jsonl``), saving the per-example values beside them
-(``*_examples.safetensors``, for the bootstrap); save the initial model, fine-tune the whole model, save the
-final model, measure ablation importance again (``I_post.jsonl``), the iterative pruning curve
-(``prune_curve.json``) and the per-head update size (``U.jsonl``), then aggregate (``heads.csv``,
-``stats.json``, ``cases.json``) and draw the figures. With several seeds, ``output_dir`` also gets
-``heads_across_seeds.csv`` and ``stats_across_seeds.json``. The subset is saved once as
-``output_dir/eval_subset.json``."""
+Per seed (``output_dir/seed-<s>/``): record the settings that decide the model fine-tuning starts from
+(``study.json``), fit a linear probe of the task head (``probe.json``), measure head importance through it on a
+fixed evaluation subset by ablation (``I_pre.jsonl``), by gradient/Fisher (``G_pre.jsonl``) and the attention
+entropy (``entropy.jsonl``), saving the per-example values beside them (``*_examples.safetensors``, for the
+bootstrap); save the initial model (by default with the probed head: LP-FT), fine-tune the whole model, save
+the final model, measure ablation importance again (``I_post.jsonl``), the pruning curves (heads ranked on the
+evaluation subset, curves evaluated on held-out examples: ``prune_curve.json``) and the per-head update size
+(``U.jsonl``), then aggregate (``heads.csv``, ``stats.json``, ``cases.json``), draw the figures and print a
+summary. With several seeds, ``output_dir`` also gets ``heads_across_seeds.csv`` and ``stats_across_seeds.json``.
+The subset is saved once as ``output_dir/eval_subset.json``."""
 
 from __future__ import annotations
 
@@ -24,22 +25,26 @@ from transformers import TrainingArguments
 
 from .. import distributed
 from ..config import DataArguments, HfExtTrainingArguments, ModelArguments, given_keys
-from ..data import eval_subset, load_model_and_data, prepare_data
+from ..data import eval_subset, example_hashes, load_model_and_data, prepare_data
 from ..errors import ConfigError, RunDirectoryError
 from ..io import read_json, save_tensors, write_json
 from ..models import load_with_adapter
-from ..outputs import check_output_dir
+from ..outputs import changed_settings, check_output_dir
 from ..plotting import plotting_available, save_figures
 from ..run_logger import RunLogger, print_run_locations
 from ..targets import find_attention
 from ..trainer import HfExtTrainer
 from .analysis import (
+    CURVE_SUFFIXES,
+    SETTINGS_FILE,
     aggregate,
     aggregate_seeds,
     check_top_k,
+    curve_name,
     figures,
     plot,
     prune_curve_figure,
+    summary,
     top_k_overlap,
     write_jsonl,
 )
@@ -139,8 +144,9 @@ def _fit_probe(model, data, study, training_args, batches, seed: int):
 
 
 def _probe(model, task_type, data, study, training_args, batches, run: Path, seed: int) -> dict | None:
-    """Fit the task head alone before the measurements (``probe_before_importance``); ``{"random", "probed"}``
-    head states, or None when there is no probe (a causal LM keeps its pretrained LM head)."""
+    """Fit the task head alone before the measurements (``probe_before_importance``); the head states by
+    ``finetune_from`` value (``random_head``, ``probed_head``), or None when there is no probe (a causal LM keeps
+    its pretrained LM head)."""
     if not study.probe_before_importance or task_type != "seq_cls":
         return None
     random = head_state(model)
@@ -152,7 +158,7 @@ def _probe(model, task_type, data, study, training_args, batches, run: Path, see
             f"{result.accuracy:.3f}, loss {result.loss:.4f} on the evaluation subset",
             flush=True,
         )
-    return {"random": random, "probed": head_state(model)}
+    return {"random_head": random, "probed_head": head_state(model)}
 
 
 def _probe_stability(model, data, study, training_args, batches, shard, reference: AblationResult, run: Path):
@@ -169,6 +175,7 @@ def _probe_stability(model, data, study, training_args, batches, shard, referenc
         rho, p = spearmanr(reference.ravel(), other.ravel())
         rows[str(probe_seed)] = {
             "probe_accuracy": result.accuracy,
+            "probe_loss": result.loss,
             "spearman_rho": float(rho),
             "spearman_p": float(p),
             f"top{k}_overlap": top_k_overlap(reference, other, k),
@@ -183,23 +190,31 @@ def _importance(result: AblationResult, metric: str):
     return (result.loss_increase if metric == "loss" else result.accuracy_drop).numpy()
 
 
-def _prune_curves(model, shard: list, study: HeadStudyArguments) -> dict:
-    """The pruning curves of ``model`` in the importance order and in random orders (the control), as
-    ``prune_curve.json`` holds them; every rank passes its shard."""
-    baseline = _baseline(model, shard, study)
-    orders = {study.prune_order: 0} | {f"random-{i}": i for i in range(study.prune_random_orders)}
+def _curve_orders(study: HeadStudyArguments) -> dict[str, tuple[str, str, int]]:
+    """``{curve name: (order, schedule, seed)}``: the importance order recomputed, ranked once and reversed, and
+    the random orders."""
+    orders = {curve_name(study.prune_order, schedule): (study.prune_order, schedule, 0) for schedule in CURVE_SUFFIXES}
+    return orders | {f"random-{i}": ("random", "recomputed", i) for i in range(study.prune_random_orders)}
+
+
+def _prune_curves(model, ranking: list, evaluation: list, study: HeadStudyArguments) -> dict:
+    """The pruning curves of ``model`` (:func:`_curve_orders`), heads ranked on ``ranking`` and the curves
+    evaluated on ``evaluation``, as ``prune_curve.json`` holds them; every rank passes its shards."""
+    baseline = _baseline(model, ranking, study)
     curves = {
         name: prune_curve(
             model,
-            shard,
-            order="random" if name.startswith("random") else name,
+            ranking,
+            evaluation,
+            order=order,
+            schedule=schedule,
             step=study.prune_step,
             baseline=baseline,
             seed=seed,
             all_ranks=True,
             progress=distributed.is_main_process(),
         )
-        for name, seed in orders.items()
+        for name, (order, schedule, seed) in _curve_orders(study).items()
     }
     return {
         "step": study.prune_step,
@@ -209,12 +224,50 @@ def _prune_curves(model, shard: list, study: HeadStudyArguments) -> dict:
     }
 
 
-def _evaluation_batches(data, study: HeadStudyArguments, training_args: TrainingArguments) -> list:
-    indices = eval_subset(
+def _subset_indices(data, study: HeadStudyArguments, training_args: TrainingArguments) -> list[int]:
+    """The validation indices of the evaluation subset (``output_dir/eval_subset.json``)."""
+    return eval_subset(
         data.validation, study.eval_subset_size, study.subset_seed, Path(training_args.output_dir) / "eval_subset.json"
     )
-    subset = data.validation.select(indices)
+
+
+def _batches(data, split: str, indices: list[int], training_args: TrainingArguments) -> list:
+    subset = getattr(data, split).select(indices)
     return list(DataLoader(subset, batch_size=training_args.per_device_eval_batch_size, collate_fn=data.collator))
+
+
+def _heldout_examples(data, ranking: list[int], size: int, seed: int) -> tuple[str, list[int]]:
+    """``(split, indices)`` of the held-out examples the pruning curves are evaluated on: ``size`` examples drawn by
+    ``seed`` from the test split of ``data`` where it has one, else from its validation split, leaving out every
+    example with the content (tokens and label) of one of the ranking examples (validation indices ``ranking``)."""
+    split = "test" if data.test is not None else "validation"
+    dataset = getattr(data, split)
+    ranked = set(example_hashes(data.validation, ranking))
+    candidates = [i for i, h in enumerate(example_hashes(dataset, range(len(dataset)))) if h not in ranked]
+    if not candidates:
+        raise ConfigError(
+            f"no held-out {split} examples for the pruning curves: the evaluation subset holds all of them; lower "
+            "eval_subset_size, give a test_file, or set prune_step=0"
+        )
+    if size > len(candidates):
+        logger.warning("%d held-out examples asked for, %d in the %s split; using all", size, len(candidates), split)
+    chosen = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[:size]
+    return split, sorted(candidates[i] for i in chosen.tolist())
+
+
+def _examples_record(data, split: str, indices: list[int]) -> dict:
+    return {"split": split, "indices": indices, "hashes": example_hashes(getattr(data, split), indices)}
+
+
+def _pruning_examples(data, ranking: list[int], study, training_args) -> tuple[list, dict]:
+    """The held-out batches the pruning curves are evaluated on, and the record of the examples that rank the
+    heads and those that evaluate the curves (``ranking_examples``, ``evaluation_examples``)."""
+    split, indices = _heldout_examples(data, ranking, study.heldout_size, study.subset_seed)
+    record = {
+        "ranking_examples": _examples_record(data, "validation", ranking),
+        "evaluation_examples": _examples_record(data, split, indices),
+    }
+    return _batches(data, split, indices, training_args), record
 
 
 def prune_saved_model(
@@ -225,9 +278,10 @@ def prune_saved_model(
     training_args: TrainingArguments,
     out: Path,
 ) -> dict:
-    """The pruning curves of a saved model (e.g. a seed's ``initial`` or ``final``) on the evaluation subset of
-    the study the config describes (its ``output_dir/eval_subset.json``, checked by content); writes ``out``
-    (JSON) and, with matplotlib, the figure beside it (``.png``)."""
+    """The pruning curves of a saved model (e.g. a seed's ``initial`` or ``final``), heads ranked on the evaluation
+    subset of the study the config describes (its ``output_dir/eval_subset.json``, checked by content) and the
+    curves evaluated on its held-out examples; writes ``out`` (JSON) and, with matplotlib, the figure beside it
+    (``.png``)."""
     if distributed.world_size() > 1:
         raise ConfigError("hf-ext heads prune-curve runs in one process; start it without torchrun")
     if not study.prune_step:
@@ -241,11 +295,53 @@ def prune_saved_model(
         model_dir, None, model_args.task_type, None, allow_pickle_weights=model_args.allow_pickle_weights
     )
     data = prepare_data(data_args, tokenizer, model_args.task_type)
-    record = _prune_curves(model.to(training_args.device), _evaluation_batches(data, study, training_args), study)
+    ranking = _subset_indices(data, study, training_args)
+    heldout, examples = _pruning_examples(data, ranking, study, training_args)
+    batches = _batches(data, "validation", ranking, training_args)
+    record = _prune_curves(model.to(training_args.device), batches, heldout, study) | examples
     write_json(out, record | {"model": str(model_dir)})
     if plotting_available("the pruning-curve figure"):
         save_figures({out.stem: prune_curve_figure(record)}, out.parent)
     return record
+
+
+def _check_same_start(runs: list[Path], settings: dict) -> None:
+    """Refuse seed directories whose ``study.json`` records another starting point of fine-tuning than
+    ``settings`` (``finetune_from``, the probe's settings): a resumed run would mix the two."""
+    for run in runs:
+        path = run / SETTINGS_FILE
+        changed = changed_settings(read_json(path), settings) if path.is_file() else ""
+        if changed:
+            raise RunDirectoryError(
+                f"{run} holds a head study made with {changed}; resume it with those settings, use another "
+                "output_dir, or overwrite_output_dir=true to start over"
+            )
+
+
+def _analyse(run: Path, trainer, study: HeadStudyArguments) -> None:
+    """The main process's analysis of a finished seed: tables, statistics, figures, TensorBoard, the summary."""
+    stats = aggregate(
+        run,
+        top_k=study.top_k,
+        thresholds=study.thresholds,
+        metric=study.importance_metric,
+        cases_by=study.cases_by,
+        bootstrap_samples=study.bootstrap_samples,
+    )
+    logger = RunLogger(trainer)
+    if plotting_available("head-study figures"):
+        plot(run)
+        for name, figure in figures(run).items():
+            logger.figure(f"heads/{name}", figure)
+    logger.scalars(
+        {
+            "heads/I_pre_vs_Urel_spearman_rho": stats["I_pre_vs_Urel"]["spearman_rho"],
+            "heads/I_pre_vs_G_pre_spearman_rho": stats["I_pre_vs_G_pre"]["spearman_rho"],
+        },
+        now=True,
+    )
+    logger.close()
+    print(f"{run}:\n{summary(stats)}", flush=True)
 
 
 def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: TrainingArguments, seed: int) -> Path:
@@ -255,17 +351,20 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
     tokenizer, data, model = load_model_and_data(model_args, data_args, seed=seed)
     model = model.to(training_args.device)
     check_top_k(study.top_k, math.prod(HeadGates(model).shape))  # before any measurement or training
-    batches = _evaluation_batches(data, study, training_args)
+    ranking = _subset_indices(data, study, training_args)
+    batches = _batches(data, "validation", ranking, training_args)
+    pruning = _pruning_examples(data, ranking, study, training_args) if study.prune_step else None
     shard = distributed.shard(batches)
     main = distributed.is_main_process()
     if main:
         run.mkdir(parents=True, exist_ok=True)
+        write_json(run / SETTINGS_FILE, study.start_settings(model_args.task_type))
     heads = _probe(model, model_args.task_type, data, study, training_args, batches, run, seed)
     i_pre = _measure_ablation(model, shard, study, run / "I_pre.jsonl")
     _measure_gradients_and_entropy(model, shard, study, run)
     if heads is not None:
         _probe_stability(model, data, study, training_args, batches, shard, i_pre, run)
-        restore_head(model, heads["probed" if study.keep_probe_head else "random"])  # LP-FT, or as without
+        restore_head(model, heads[study.finetune_from])  # the head I_pre was measured through (LP-FT), or random
     if main:
         model.save_pretrained(run / "initial")
         tokenizer.save_pretrained(run / "initial")
@@ -284,33 +383,15 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
     trainer.save_model(str(run / "final"))
     model = trainer.accelerator.unwrap_model(trainer.model)
     _measure_ablation(model, shard, study, run / "I_post.jsonl")
-    curves = _prune_curves(model, shard, study) if study.prune_step else None
+    curves = (
+        None if pruning is None else _prune_curves(model, shard, distributed.shard(pruning[0]), study) | pruning[1]
+    )
     if main:
         if curves is not None:
             write_json(run / "prune_curve.json", curves)
         size, relative = head_update_sizes(initial, model.state_dict(), find_attention(model))
         write_jsonl(run / "U.jsonl", {"U": size.numpy(), "Urel": relative.numpy()})
-        stats = aggregate(
-            run,
-            top_k=study.top_k,
-            thresholds=study.thresholds,
-            metric=study.importance_metric,
-            cases_by=study.cases_by,
-            bootstrap_samples=study.bootstrap_samples,
-        )
-        logger = RunLogger(trainer)
-        if plotting_available("head-study figures"):
-            plot(run)
-            for name, figure in figures(run).items():
-                logger.figure(f"heads/{name}", figure)
-        logger.scalars(
-            {
-                "heads/I_pre_vs_Urel_spearman_rho": stats["I_pre_vs_Urel"]["spearman_rho"],
-                "heads/I_pre_vs_G_pre_spearman_rho": stats["I_pre_vs_G_pre"]["spearman_rho"],
-            },
-            now=True,
-        )
-        logger.close()
+        _analyse(run, trainer, study)
     distributed.barrier()
     print_run_locations(trainer)
     return run
@@ -323,12 +404,16 @@ def run_head_study(
     # Each rank measures its own shard of the batches through the unwrapped model: sharded weights would hang.
     distributed.check_launcher(training_args, "the head study", "weights")
     seeds = study.seeds or [training_args.seed]
+    overwrite = getattr(training_args, "overwrite_output_dir", False)
     check_output_dir(
         training_args.output_dir,
         finished=[f"seed-{seed}/heads.csv" for seed in seeds],
-        overwrite=getattr(training_args, "overwrite_output_dir", False),
+        overwrite=overwrite,
         resuming=bool(training_args.resume_from_checkpoint),
     )
+    if not overwrite:
+        runs = [Path(training_args.output_dir) / f"seed-{seed}" for seed in seeds]
+        _check_same_start(runs, study.start_settings(model_args.task_type))
     runs = [run_seed(model_args, data_args, study, training_args, seed) for seed in seeds]
     if len(runs) > 1 and distributed.is_main_process():
         aggregate_seeds(training_args.output_dir, runs, bootstrap_samples=study.bootstrap_samples)

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import spearmanr
 
 from hf_ext.heads.analysis import (
@@ -11,7 +12,10 @@ from hf_ext.heads.analysis import (
     classify,
     load_measurements,
     plot,
+    prediction_flips,
+    prune_curve_figure,
     read_jsonl,
+    summary,
     top_k_overlap,
     write_jsonl,
 )
@@ -99,3 +103,94 @@ def test_seeds_aggregate_and_figures(tmp_path):
         "stats.png",
     ]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_prediction_flips_count_ablations_that_flip_an_example_even_where_accuracy_is_unchanged():
+    base = np.array([1.0, 1.0, 0.0])
+    ablated = np.array([[[1, 1, 0], [0, 1, 1]], [[1, 0, 0], [1, 1, 0]]], dtype=float)  # [layers, heads, examples]
+    # head (0, 1) flips example 0 to wrong and example 2 to right: its accuracy drop is 0, yet 2 predictions flip
+    assert prediction_flips(ablated, base) == {
+        "heads": 4,
+        "heads_flipping_a_prediction": 2,
+        "predictions": 12,
+        "flipped_predictions": 3,
+    }
+
+
+def _write_examples(run, flip: bool):
+    """Per-example ablation files of 2 x 3 heads on 4 examples; with ``flip`` head (1, 2) flips example 0."""
+    from hf_ext.io import save_tensors
+
+    base_accuracy = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    base_loss = torch.tensor([0.1, 0.2, 1.5, 0.4])
+    accuracy = base_accuracy.repeat(2, 3, 1)
+    if flip:
+        accuracy[1, 2, 0] = 0.0
+    tensors = {
+        "example_loss": base_loss.repeat(2, 3, 1) + 0.5,
+        "example_accuracy": accuracy,
+        "base_example_loss": base_loss,
+        "base_example_accuracy": base_accuracy,
+    }
+    save_tensors(run / "I_pre_examples.safetensors", tensors)
+    save_tensors(run / "I_post_examples.safetensors", tensors | {"example_accuracy": base_accuracy.repeat(2, 3, 1)})
+
+
+def test_stats_hold_the_models_accuracy_and_loss_the_flips_and_where_fine_tuning_started(tmp_path):
+    from hf_ext.errors import ConfigError
+
+    seeds = []
+    for seed, start in ((1, "probed_head"), (2, "random_head")):
+        run = _write_run(tmp_path / f"seed-{seed}")
+        _write_examples(run, flip=True)
+        (run / "study.json").write_text(json.dumps({"finetune_from": start}))
+        seeds.append(run)
+    stats = aggregate(seeds[0], top_k=2, bootstrap_samples=0)
+    assert stats["finetune_from"] == "probed_head"
+    assert stats["eval_subset"]["I_pre"] == {"accuracy": 0.75, "loss": pytest.approx(0.55), "examples": 4}
+    assert stats["prediction_flips"]["I_pre"] == {
+        "heads": 6,
+        "heads_flipping_a_prediction": 1,
+        "predictions": 24,
+        "flipped_predictions": 1,
+    }
+    assert stats["prediction_flips"]["I_post"]["heads_flipping_a_prediction"] == 0
+    text = summary(stats)
+    assert "fine-tuned from probed_head" in text
+    assert "before fine-tuning: accuracy 0.750, loss 0.5500 on 4 examples; 1 of 6 single-head ablations" in text
+    assert "after fine-tuning" in text and "(0 of 24 predictions)" in text
+    aggregate(seeds[1], top_k=2, bootstrap_samples=0)
+    with pytest.raises(ConfigError, match="the seeds differ in finetune_from"):
+        aggregate_seeds(tmp_path, seeds)
+    (seeds[1] / "study.json").write_text(json.dumps({"finetune_from": "probed_head"}))
+    aggregate(seeds[1], top_k=2, bootstrap_samples=0)
+    assert aggregate_seeds(tmp_path, seeds, bootstrap_samples=0)["seeds"] == ["seed-1", "seed-2"]
+
+
+def test_the_pruning_figure_draws_every_curve_and_names_the_examples(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [
+        {"share_removed": share, "accuracy": 1 - share, "loss": share, "heads_removed": 0, "removed": []}
+        for share in (0.0, 0.5, 1.0)
+    ]
+    names = ["gradient", "gradient-one-shot", "gradient-reverse", "random-0", "random-1"]
+    record = {
+        "ablation": "zero",
+        "heads": 8,
+        "curves": dict.fromkeys(names, rows),
+        "ranking_examples": {"split": "validation", "indices": [0, 1, 2]},
+        "evaluation_examples": {"split": "test", "indices": [0, 5]},
+    }
+    figure = prune_curve_figure(record)
+    accuracy = figure.axes[0]
+    assert len(accuracy.lines) == 5
+    assert [t.get_text() for t in accuracy.get_legend().get_texts()] == [
+        "gradient order, recomputed",
+        "gradient order, ranked once",
+        "gradient order reversed (most important first)",
+        "random order",
+    ]
+    assert "ranked on 3 validation examples, evaluated on 2 held-out test examples" in figure._suptitle.get_text()
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)

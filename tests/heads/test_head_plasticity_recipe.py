@@ -18,6 +18,7 @@ SEED_FILES = [
     "I_post_examples.safetensors",
     "G_pre_examples.safetensors",
     "entropy_examples.safetensors",
+    "study.json",
     "prune_curve.json",
     "prune_curve.png",
     "heads.csv",
@@ -41,13 +42,19 @@ SETTINGS = [
     "eval_subset_size=24",
     "per_device_eval_batch_size=8",
 ]
+CURVES = {"gradient", "gradient-one-shot", "gradient-reverse"}
+
+
+def _closed(curve: list[dict]) -> list[list[int]]:
+    """The heads a curve closes, in order."""
+    return [head for row in curve for head in row["removed"]]
 
 
 def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
     pytest.importorskip("matplotlib")  # the run's figures, heads plot and the prune curve's figure (the plots extra)
     runs = run_recipe(
         "head_plasticity",
-        "head_plasticity_minilm_topic.json",
+        "head_plasticity_minilm_rotten_tomatoes.json",
         f"output_dir={tmp_path}",
         *SETTINGS,
         "seeds=[1,2]",
@@ -62,6 +69,8 @@ def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
         "prune_step=0.25",
     )
     assert [r.name for r in runs] == ["seed-1", "seed-2"]
+    subset = json.loads((tmp_path / "eval_subset.json").read_text())
+    assert subset["size"] == 24 and subset["seed"] == 999 and len(set(subset["indices"])) == 24
     for run in runs:
         for name in SEED_FILES:
             assert (run / name).is_file(), f"{run.name}/{name}"
@@ -69,8 +78,6 @@ def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
         assert len(lines) == 2 * 4 and all(json.loads(line)["U"] > 0 for line in lines)  # every head was trained
         stats = json.loads((run / "stats.json").read_text())
         assert stats["heads"] == 8 and -1 <= stats["I_pre_vs_Urel"]["spearman_rho"] <= 1
-    subset = json.loads((tmp_path / "eval_subset.json").read_text())
-    assert subset["size"] == 24 and subset["seed"] == 999 and len(set(subset["indices"])) == 24
     assert (tmp_path / "heads_across_seeds.csv").is_file()
     across = json.loads((tmp_path / "stats_across_seeds.json").read_text())
     assert across["seeds"] == ["seed-1", "seed-2"]
@@ -84,9 +91,21 @@ def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
         len(stats["H_pre_vs_Urel"]["spearman_rho_ci95"]) == 2
         and "H_pre" in (runs[0] / "heads.csv").read_text().splitlines()[0]
     )
+    assert stats["finetune_from"] == "pretrained_head"  # a causal LM is not probed
+    for name in ("I_pre", "I_post"):
+        assert set(stats["eval_subset"][name]) == {"accuracy", "loss", "examples"}
+        assert stats["eval_subset"][name]["examples"] == 24 and stats["eval_subset"][name]["loss"] > 0
+        assert stats["prediction_flips"][name]["predictions"] == 8 * 24
+    printed = capsys.readouterr().out
+    assert "before fine-tuning: accuracy" in printed and "single-head ablations flip a prediction" in printed
     curves = json.loads((runs[0] / "prune_curve.json").read_text())
-    assert set(curves["curves"]) == {"gradient", "random-0", "random-1", "random-2"} and curves["heads"] == 8
+    assert set(curves["curves"]) == CURVES | {"random-0", "random-1", "random-2"} and curves["heads"] == 8
     assert [row["heads_removed"] for row in curves["curves"]["gradient"]] == [0, 2, 4, 6, 8]
+    assert _closed(curves["curves"]["gradient-reverse"]) == _closed(curves["curves"]["gradient-one-shot"])[::-1]
+    ranking, evaluation = curves["ranking_examples"], curves["evaluation_examples"]
+    assert ranking["split"] == "validation" and ranking["indices"] == subset["indices"]
+    assert evaluation["split"] == "test" and len(evaluation["indices"]) == 24  # as many as rank (the default)
+    assert not set(ranking["hashes"]) & set(evaluation["hashes"])  # no example both ranks and evaluates
     assert "H_pre_vs_Urel" in across and len(across["I_pre_vs_Urel"]["spearman_rho"]["seeds_ci95"]) == 2
 
     capsys.readouterr()
@@ -98,7 +117,7 @@ def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
     assert cli(["heads", "plot", "--run", str(runs[1])]) == 0
     assert "heatmaps.png" in capsys.readouterr().out
 
-    config = ROOT / "recipes" / "configs" / "head_plasticity_minilm_topic.json"
+    config = ROOT / "recipes" / "configs" / "head_plasticity_minilm_rotten_tomatoes.json"
     overrides = [f"output_dir={tmp_path}", *SETTINGS, "prune_random_orders=1", "prune_step=0.5"]
     out = tmp_path / "initial_curve.json"
     assert (
@@ -106,8 +125,10 @@ def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
         == 0
     )
     record = json.loads(out.read_text())
-    assert set(record["curves"]) == {"gradient", "random-0"} and (tmp_path / "initial_curve.png").is_file()
+    assert set(record["curves"]) == CURVES | {"random-0"} and (tmp_path / "initial_curve.png").is_file()
     assert record["curves"]["gradient"][0]["loss"] > 0 and len(record["curves"]["gradient"]) == 3
+    assert record["evaluation_examples"] == curves["evaluation_examples"]  # the run's held-out examples
+    assert "gradient-reverse: accuracy (loss) at heads removed 0%:" in capsys.readouterr().out
     wrong_run = [f"output_dir={tmp_path / 'elsewhere'}", *SETTINGS]
     assert cli(["heads", "prune-curve", str(config), *wrong_run, "--model", str(runs[0] / "initial")]) == 2
     assert "eval_subset.json not found" in capsys.readouterr().err
@@ -122,16 +143,53 @@ def test_aggregate_of_a_run_with_missing_heads_is_an_error(tmp_path, capsys):
     assert "heads missing" in capsys.readouterr().err
 
 
-def test_probe_before_importance_restores_the_random_head_and_reports_stability(tmp_path):
-    """seq_cls on a tiny BERT: the probe writes probe.json (with the stability of I_pre over another head
-    initialisation); the model fine-tuning starts from is the one a run without probe starts from, unless LP-FT."""
+@pytest.fixture
+def heads_seen(monkeypatch):
+    """The task heads of a run: ``random`` and ``probed`` (before and after the run's first probe, before any
+    other head initialisation is probed) and ``start`` (the model's head when fine-tuning starts)."""
+    import hf_ext.heads.study as study
+    from hf_ext.heads.probe import head_state
+
+    seen = {}
+    fit_probe = study.fit_probe
+
+    def recording_fit_probe(model, *args, **kwargs):
+        first = "probed" not in seen
+        if first:
+            seen["random"] = head_state(model)
+        result = fit_probe(model, *args, **kwargs)
+        if first:
+            seen["probed"] = head_state(model)
+        return result
+
+    class RecordingTrainer(study.HfExtTrainer):
+        def train(self, *args, **kwargs):
+            seen["start"] = head_state(self.model)
+            return super().train(*args, **kwargs)
+
+    monkeypatch.setattr(study, "fit_probe", recording_fit_probe)
+    monkeypatch.setattr(study, "HfExtTrainer", RecordingTrainer)
+    return seen
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fine_tuning_starts_from_the_probed_head_or_the_random_one_and_probe_stability_is_reported(
+    tmp_path, heads_seen
+):
+    """seq_cls on a tiny BERT: by default (LP-FT) the head at the start of fine-tuning is the probe's, bit for bit,
+    though other head initialisations were probed since; with finetune_from=random_head it is the random head, and
+    the model fine-tuning starts from is the one a run without probe starts from."""
     from safetensors.torch import load_file
 
     common = [
-        "head_plasticity_minilm_topic.json",
+        "head_plasticity_minilm_rotten_tomatoes.json",
         "model_name_or_path=tiny:bert",
         "seeds=[1]",
         "eval_subset_size=24",
+        "prune_eval_size=16",
         "max_train_samples=64",
         "per_device_train_batch_size=16",
         "per_device_eval_batch_size=8",
@@ -139,22 +197,40 @@ def test_probe_before_importance_restores_the_random_head_and_reports_stability(
         "top_k=3",
         "log_head_importance_steps=0",
         "probe_epochs=1",
+        "probe_seeds=[7]",
     ]
-    runs = {}
-    for name, extra in (("probe", ["probe_seeds=[7]"]), ("none", ["probe_before_importance=false"])):
-        runs[name] = run_recipe("head_plasticity", *common[:1], f"output_dir={tmp_path / name}", *common[1:], *extra)[
-            0
-        ]
-    run_recipe("head_plasticity", *common[:1], f"output_dir={tmp_path / 'lpft'}", *common[1:], "keep_probe_head=true")
-    probe = json.loads((runs["probe"] / "probe.json").read_text())
+    runs, seen = {}, {}
+    for name, extra in (
+        ("probed", []),
+        ("random", ["finetune_from=random_head"]),
+        ("none", ["probe_before_importance=false", "finetune_from=random_head"]),
+    ):
+        heads_seen.clear()
+        runs[name] = run_recipe("head_plasticity", *common[:1], f"output_dir={tmp_path / name}", *common[1:], *extra)
+        runs[name] = runs[name][0]
+        seen[name] = dict(heads_seen)
+    assert _same(seen["probed"]["start"], seen["probed"]["probed"])
+    assert not _same(seen["probed"]["probed"], seen["probed"]["random"])  # the probe moved the head
+    assert _same(seen["random"]["start"], seen["random"]["random"])
+    assert "probed" not in seen["none"] and _same(seen["none"]["start"], seen["random"]["start"])
+    for name, start in (("probed", "probed_head"), ("random", "random_head"), ("none", "random_head")):
+        assert json.loads((runs[name] / "study.json").read_text())["finetune_from"] == start
+        assert json.loads((runs[name] / "stats.json").read_text())["finetune_from"] == start
+    assert len(json.loads((runs["probed"] / "prune_curve.json").read_text())["evaluation_examples"]["indices"]) == 16
+    probe = json.loads((runs["probed"] / "probe.json").read_text())
     assert probe["head_modules"] == ["classifier", "bert.pooler"] and 0 <= probe["accuracy"] <= 1
+    assert probe["loss"] > 0 and probe["stability"]["probe_seeds"]["7"]["probe_loss"] > 0
     assert probe["steps"] == 4 and set(probe["stability"]["probe_seeds"]) == {"7"}
     assert probe["stability"]["chance_overlap"] == 3 / 8
     assert not (runs["none"] / "probe.json").exists()
     initial = {name: load_file(runs[name] / "initial" / "model.safetensors") for name in runs}
-    lpft = load_file(tmp_path / "lpft" / "seed-1" / "initial" / "model.safetensors")
-    assert all(torch.equal(initial["probe"][k], initial["none"][k]) for k in initial["none"])
-    assert not torch.equal(lpft["classifier.weight"], initial["none"]["classifier.weight"])
+    assert _same(initial["random"], initial["none"])
+    assert torch.equal(initial["probed"]["classifier.weight"], seen["probed"]["probed"]["classifier.weight"])
+    stats = json.loads((runs["probed"] / "stats.json").read_text())
+    pre = stats["eval_subset"]["I_pre"]  # the model I_pre was measured on is the probed one: the probe's numbers
+    assert pre["accuracy"] == pytest.approx(probe["accuracy"]) and pre["loss"] == pytest.approx(
+        probe["loss"], rel=1e-5
+    )
 
 
 def _mnli_like(path, n):
@@ -207,3 +283,9 @@ def test_the_glue_style_pair_config_reads_local_files_and_tokenises_both_segment
     )
     assert len(json.loads((runs[0] / "final" / "config.json").read_text())["id2label"]) == 3
     assert (runs[0] / "stats.json").is_file()
+    # no test split: the curves are evaluated on the 6 validation examples outside the evaluation subset
+    curves = json.loads((runs[0] / "prune_curve.json").read_text())
+    subset = json.loads((tmp_path / "run" / "eval_subset.json").read_text())["indices"]
+    evaluation = curves["evaluation_examples"]
+    assert evaluation["split"] == "validation" and len(evaluation["indices"]) == 6
+    assert sorted(subset + evaluation["indices"]) == list(range(30))

@@ -1,4 +1,5 @@
-"""Iterative head pruning: the planted toy where recomputing importance matters, and a real model's curve."""
+"""Head pruning: the planted toy where recomputing importance matters, one-shot and reverse orders, and a real
+model's curves ranked on one set of batches and evaluated on another."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from hf_ext.config import DataArguments
 from hf_ext.data import prepare_data
 from hf_ext.heads.gates import HeadGates, mean_head_outputs
 from hf_ext.heads.importance import ablation_importance
-from hf_ext.heads.pruning import gated_loss, iterative_pruning, prune_curve
+from hf_ext.heads.pruning import gated_loss, iterative_pruning, one_shot_order, prune_curve, scheduled
 from hf_ext.models import tiny_model
 
 # Planted toy, 2 layers x 3 heads. Heads (0, 0) and (0, 1) carry the same signal (worth 5 while either is
@@ -52,10 +53,33 @@ def test_recomputed_importance_gives_a_monotone_curve_that_one_shot_importance_d
     assert curve[1].removed == [(0, 0)] and curve[2].removed == [(0, 2)]
     assert accuracies == pytest.approx([1, 1, 14 / 15, 12 / 15, 9 / 15, 5 / 15, 0])
 
-    full = _toy_ablation(torch.ones(SHAPE))
-    one_shot = [row.accuracy for row in iterative_pruning(lambda gates: full, _toy_evaluate, SHAPE, step=1 / 6)]
+    calls.clear()
+    one_shot = iterative_pruning(scheduled(recomputed, SHAPE, "one_shot"), _toy_evaluate, SHAPE, step=1 / 6)
+    assert len(calls) == 1 and torch.equal(calls[0], torch.ones(SHAPE))  # ranked once, with every head open
     # importance measured once ranks both twins as worthless and closes them together, losing 5 at once
+    assert [row.removed for row in one_shot[1:3]] == [[(0, 0)], [(0, 1)]]
+    one_shot = [row.accuracy for row in one_shot]
     assert one_shot[2] == pytest.approx(10 / 15) and all(r >= o for r, o in zip(accuracies, one_shot))
+
+
+def test_the_reverse_order_closes_the_heads_of_the_one_shot_order_in_reverse():
+    full = _toy_ablation(torch.ones(SHAPE))
+    order = one_shot_order(lambda gates: full, SHAPE)
+    assert torch.equal(one_shot_order(lambda gates: full, SHAPE, reverse=True), order.flip(0))
+    for step in (1 / 6, 0.34):
+        curves = {
+            schedule: iterative_pruning(
+                scheduled(lambda gates: full, SHAPE, schedule), _toy_evaluate, SHAPE, step=step
+            )
+            for schedule in ("one_shot", "reverse")
+        }
+        closed = {schedule: [head for row in curve for head in row.removed] for schedule, curve in curves.items()}
+        assert closed["reverse"] == closed["one_shot"][::-1]
+        assert closed["one_shot"] == [divmod(int(i), SHAPE[1]) for i in order]
+    # most important first: the worth-4 head goes first and the accuracy falls at once
+    assert curves["reverse"][1].accuracy < curves["one_shot"][1].accuracy
+    with pytest.raises(ValueError, match="schedule 'twice' is not one of"):
+        scheduled(lambda gates: full, SHAPE, "twice")
 
 
 def test_rounds_close_a_share_of_the_heads_ties_by_index_and_reject_a_bad_step():
@@ -75,24 +99,50 @@ def tiny_bert():
     return model, batches
 
 
+@pytest.fixture(scope="module")
+def heldout():
+    """Batches of the test split, other examples than the validation batches of ``tiny_bert``."""
+    tokenizer = tiny_model("bert", "seq_cls", seed=0)[1]
+    data = prepare_data(DataArguments(dataset_name="builtin:sentiment", max_eval_samples=16), tokenizer, "seq_cls")
+    return [data.collator([data.test[j] for j in range(i, i + 8)]) for i in range(0, 16, 8)]
+
+
 @pytest.mark.parametrize("order", ["gradient", "ablation", "random"])
-def test_the_curve_of_a_model_starts_at_its_accuracy_and_ends_with_every_head_closed(tiny_bert, order):
+def test_the_curve_of_a_model_starts_at_its_accuracy_and_ends_with_every_head_closed(tiny_bert, heldout, order):
     model, batches = tiny_bert
-    curve = prune_curve(model, batches, order=order, step=0.25, progress=False)
-    base = ablation_importance(model, batches, progress=False)
+    curve = prune_curve(model, batches, heldout, order=order, step=0.25, progress=False)
+    base = ablation_importance(model, heldout, progress=False)  # the curve is evaluated on the held-out batches
     assert curve[0].heads_removed == 0 and curve[0].accuracy == pytest.approx(base.base_accuracy, abs=0)
     assert curve[0].loss == pytest.approx(base.base_loss, rel=1e-6)
-    closed = gated_loss(model, batches, torch.zeros(HeadGates(model).shape))
+    closed = gated_loss(model, heldout, torch.zeros(HeadGates(model).shape))
     assert curve[-1].heads_removed == 8 and curve[-1].accuracy == pytest.approx(closed[1].mean().item())
     removed = [head for row in curve for head in row.removed]
     assert len(removed) == len(set(removed)) == 8 and [row.heads_removed for row in curve] == [0, 2, 4, 6, 8]
 
 
-def test_the_ablation_order_closes_the_head_whose_ablation_costs_least(tiny_bert):
+def test_heads_are_ranked_on_the_ranking_batches_and_the_curve_evaluated_on_the_others(tiny_bert, heldout):
+    model, batches = tiny_bert
+    cost = {name: ablation_importance(model, b, progress=False) for name, b in (("rank", batches), ("eval", heldout))}
+    heads = cost["rank"].loss_increase.shape[1]
+    cheapest = {name: divmod(int(torch.argmin(c.loss_increase)), heads) for name, c in cost.items()}
+    assert cheapest["rank"] != cheapest["eval"]  # the two sets disagree, so the test can tell them apart
+    for ranking, evaluation in ((batches, heldout), (heldout, batches)):
+        curve = prune_curve(model, ranking, evaluation, order="ablation", step=1 / 8, progress=False)
+        name = "rank" if ranking is batches else "eval"
+        assert curve[1].removed == [cheapest[name]]
+        assert curve[0].loss == pytest.approx(cost["eval" if name == "rank" else "rank"].base_loss, rel=1e-6)
+
+
+def test_the_one_shot_curve_of_a_model_ranks_once_and_the_reverse_curve_closes_in_reverse(tiny_bert, heldout):
     model, batches = tiny_bert
     cost = ablation_importance(model, batches, progress=False).loss_increase
-    first = prune_curve(model, batches, order="ablation", step=1 / 8, progress=False)[1].removed
-    assert first == [divmod(int(torch.argmin(cost)), cost.shape[1])]
+    curves = {
+        schedule: prune_curve(model, batches, heldout, order="ablation", schedule=schedule, step=1 / 8, progress=False)
+        for schedule in ("one_shot", "reverse")
+    }
+    one_shot = [head for row in curves["one_shot"] for head in row.removed]
+    assert one_shot == [divmod(int(i), cost.shape[1]) for i in torch.argsort(cost.reshape(-1), stable=True)]
+    assert [head for row in curves["reverse"] for head in row.removed] == one_shot[::-1]
 
 
 def test_mean_ablation_replaces_a_closed_head_by_its_mean_output(tiny_bert):

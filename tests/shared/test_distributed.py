@@ -163,7 +163,7 @@ def test_two_process_head_study_measures_shards_and_matches_one_process(tmp_path
     from hf_ext.heads.analysis import read_jsonl
 
     recipe = ROOT / "recipes" / "head_plasticity.py"
-    config = ROOT / "recipes" / "configs" / "head_plasticity_minilm_topic.json"
+    config = ROOT / "recipes" / "configs" / "head_plasticity_minilm_rotten_tomatoes.json"
     common = [
         "model_name_or_path=tiny:bert",
         "seeds=[1]",
@@ -276,7 +276,7 @@ def test_two_process_drift_run_matches_one_process(tmp_path):
 )
 def test_a_rank_that_raises_stops_the_others_promptly_with_its_error(tmp_path, fail, where):
     recipe = ROOT / "recipes" / "head_plasticity.py"
-    config = ROOT / "recipes" / "configs" / "head_plasticity_minilm_topic.json"
+    config = ROOT / "recipes" / "configs" / "head_plasticity_minilm_rotten_tomatoes.json"
     quick = ["model_name_or_path=tiny:bert", "seeds=[1]", "eval_subset_size=16", "max_train_samples=16"]
     quick += ["top_k=3", "probe_epochs=1", "prune_step=0", "bootstrap_samples=0", "warmup_steps=0", "report_to=[]"]
     start = time.monotonic()

@@ -110,7 +110,7 @@ def test_fsdp_asked_for_on_a_cpu_is_refused_instead_of_silently_dropped(tmp_path
 @pytest.mark.parametrize(
     "recipe, config, who, reads",
     [
-        ("head_plasticity", "head_plasticity_minilm_topic.json", "the head study", "weights"),
+        ("head_plasticity", "head_plasticity_minilm_rotten_tomatoes.json", "the head study", "weights"),
         ("drift", "drift_minilm_sentiment.json", "the drift study", "weights"),
         ("lora_null", "lora_null_minilm_topic.json", "LoRA-Null (its verification)", "weights"),
         ("warp", "warp_tiny_llama.json", "WaRP (its importance and masked updates)", "gradients"),

@@ -68,7 +68,7 @@ def test_head_study_resumed_equals_uninterrupted(tmp_path):
         *SCHEDULE,
     ]
     (whole,), (resumed,), (perturbed,) = _interrupted_and_resumed(
-        tmp_path, "head_plasticity", "head_plasticity_minilm_topic.json", *overrides
+        tmp_path, "head_plasticity", "head_plasticity_minilm_rotten_tomatoes.json", *overrides
     )
     assert (resumed / "checkpoint-2").is_dir() and (resumed / "checkpoint-4").is_dir()
     for name, field in (("U.jsonl", "U"), ("I_post.jsonl", "loss_increase"), ("I_pre.jsonl", "loss_increase")):
