@@ -55,6 +55,7 @@ PERCENTILE = Bounds(0, 100)
 # Ranges of the TrainingArguments keys our recipes rely on (transformers checks few of them itself).
 TRAINING_BOUNDS = {
     "learning_rate": POSITIVE,
+    "head_learning_rate": POSITIVE,
     "num_train_epochs": NON_NEGATIVE,
     "max_steps": Bounds(-1),
     "per_device_train_batch_size": AT_LEAST_ONE,
@@ -336,6 +337,13 @@ class HfExtTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace the results of a finished run in output_dir instead of refusing to start."},
+    )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the sequence-classification head (classifier / score and pooler), the same "
+            "for every fine-tuning method; None: learning_rate like every other parameter."
+        },
     )
     run_record: RunRecord | None = field(
         default=None,

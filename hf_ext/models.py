@@ -423,8 +423,39 @@ def _first_reason(err: Exception) -> str:
 
 
 CLASSIFIER_HEADS = ("classifier", "score")
+POOLER_NAMES = ("pooler",)
 
 
 def classifier_head(model: nn.Module) -> nn.Linear | None:
     """The sequence classifier's output layer (``classifier`` or ``score``), ``None`` for a causal LM."""
     return next((getattr(model, n) for n in CLASSIFIER_HEADS if isinstance(getattr(model, n, None), nn.Linear)), None)
+
+
+def head_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters of the sequence-classification head: inside a module named
+    ``classifier`` / ``score`` or the base model's ``pooler`` (under peft too, adapters on the pooler included)."""
+    head = set(CLASSIFIER_HEADS + POOLER_NAMES)
+    return [n for n, p in model.named_parameters() if p.requires_grad and head & set(n.split("."))]
+
+
+def split_head_learning_rate(optimizer, model: nn.Module, learning_rate: float) -> int:
+    """Move the head's parameters (:func:`head_parameter_names`) of every param group of ``optimizer`` into groups
+    of their own at ``learning_rate`` (same other settings), before any step; returns how many moved."""
+    head = {id(p) for n, p in model.named_parameters() if n in set(head_parameter_names(model))}
+    moved = 0
+    for group in list(optimizer.param_groups):
+        if group.get("name") == "head":
+            continue
+        mine = [p for p in group["params"] if id(p) in head]
+        if mine:
+            group["params"] = [p for p in group["params"] if id(p) not in head]
+            optimizer.add_param_group(
+                {
+                    **{k: v for k, v in group.items() if k != "params"},
+                    "params": mine,
+                    "lr": learning_rate,
+                    "name": "head",
+                }
+            )
+            moved += len(mine)
+    return moved

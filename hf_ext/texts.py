@@ -1,4 +1,5 @@
-"""A fixed set of texts as padded batches: from a built-in task's split or a local .jsonl/.json/.csv file.
+"""A fixed set of texts as padded batches: from a built-in task's or a corpus's split, or a local
+.jsonl/.json/.csv file.
 
 Used where a technique needs calibration or evaluation inputs outside a recipe's training data
 (``hf-ext drift dump``, LoRA-Null calibration, ``hf-ext lora-null verify``).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import DataCollatorWithPadding
 
+from .corpora import PREFIX as CORPUS_PREFIX
 from .data import BUILTIN_PREFIX
 from .data_files import check_data_file, load_data_files
 from .errors import ConfigError, DataError
@@ -23,7 +25,8 @@ def load_texts(
     limit: int | None = None,
     option: str = "--text-column",
 ):
-    """``(example ids, texts)`` from ``builtin:<task>`` (one of its splits) or a .jsonl/.json/.csv file.
+    """``(example ids, texts)`` from ``builtin:<task>`` or ``corpus:<name>`` (one of its splits) or a
+    .jsonl/.json/.csv file.
 
     ``option`` is how the user names ``column`` (a CLI flag or a config key), for the error message."""
     if data.startswith(BUILTIN_PREFIX):
@@ -31,6 +34,10 @@ def load_texts(
         if split not in splits:
             raise ConfigError(f"split {split!r} is not one of {list(splits)}")
         dataset, prefix = splits[split], f"{split}:"
+    elif data.startswith(CORPUS_PREFIX):
+        from .corpora import load_corpus
+
+        dataset, prefix = load_corpus(data[len(CORPUS_PREFIX) :], splits=[split])[split], f"{split}:"
     else:
         check_data_file(data)
 

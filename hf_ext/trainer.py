@@ -20,7 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from . import distributed, tracking
 from .errors import ConfigError, RunDirectoryError, TrainingDivergedError
 from .io import read_json, write_json
-from .models import check_checkpoint_weights
+from .models import check_checkpoint_weights, split_head_learning_rate
 from .run_logger import LoggingCallback, print_run_locations
 
 
@@ -276,6 +276,22 @@ class HfExtTrainer(Trainer):
             return None
         per_epoch = max(-(-batches // self.args.gradient_accumulation_steps), 1)
         return math.ceil(self.args.num_train_epochs * per_epoch)
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the head's parameters in groups of their own at ``head_learning_rate``
+        when the arguments set it."""
+        optimizer = super().create_optimizer(model)
+        head_learning_rate = getattr(self.args, "head_learning_rate", None)
+        if head_learning_rate is not None:
+            model = self.model if model is None else model
+            if not split_head_learning_rate(optimizer, model, head_learning_rate) and not any(
+                g.get("name") == "head" for g in optimizer.param_groups
+            ):
+                raise ConfigError(
+                    f"head_learning_rate={head_learning_rate} but {type(model).__name__} has no trainable "
+                    "classifier head (classifier / score / pooler): unset head_learning_rate"
+                )
+        return optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         warmup = self.args.get_warmup_steps(num_training_steps)

@@ -1,12 +1,15 @@
 """The drift study's analysis, from its files alone: ``drift.csv``, ``drift.json`` and ``drift.png``.
 
-Reads ``study.json``, the base dump ``base/`` and every run's ``seed-<s>/<method>/dump`` and
-``metrics.json`` (see :mod:`hf_ext.drift.study`). Per run and layer it computes, for token-level rows
-and for the study's pooled rows: linear CKA, debiased CKA and cosine against the base; for the pooled
-rows also a bootstrap interval over examples and the chance level of CKA (the same rows with the
-pairing broken by a permutation of the examples). Drift is ``1 - CKA``. The tests ask whether LoRA
-drifts less than full fine-tuning over (seed, layer) pairs, at all and by ``min_reduction``;
-layer 0 (the embeddings, which LoRA does not adapt) is left out of the tests.
+Reads ``study.json``, the base dumps and every run's dumps and ``metrics.json`` (see
+:mod:`hf_ext.drift.study`). Per run, text set (the task's, the off-task texts) and layer it computes, for
+token-level rows and for the study's pooled rows: linear CKA, debiased CKA and cosine against the base; for
+the pooled rows of the task's texts also a bootstrap interval over examples and the chance level of CKA (the
+same rows with the pairing broken). Drift is ``1 - CKA``; a run's headline drift is the pooled drift averaged
+over layers 1 and up (the embeddings, which LoRA does not adapt, are left out).
+
+The verdict is read off frontiers, not single runs: per frontier (``full``, ``lora-r<rank>``) and seed the
+runs at its learning rates give points (task eval loss, drift); each LoRA frontier is compared with the full
+one at task-loss levels every curve reached, paired by seed (:mod:`hf_ext.frontier`): the seeds are the units.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
+from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,16 +25,21 @@ from typing import Any
 import torch
 
 from ..errors import RunDirectoryError
+from ..frontier import compare_at_matched_loss, format_comparison
 from ..io import read_json, write_json
 from ..plotting import require_pyplot, save_figures
 from .measure import compare_dumps
 from .metrics import gram_linear_cka
 from .shards import DumpReader
-from .stats import bootstrap_interval, paired_permutation_test, significance_mark
+from .stats import bootstrap_interval
 
 CSV_COLUMNS = (
+    "arm",
     "method",
+    "rank",
+    "learning_rate",
     "seed",
+    "texts",
     "layer",
     "pooling",
     "rows",
@@ -42,13 +51,15 @@ CSV_COLUMNS = (
     "cosine",
     "cosine_p05",
     "mean_vector_cosine",
+    "eval_loss",
     "task_metric",
 )
+TEXT_SETS = {"task": ("base", "dump"), "offtask": ("base-offtask", "dump-offtask")}
 CHANCE_PERMUTATIONS = 20
 
 
-def run_dir(root: Path, seed: int, method: str) -> Path:
-    return root / f"seed-{seed}" / method
+def run_dir(root: Path, seed: int, arm: str) -> Path:
+    return root / f"seed-{seed}" / arm
 
 
 def _example_groups(reader: DumpReader, pooling: str) -> list[list[int]]:
@@ -96,105 +107,149 @@ def interval_and_chance(
     return interval, sum(chance) / len(chance)
 
 
-def _run_rows(root: Path, study: Mapping[str, Any], seed: int, method: str, base: DumpReader) -> list[dict]:
-    directory = run_dir(root, seed, method)
+def _run_rows(root: Path, study: Mapping[str, Any], seed: int, arm: Mapping[str, Any]) -> list[dict]:
+    directory = run_dir(root, seed, arm["name"])
     if not (directory / "metrics.json").is_file():
         raise RunDirectoryError(
-            f"{directory} has no metrics.json: the run of seed {seed} with {method} did not finish; rerun the recipe "
-            "with the same output_dir to complete it"
+            f"{directory} has no metrics.json: the run of seed {seed} with {arm['name']} did not finish; rerun the "
+            "recipe with the same output_dir to complete it"
         )
     metrics = read_json(directory / "metrics.json")
-    dump = DumpReader(directory / "dump")
     pooled = study["pooling"]
     rows = []
-    for pooling in dict.fromkeys(["tokens", pooled]):
-        results = compare_dumps(base, dump, pooling=pooling, progress=False)
-        for layer, r in results.items():
-            row = {
-                "method": method,
-                "seed": seed,
-                "layer": layer,
-                "pooling": pooling,
-                "rows": r.rows,
-                "cka": r.cka,
-                "cka_low": None,
-                "cka_high": None,
-                "cka_chance": None,
-                "debiased_cka": r.debiased_cka,
-                "cosine": r.cosine_mean,
-                "cosine_p05": r.cosine_p05,
-                "mean_vector_cosine": r.mean_vector_cosine,
-                "task_metric": metrics.get(study["task_metric"]),
-            }
-            if pooling == pooled and math.isfinite(r.cka):  # no interval for a layer whose CKA is undefined
-                (low, high), chance = interval_and_chance(
-                    base.read_layer(layer, pooling).float(),
-                    dump.read_layer(layer, pooling).float(),
-                    _example_groups(base, pooling),
-                    samples=study["bootstrap_samples"],
-                    confidence=study["confidence"],
-                )
-                row |= {"cka_low": low, "cka_high": high, "cka_chance": chance}
-            rows.append(row)
+    for texts, (base_name, dump_name) in TEXT_SETS.items():
+        if texts == "offtask" and not study.get("offtask_dataset"):
+            continue
+        base, dump = DumpReader(root / base_name), DumpReader(directory / dump_name)
+        for pooling in dict.fromkeys(["tokens", pooled]):
+            for layer, r in compare_dumps(base, dump, pooling=pooling, progress=False).items():
+                row = {
+                    "arm": arm["name"],
+                    "method": arm["method"],
+                    "rank": arm["rank"],
+                    "learning_rate": arm["learning_rate"],
+                    "seed": seed,
+                    "texts": texts,
+                    "layer": layer,
+                    "pooling": pooling,
+                    "rows": r.rows,
+                    "cka": r.cka,
+                    "cka_low": None,
+                    "cka_high": None,
+                    "cka_chance": None,
+                    "debiased_cka": r.debiased_cka,
+                    "cosine": r.cosine_mean,
+                    "cosine_p05": r.cosine_p05,
+                    "mean_vector_cosine": r.mean_vector_cosine,
+                    "eval_loss": metrics.get("eval_loss"),
+                    "task_metric": metrics.get(study["task_metric"]),
+                }
+                # intervals only where the verdict is read: pooled rows of the task's texts, CKA defined
+                if texts == "task" and pooling == pooled and math.isfinite(r.cka):
+                    (low, high), chance = interval_and_chance(
+                        base.read_layer(layer, pooling).float(),
+                        dump.read_layer(layer, pooling).float(),
+                        _example_groups(base, pooling),
+                        samples=study["bootstrap_samples"],
+                        confidence=study["confidence"],
+                    )
+                    row |= {"cka_low": low, "cka_high": high, "cka_chance": chance}
+                rows.append(row)
     return rows
 
 
-def _drift(rows: list[dict], method: str, pooling: str) -> dict[tuple[int, int], float]:
-    return {(r["seed"], r["layer"]): 1 - r["cka"] for r in rows if r["method"] == method and r["pooling"] == pooling}
+def headline_drift(rows: list[dict], pooling: str) -> dict[tuple[str, int, str], float]:
+    """``{(arm, seed, texts): drift}``: pooled ``1 - CKA`` averaged over layers 1 and up, per run and text set."""
+    per_run = defaultdict(list)
+    for r in rows:
+        if r["pooling"] == pooling and r["layer"] > 0 and math.isfinite(r["cka"]):
+            per_run[(r["arm"], r["seed"], r["texts"])].append(1 - r["cka"])
+    return {key: sum(values) / len(values) for key, values in per_run.items()}
+
+
+def frontiers(rows: list[dict], study: Mapping[str, Any], texts: str, layer: int | None = None) -> dict:
+    """``{frontier: {seed: [(eval loss, drift), ...]}}``: one point per learning rate. ``layer=None`` uses the
+    headline drift (mean over layers 1 and up), else that layer's pooled drift."""
+    if layer is None:
+        drift = headline_drift(rows, study["pooling"])
+    else:
+        drift = {
+            (r["arm"], r["seed"], r["texts"]): 1 - r["cka"]
+            for r in rows
+            if r["pooling"] == study["pooling"] and r["layer"] == layer
+        }
+    losses = {(r["arm"], r["seed"]): r["eval_loss"] for r in rows}
+    curves: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    for arm in study["arms"]:
+        for seed in study["seeds"]:
+            value = drift.get((arm["name"], seed, texts))
+            if value is not None and losses.get((arm["name"], seed)) is not None:
+                curves[arm["frontier"]][seed].append((losses[(arm["name"], seed)], value))
+    return {name: dict(by_seed) for name, by_seed in curves.items()}
 
 
 def compare_methods(rows: list[dict], study: Mapping[str, Any]) -> dict[str, Any]:
-    """LoRA against full fine-tuning: per-layer reduction of drift and the permutation tests."""
-    pooling = study["pooling"]
-    lora, full = _drift(rows, "lora", pooling), _drift(rows, "full", pooling)
-    units = sorted(
-        key for key in full if key in lora and key[1] > 0 and math.isfinite(full[key]) and math.isfinite(lora[key])
-    )
-    if not units:
-        return {"skipped": "needs both 'full' and 'lora' runs"}
-    a, b = [lora[u] for u in units], [full[u] for u in units]
-    layers = sorted({layer for _, layer in units})
-    per_layer = {}
-    for layer in layers:
-        seeds = [s for s, layer_ in units if layer_ == layer]
-        la, fb = [lora[(s, layer)] for s in seeds], [full[(s, layer)] for s in seeds]
-        reductions = [1 - x / y if y > 0 else math.nan for x, y in zip(la, fb, strict=True)]
-        test = paired_permutation_test(la, fb)
-        per_layer[str(layer)] = {
-            "drift_full": sum(fb) / len(fb),
-            "drift_lora": sum(la) / len(la),
-            "reduction_mean": sum(reductions) / len(reductions),
-            "reduction_sd": _sd(reductions),
-            "reductions": reductions,
-            "test_less": test.to_dict(),
-        }
-    return {
-        "pooling": pooling,
-        "units": "(seed, layer) pairs, layers >= 1",
-        "less": paired_permutation_test(a, b).to_dict(),
-        "reduction": paired_permutation_test(a, b, reduction=study["min_reduction"]).to_dict(),
-        "per_layer": per_layer,
-    }
+    """Each LoRA frontier against full fine-tuning at matched task loss, per text set: the headline drift and
+    every layer's."""
+    layers = sorted({r["layer"] for r in rows if r["layer"] > 0})
+    comparisons = {}
+    for texts in dict.fromkeys(r["texts"] for r in rows):
+        curves = frontiers(rows, study, texts)
+        if "full" not in curves:
+            return {"skipped": "needs 'full' runs to compare with"}
+        per_layer = {layer: frontiers(rows, study, texts, layer) for layer in layers}
+        settings = {"levels": study["matched_levels"], "confidence": study["confidence"]}
+        for name in (n for n in curves if n != "full"):
+            comparisons[f"{name} vs full, {texts} texts"] = {
+                "texts": texts,
+                "frontier": name,
+                "headline": compare_at_matched_loss(curves["full"], curves[name], **settings),
+                "per_layer": {
+                    str(layer): compare_at_matched_loss(c["full"], c[name], **settings)
+                    for layer, c in per_layer.items()
+                },
+            }
+    if not comparisons:
+        return {"skipped": "needs 'full' and 'lora' runs"}
+    return comparisons
 
 
 def _sd(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def arm_table(rows: list[dict], study: Mapping[str, Any]) -> list[dict]:
+    """Per arm, mean and seed s.d. of the task loss, task metric and headline drift of each text set."""
+    drift = headline_drift(rows, study["pooling"])
+    runs = {(r["arm"], r["seed"]): r for r in rows}
+    table = []
+    for arm in study["arms"]:
+        seeds = [s for s in study["seeds"] if (arm["name"], s) in runs]
+        entry = {"arm": arm["name"], "seeds": len(seeds)}
+        for key in ("eval_loss", "task_metric"):
+            values = [runs[(arm["name"], s)][key] for s in seeds]
+            entry[key] = (statistics.mean(values), _sd(values))
+        for texts in dict.fromkeys(r["texts"] for r in rows):
+            values = [drift[(arm["name"], s, texts)] for s in seeds if (arm["name"], s, texts) in drift]
+            entry[f"drift_{texts}"] = (statistics.mean(values), _sd(values)) if values else None
+        table.append(entry)
+    return table
+
+
 def _live_vs_dump(root: Path, study: Mapping[str, Any], rows: list[dict]) -> float | None:
     """Largest |CKA| difference between the last in-training measurement and the analysis of the dumps."""
     differences = []
     for seed in study["seeds"]:
-        for method in study["methods"]:
-            history = read_json(run_dir(root, seed, method) / "metrics.json").get("in_training") or []
+        for arm in study["arms"]:
+            history = read_json(run_dir(root, seed, arm["name"]) / "metrics.json").get("in_training") or []
             if not history:
                 continue
             for layer, measured in history[-1]["layers"].items():
                 match = [
                     r["cka"]
                     for r in rows
-                    if (r["method"], r["seed"], r["layer"], r["pooling"])
-                    == (method, seed, int(layer), study["pooling"])
+                    if (r["arm"], r["seed"], r["layer"], r["pooling"], r["texts"])
+                    == (arm["name"], seed, int(layer), study["pooling"], "task")
                 ]
                 differences += [abs(measured["cka"] - m) for m in match]
     return max(differences) if differences else None
@@ -206,29 +261,19 @@ def analyze_run(root: str | Path) -> dict[str, Any]:
     if not (root / "study.json").is_file():
         raise RunDirectoryError(f"{root} holds no study.json: point --run at the output_dir of recipes/drift.py")
     study = read_json(root / "study.json")
-    base = DumpReader(root / "base")
-    rows = [
-        row
-        for seed in study["seeds"]
-        for method in study["methods"]
-        for row in _run_rows(root, study, seed, method, base)
-    ]
+    if "arms" not in study:
+        raise RunDirectoryError(
+            f"{root} holds a drift study from before learning-rate frontiers (no arms in study.json): rerun "
+            "recipes/drift.py in a new output_dir"
+        )
+    rows = [row for seed in study["seeds"] for arm in study["arms"] for row in _run_rows(root, study, seed, arm)]
     with open(root / "drift.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     summary = {
         "settings": study,
-        "task_metric": {
-            "base_model": study.get("base_task_metric"),
-            **{
-                f"{method}/seed-{seed}": read_json(run_dir(root, seed, method) / "metrics.json").get(
-                    study["task_metric"]
-                )
-                for seed in study["seeds"]
-                for method in study["methods"]
-            },
-        },
+        "arms": arm_table(rows, study),
         "comparison": compare_methods(rows, study),
         "live_vs_dump_max_abs_cka_difference": _live_vs_dump(root, study, rows),
         "rows": rows,
@@ -238,7 +283,9 @@ def analyze_run(root: str | Path) -> dict[str, Any]:
 
 
 def figures(root: str | Path) -> dict[str, Any]:
-    """The study's figure (CKA heatmap, drift reduction per layer, task metric per run) as matplotlib figures."""
+    """The study's figure: drift against task loss per text set (one colour per frontier, a point per run, the
+    line through the seeds' means per learning rate), and each LoRA frontier minus full per layer at the middle
+    matched loss with its interval over seeds."""
     if not (Path(root) / "drift.json").is_file():
         raise RunDirectoryError(
             f"{root} holds no drift.json: run recipes/drift.py there, or hf-ext drift analyze --run {root} first"
@@ -246,64 +293,61 @@ def figures(root: str | Path) -> dict[str, Any]:
     plt = require_pyplot()
     summary = read_json(Path(root) / "drift.json")
     study, rows = summary["settings"], summary["rows"]
-    layers = sorted({r["layer"] for r in rows})
-    columns = [(m, p) for p in dict.fromkeys(["tokens", study["pooling"]]) for m in study["methods"]]
-    grid = torch.tensor(
-        [
-            [
-                _mean([r["cka"] for r in rows if (r["method"], r["pooling"], r["layer"]) == (m, p, layer)])
-                for m, p in columns
-            ]
-            for layer in layers
-        ]
-    )
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    image = axes[0].imshow(grid.numpy(), aspect="auto", cmap="viridis", vmin=float(grid.min()), vmax=1.0)
-    axes[0].set_xticks(range(len(columns)), [f"{m}\n{p}" for m, p in columns])
-    axes[0].set_yticks(range(len(layers)), [str(layer) for layer in layers])
-    axes[0].set_ylabel("layer (0 = embeddings)")
-    axes[0].set_title(f"CKA with the base (mean of {len(study['seeds'])} seeds)")
-    for i in range(len(layers)):
-        for j in range(len(columns)):
-            dark = grid[i, j] < (float(grid.min()) + 1) / 2
-            axes[0].text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w" if dark else "k", fontsize=8)
-    figure.colorbar(image, ax=axes[0])
+    text_sets = list(dict.fromkeys(r["texts"] for r in rows))
+    figure, axes = plt.subplots(1, len(text_sets) + 1, figsize=(5.5 * (len(text_sets) + 1), 4.5))
+    colours = {}
+    for ax, texts in zip(axes, text_sets, strict=False):
+        for name, by_seed in frontiers(rows, study, texts).items():
+            colour = colours.setdefault(name, f"C{len(colours)}")
+            points = [p for curve in by_seed.values() for p in curve]
+            ax.scatter([x for x, _ in points], [y for _, y in points], color=colour, s=12, alpha=0.5)
+            means = _arm_means(rows, study, name, texts)
+            ax.plot([x for x, _ in means], [y for _, y in means], color=colour, marker="o", label=name)
+        base_loss = study.get("base_eval_loss")
+        if base_loss is not None:
+            ax.axvline(base_loss, color="k", ls=":", lw=1, label="base model loss")
+        ax.set_xlabel("task loss (validation subset)")
+        ax.set_ylabel(f"drift, 1 - CKA ({study['pooling']}), mean of layers 1+")
+        ax.set_title(f"frontier on the {texts} texts")
+        ax.legend(fontsize=8)
+    ax = axes[-1]
     comparison = summary["comparison"]
-    if "per_layer" in comparison:
-        per_layer = comparison["per_layer"]
-        xs = [int(k) for k in per_layer]
-        means = [per_layer[k]["reduction_mean"] for k in per_layer]
-        sds = [per_layer[k]["reduction_sd"] for k in per_layer]
-        axes[1].bar(xs, means, yerr=sds, capsize=4, color="tab:orange")
-        for x, m, s, k in zip(xs, means, sds, per_layer, strict=True):
-            axes[1].text(x, m + s, significance_mark(per_layer[k]["test_less"]["p_value"]), ha="center", va="bottom")
-        axes[1].axhline(study["min_reduction"], color="k", ls="--", lw=1, label=f"{study['min_reduction']:.0%} target")
-        axes[1].axhline(0, color="k", lw=0.5)
-        axes[1].legend()
-        less = comparison["less"]
-        axes[1].set_title(
-            f"drift reduction of LoRA ({study['pooling']}), p={less['p_value']:.3g} (min {less['min_p_value']:.2g})"
-        )
-        axes[1].set_xlabel("layer")
-        axes[1].set_ylabel("1 - drift_lora / drift_full (mean ± sd over seeds)")
+    if "skipped" in comparison:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, comparison["skipped"], ha="center")
     else:
-        axes[1].set_axis_off()
-        axes[1].text(0.5, 0.5, comparison.get("skipped", ""), ha="center")
-    task = summary["task_metric"]
-    names = [name for name in task if name != "base_model"]
-    axes[2].bar(range(len(names)), [task[n] or 0 for n in names], color="tab:green")
-    axes[2].set_xticks(range(len(names)), names, rotation=30, ha="right")
-    if task.get("base_model") is not None:
-        axes[2].axhline(task["base_model"], color="k", ls="--", lw=1, label="base model")
-        axes[2].legend(loc="lower right")
-    axes[2].set_ylim(0, 1)
-    axes[2].set_title(f"task metric: {study['task_metric']} (validation)")
+        for i, (label, entry) in enumerate(comparison.items()):
+            layers, means, errors = [], [], []
+            for layer, result in entry["per_layer"].items():
+                if "levels" in result:
+                    middle = result["levels"][len(result["levels"]) // 2]
+                    layers.append(int(layer) + 0.1 * i)
+                    means.append(middle["mean"])
+                    errors.append(middle["resolution"])
+            ax.errorbar(layers, means, yerr=errors, marker="o", capsize=3, ls="-", label=label)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("drift difference (LoRA - full), 95% interval over seeds")
+        ax.set_title("at the middle matched task loss")
+        ax.legend(fontsize=7)
     figure.tight_layout()
     return {"drift": figure}
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
+def _arm_means(rows: list[dict], study: Mapping[str, Any], frontier: str, texts: str) -> list[tuple[float, float]]:
+    drift = headline_drift(rows, study["pooling"])
+    losses = {(r["arm"], r["seed"]): r["eval_loss"] for r in rows}
+    means = []
+    for arm in (a for a in study["arms"] if a["frontier"] == frontier):
+        keys = [(arm["name"], s) for s in study["seeds"] if (arm["name"], s, texts) in drift]
+        if keys:
+            means.append(
+                (
+                    statistics.mean(losses[k] for k in keys),
+                    statistics.mean(drift[(*k, texts)] for k in keys),
+                )
+            )
+    return sorted(means)
 
 
 def plot(root: str | Path) -> list[Path]:
@@ -311,29 +355,50 @@ def plot(root: str | Path) -> list[Path]:
     return save_figures(figures(root), root)
 
 
+def power_lines(study: Mapping[str, Any], table: list[dict]) -> list[str]:
+    """What the study could detect, said before the result: sizes, chance, the accuracy's standard error, the
+    seed-to-seed spread of the headline drift."""
+    n = study["eval_examples"]
+    chance = study.get("chance_task_metric")
+    metrics = [e["task_metric"][0] for e in table if e["task_metric"][0] is not None]
+    p = statistics.mean(metrics) if metrics else 0.5
+    spreads = [e["drift_task"][1] for e in table if e.get("drift_task")]
+    lines = [
+        f"sizes: {len(study['seeds'])} seeds x {len(study['arms'])} arms; task scored and drift measured on {n} "
+        f"validation examples"
+        + (f", off-task drift on {study['offtask_examples']} texts" if study.get("offtask_examples") else ""),
+        f"chance: {study['task_metric']} {chance:.3f} (majority class)" if chance is not None else "chance: n/a",
+        f"base model: loss {study['base_eval_loss']:.4f}, {study['task_metric']} {study['base_task_metric']:.4f}",
+        f"an accuracy near {p:.2f} on {n} examples has binomial s.e. {math.sqrt(p * (1 - p) / n):.3f}; "
+        f"seed-to-seed s.d. of the headline drift per arm: up to {max(spreads, default=math.nan):.4f}",
+    ]
+    return lines
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """The task metric of every run, drift per layer and the tests, as printed by the recipe and ``analyze``."""
+    """Power, the arms (task loss, metric, drift per text set) and the comparisons at matched loss, as printed by
+    the recipe and ``analyze``."""
+    study = summary["settings"]
+    table = summary["arms"]
+    lines = power_lines(study, table)
+    text_sets = [k[len("drift_") :] for k in table[0] if k.startswith("drift_")] if table else []
+    lines.append(
+        f"{'arm':22s} {'eval loss':>16s} {study['task_metric']:>22s} "
+        + " ".join(f"{'drift ' + t:>17s}" for t in text_sets)
+        + "   (mean ± s.d. over seeds; drift: 1 - CKA, mean of layers 1+)"
+    )
+    for entry in table:
+        cells = [f"{entry[k][0]:.4f} ± {entry[k][1]:.4f}" for k in ("eval_loss", "task_metric")]
+        cells += [
+            f"{entry['drift_' + t][0]:.4f} ± {entry['drift_' + t][1]:.4f}" if entry.get("drift_" + t) else "n/a"
+            for t in text_sets
+        ]
+        lines.append(f"{entry['arm']:22s} {cells[0]:>16s} {cells[1]:>22s} " + " ".join(f"{c:>17s}" for c in cells[2:]))
     comparison = summary["comparison"]
-    lines = [f"task metric ({summary['settings']['task_metric']} on the validation split):"]
-    lines += [
-        f"  {name:16s} {value if value is None else round(value, 4)}" for name, value in summary["task_metric"].items()
-    ]
-    if "per_layer" not in comparison:
+    if "skipped" in comparison:
         return "\n".join([*lines, f"drift study: no comparison ({comparison['skipped']})"])
-    lines += [
-        f"drift (1 - CKA, {comparison['pooling']} pooling), mean over seeds:",
-        "  layer  full    lora    reduction",
-    ]
-    for layer, values in comparison["per_layer"].items():
-        lines.append(
-            f"  {layer:>5}  {values['drift_full']:.4f}  {values['drift_lora']:.4f}  "
-            f"{values['reduction_mean']:+.1%} ± {values['reduction_sd']:.1%}"
-        )
-    for key in ("less", "reduction"):
-        test = comparison[key]
-        margin = f" by >= {test['reduction']:.0%}" if key == "reduction" else ""
-        lines.append(
-            f"LoRA drifts less{margin}: p = {test['p_value']:.4g} "
-            f"(n = {test['n']}, smallest possible p {test['min_p_value']:.3g})"
+    for entry in comparison.values():
+        lines += format_comparison(
+            entry["headline"], "full", entry["frontier"], f"drift on the {entry['texts']} texts"
         )
     return "\n".join(lines)

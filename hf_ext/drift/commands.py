@@ -105,9 +105,13 @@ def add_parser(commands, name: str, help: str) -> None:
         parser.add_argument("--adapter", default=None, help="a saved peft adapter directory to load on the model")
         allow_pickle_weights_option(parser)
         parser.add_argument(
-            "--data", required=True, help="builtin:<task> or a .jsonl/.json/.csv file with a text column"
+            "--data",
+            required=True,
+            help="builtin:<task>, corpus:<name> or a .jsonl/.json/.csv file with a text column",
         )
-        parser.add_argument("--split", default="validation", help="split of a builtin task (default validation)")
+        parser.add_argument(
+            "--split", default="validation", help="split of a builtin task or corpus (default validation)"
+        )
         parser.add_argument("--text-column", default="text", help="column holding the text (default text)")
         parser.add_argument("--max-examples", type=positive_int, default=None, help="use the first N examples")
         parser.add_argument(

@@ -1,18 +1,22 @@
-"""The drift study: does LoRA move a model's representations less than full fine-tuning?
+"""The drift study: does LoRA move a model's representations less than full fine-tuning at equal task loss?
 
-In ``output_dir``: ``eval_subset.json`` (the fixed validation examples), ``study.json`` (settings and
-the base model's task metric), ``base/`` (the base model's representations, every token), and per
-seed and method ``seed-<s>/<method>/``: the Trainer's outputs and TensorBoard run (with in-training
-drift), ``metrics.json`` (task metric and in-training drift), ``dump/`` (the fine-tuned model's
-representations) and, for LoRA, ``adapter/`` (the trained adapter; full fine-tunes are not saved).
-Then :func:`hf_ext.drift.analysis.analyze_run` writes ``drift.csv`` and ``drift.json`` and
-:func:`~hf_ext.drift.analysis.plot` ``drift.png`` (also logged to TensorBoard). A rerun with the same
-``output_dir`` keeps the base dump and every finished run and redoes the missing or damaged ones.
+Every arm (a method at one learning rate; LoRA at each rank too) is trained from the same base model for
+every seed. In ``output_dir``: ``eval_subset.json`` (the fixed validation examples the task is scored on and
+whose representations are compared), ``study.json`` (settings, the base model's task loss and metric, the
+chance level), ``base/`` and ``base-offtask/`` (the base model's representations of the task's and the
+off-task texts, every token), and per seed and arm ``seed-<s>/<arm>/``: the Trainer's outputs and TensorBoard
+run, ``metrics.json`` (task loss and metric on the subset), ``dump/`` and ``dump-offtask/`` (the fine-tuned
+model's representations) and, for LoRA, ``adapter/`` (full fine-tunes are not saved). Then
+:func:`hf_ext.drift.analysis.analyze_run` writes ``drift.csv`` and ``drift.json`` (the frontiers and the
+comparisons at matched loss) and :func:`~hf_ext.drift.analysis.plot` ``drift.png`` (also logged to
+TensorBoard). A rerun with the same ``output_dir`` keeps the base dumps and every finished run and redoes the
+missing or damaged ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -22,15 +26,16 @@ from transformers.trainer_utils import get_last_checkpoint
 from .. import distributed
 from ..config import DataArguments, ModelArguments
 from ..data import eval_subset, load_model_and_data
-from ..errors import FileFormatError, RunDirectoryError
+from ..errors import ConfigError, DataError, FileFormatError, RunDirectoryError
 from ..io import read_json, write_json
 from ..models import load_model
 from ..outputs import changed_settings, check_output_dir, tensorboard_writer
 from ..plotting import plotting_available
+from ..texts import load_texts, text_batches
 from ..trainer import HfExtTrainer
 from .analysis import analyze_run, figures, format_summary, plot, run_dir
 from .callbacks import DriftCallback
-from .config import DriftArguments
+from .config import Arm, DriftArguments
 from .recorders import RepresentationRecorder
 from .shards import DumpReader, dump_representations
 
@@ -38,11 +43,12 @@ from .shards import DumpReader, dump_representations
 TASK_METRICS = {"seq_cls": "eval_accuracy", "causal_lm": "eval_response_token_accuracy"}
 
 
-def lora_model(model, drift: DriftArguments, task_type: str):
-    """``model`` wrapped in a fresh peft LoRA adapter (the classifier head stays trainable for seq_cls)."""
+def lora_model(model, drift: DriftArguments, arm: Arm, task_type: str):
+    """``model`` wrapped in a fresh peft LoRA adapter of ``arm``'s rank (the classifier head stays trainable for
+    seq_cls)."""
     from peft import get_peft_model
 
-    return get_peft_model(model, drift.lora_config(task_type))
+    return get_peft_model(model, drift.lora_config_of(arm, task_type))
 
 
 def _settings(model_args: ModelArguments, data_args: DataArguments, drift: DriftArguments) -> dict:
@@ -75,24 +81,55 @@ def _readable_dump(path: Path) -> bool:
     return True
 
 
-def _run_finished(directory: Path) -> bool:
-    """A run whose metrics and dump are on disk and readable (a damaged run is redone)."""
-    return (directory / "metrics.json").is_file() and _readable_dump(directory / "dump")
+def _run_finished(directory: Path, offtask: bool) -> bool:
+    """A run whose metrics and dumps are on disk and readable (a damaged run is redone)."""
+    dumps = ["dump", "dump-offtask"] if offtask else ["dump"]
+    return (directory / "metrics.json").is_file() and all(_readable_dump(directory / d) for d in dumps)
+
+
+def _batches(dataset, training_args, collator) -> list:
+    return list(DataLoader(dataset, batch_size=training_args.per_device_eval_batch_size, collate_fn=collator))
+
+
+def _offtask_texts(drift: DriftArguments, tokenizer, max_length: int, batch_size: int):
+    """``(example ids, batches)`` of the off-task texts, or ``None`` without ``offtask_dataset``."""
+    if drift.offtask_dataset is None:
+        return None
+    try:
+        ids, texts = load_texts(
+            drift.offtask_dataset,
+            split=drift.offtask_split,
+            column=drift.offtask_text_column,
+            limit=drift.offtask_samples,
+            option="offtask_text_column",
+        )
+    except (ConfigError, DataError) as err:
+        raise type(err)(f"offtask_dataset={drift.offtask_dataset!r}: {err}") from None
+    return ids, text_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length)
+
+
+def chance_accuracy(labels) -> float:
+    """Accuracy of always answering the most frequent label: the floor a classifier must beat."""
+    counts = Counter(int(label) for label in labels)
+    return max(counts.values()) / sum(counts.values())
 
 
 def run_drift_study(
     model_args: ModelArguments, data_args: DataArguments, drift: DriftArguments, training_args: TrainingArguments
 ) -> Path:
-    """Fine-tune by each method and seed, dump the representations, analyse and plot; returns ``output_dir``.
+    """Fine-tune every arm for every seed, dump the representations, analyse and plot; returns ``output_dir``.
 
-    A rerun with the same ``output_dir`` and settings keeps the base dump and every finished run and redoes
-    the rest (a run is finished when its ``metrics.json`` and a readable dump are on disk).
+    A rerun with the same ``output_dir`` and settings keeps the base dumps and every finished run and redoes
+    the rest (a run is finished when its ``metrics.json`` and readable dumps are on disk).
     """
     distributed.check_launcher(training_args, "the drift study", "weights")  # before any output
     root = Path(training_args.output_dir)
     overwrite = getattr(training_args, "overwrite_output_dir", False)
-    runs = [run_dir(root, seed, method) for seed in drift.seeds for method in drift.methods]
-    complete = all(_run_finished(directory) for directory in runs) and _readable_dump(root / "base")
+    arms = drift.arms(training_args.learning_rate)
+    offtask = drift.offtask_dataset is not None
+    runs = [run_dir(root, seed, arm.name) for seed in drift.seeds for arm in arms]
+    bases = ["base", "base-offtask"] if offtask else ["base"]
+    complete = all(_run_finished(d, offtask) for d in runs) and all(_readable_dump(root / b) for b in bases)
     check_output_dir(root, finished=["drift.json"] if complete else [], overwrite=overwrite, resuming=False)
     settings = _settings(model_args, data_args, drift)
     if not overwrite:
@@ -102,16 +139,13 @@ def run_drift_study(
     RepresentationRecorder(base, pooling=drift.pooling, layers=drift.layers)  # checks both before any work
     if "lora" in drift.methods:
         drift.check_targets(base)
+    off = _offtask_texts(drift, tokenizer, data_args.max_seq_length, training_args.per_device_eval_batch_size)
     indices = eval_subset(data.validation, drift.eval_subset_size, drift.subset_seed, root / "eval_subset.json")
-    batches = list(
-        DataLoader(
-            data.validation.select(indices),
-            batch_size=training_args.per_device_eval_batch_size,
-            collate_fn=data.collator,
-        )
-    )
+    subset = data.validation.select(indices)
+    texts = {"dump": ([f"validation:{i}" for i in indices], _batches(subset, training_args, data.collator))}
+    if off is not None:
+        texts["dump-offtask"] = off
     dump = {
-        "example_ids": [f"validation:{i}" for i in indices],
         "pooling": "tokens",
         "layers": drift.layers,
         "dtype": drift.dump_dtype,
@@ -119,19 +153,33 @@ def run_drift_study(
         "overwrite": True,  # only dumps that are missing, damaged or stale are written
     }
     base_args = dataclasses.replace(training_args, report_to=[])
-    base_metrics = HfExtTrainer(model=base, args=base_args, **data.trainer_kwargs()).evaluate()
+    base_metrics = HfExtTrainer(model=base, args=base_args, **data.trainer_kwargs()).evaluate(eval_dataset=subset)
     if distributed.is_main_process():
-        write_json(root / "study.json", {**settings, "base_task_metric": base_metrics.get(settings["task_metric"])})
-    if overwrite or not _readable_dump(root / "base"):
-        dump_representations(base, batches, root / "base", **dump)
+        labels = subset["labels"] if "labels" in subset.column_names else None
+        write_json(
+            root / "study.json",
+            {
+                **settings,
+                "arms": [dataclasses.asdict(arm) | {"name": arm.name, "frontier": arm.frontier} for arm in arms],
+                "base_task_metric": base_metrics.get(settings["task_metric"]),
+                "base_eval_loss": base_metrics.get("eval_loss"),
+                "chance_task_metric": chance_accuracy(labels) if labels is not None else None,
+                "eval_examples": len(indices),
+                "offtask_examples": len(off[0]) if off is not None else 0,
+            },
+        )
+    for name, (ids, batches) in texts.items():
+        where = root / name.replace("dump", "base")
+        if overwrite or not _readable_dump(where):
+            dump_representations(base, batches, where, example_ids=ids, **dump)
     del base
     for seed in drift.seeds:
-        for method in drift.methods:
-            directory = run_dir(root, seed, method)
-            if _run_finished(directory) and not overwrite:
+        for arm in arms:
+            directory = run_dir(root, seed, arm.name)
+            if _run_finished(directory, offtask) and not overwrite:
                 print(f"drift study: {directory} is finished, keeping it", flush=True)
                 continue
-            _train_run(model_args, drift, training_args, data, tokenizer, batches, dump, directory, seed, method)
+            _train_run(model_args, drift, training_args, data, tokenizer, subset, texts, dump, directory, seed, arm)
     if distributed.is_main_process():
         summary = analyze_run(root)
         drawn = plotting_available("drift figure")
@@ -149,45 +197,50 @@ def run_drift_study(
     return root
 
 
-def _train_run(model_args, drift, training_args, data, tokenizer, batches, dump, directory: Path, seed, method):
-    """Fine-tune one run from the base model and write its ``metrics.json``, ``dump/`` (and LoRA ``adapter/``)."""
+def _train_run(model_args, drift, training_args, data, tokenizer, subset, texts, dump, directory: Path, seed, arm):
+    """Fine-tune one arm from the base model and write its ``metrics.json``, dumps (and LoRA ``adapter/``)."""
     # Every run starts from the base model (head included); the seed varies data order, dropout and the
     # adapter's initialisation.
     model = load_model(model_args, tokenizer, data.labels, seed=training_args.seed).to(training_args.device)
     set_seed(seed)
-    learning_rate = training_args.learning_rate
-    if method == "lora":
-        model = lora_model(model, drift, model_args.task_type)
-        learning_rate = drift.lora_learning_rate or learning_rate
-    callback = DriftCallback(
-        batches,
-        every=drift.drift_steps,
-        pooling=drift.pooling,
-        layers=drift.layers,
-        base_dump=directory.parent.parent / "base",
-    )
-    args = dataclasses.replace(training_args, output_dir=str(directory), seed=seed, learning_rate=learning_rate)
+    if arm.method == "lora":
+        model = lora_model(model, drift, arm, model_args.task_type)
+    callbacks = []
+    if drift.drift_steps:
+        base_dump = directory.parent.parent / "base"
+        batches = texts["dump"][1]
+        callbacks.append(
+            DriftCallback(
+                batches, every=drift.drift_steps, pooling=drift.pooling, layers=drift.layers, base_dump=base_dump
+            )
+        )
+    args = dataclasses.replace(training_args, output_dir=str(directory), seed=seed, learning_rate=arm.learning_rate)
     trainer = HfExtTrainer(
-        model=model, args=args, processing_class=tokenizer, callbacks=[callback], **data.trainer_kwargs()
+        model=model, args=args, processing_class=tokenizer, callbacks=callbacks, **data.trainer_kwargs()
     )
     # resume_from_checkpoint: each unfinished run continues from its own last checkpoint, if it saved one
     resume = (
         get_last_checkpoint(str(directory)) if training_args.resume_from_checkpoint and directory.is_dir() else None
     )
     trainer.train(resume_from_checkpoint=resume)
-    metrics = trainer.evaluate()
+    metrics = trainer.evaluate(eval_dataset=subset)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if method == "lora":
+    lora = arm.method == "lora"
+    if lora:
         trainer.save_model(str(directory / "adapter"))  # peft saves the adapter only: hf-ext drift measure --adapter
-    dump_representations(
-        model,
-        batches,
-        directory / "dump",
-        adapter=str(directory / "adapter") if method == "lora" else None,
-        checkpoint_step=trainer.state.global_step,
-        **dump,
-    )
+    for name, (ids, batches) in texts.items():
+        dump_representations(
+            model,
+            batches,
+            directory / name,
+            example_ids=ids,
+            adapter=str(directory / "adapter") if lora else None,
+            checkpoint_step=trainer.state.global_step,
+            **dump,
+        )
     if distributed.is_main_process():
+        history = callbacks[0].history if callbacks else []
         write_json(
-            directory / "metrics.json", {"method": method, "seed": seed, **metrics, "in_training": callback.history}
+            directory / "metrics.json",
+            {**dataclasses.asdict(arm), "arm": arm.name, "seed": seed, **metrics, "in_training": history},
         )

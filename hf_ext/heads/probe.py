@@ -19,9 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..models import classifier_head, model_device
-
-POOLER_NAMES = ("pooler",)
+from ..models import POOLER_NAMES, classifier_head, model_device
 
 
 def task_head(model: nn.Module) -> dict[str, nn.Module]:

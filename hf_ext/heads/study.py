@@ -400,21 +400,29 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
 def run_head_study(
     model_args: ModelArguments, data_args: DataArguments, study: HeadStudyArguments, training_args: TrainingArguments
 ) -> list[Path]:
-    """Every seed, then the across-seeds aggregate when there are several."""
+    """Every seed, then the across-seeds aggregate when there are several. A rerun in the same ``output_dir``
+    keeps the seeds whose ``heads.csv`` is written and runs the others; it refuses only when every seed is
+    finished (``overwrite_output_dir=true`` redoes them all)."""
     # Each rank measures its own shard of the batches through the unwrapped model: sharded weights would hang.
     distributed.check_launcher(training_args, "the head study", "weights")
     seeds = study.seeds or [training_args.seed]
     overwrite = getattr(training_args, "overwrite_output_dir", False)
+    root = Path(training_args.output_dir)
+    runs = [root / f"seed-{seed}" for seed in seeds]
+    finished = {run for run in runs if (run / "heads.csv").is_file()} if not overwrite else set()
     check_output_dir(
-        training_args.output_dir,
-        finished=[f"seed-{seed}/heads.csv" for seed in seeds],
+        root,
+        finished=[run / "heads.csv" for run in runs] if len(finished) == len(runs) else [],
         overwrite=overwrite,
         resuming=bool(training_args.resume_from_checkpoint),
     )
     if not overwrite:
-        runs = [Path(training_args.output_dir) / f"seed-{seed}" for seed in seeds]
         _check_same_start(runs, study.start_settings(model_args.task_type))
-    runs = [run_seed(model_args, data_args, study, training_args, seed) for seed in seeds]
+    for run, seed in zip(runs, seeds):
+        if run in finished:
+            print(f"head plasticity: {run} is finished, keeping it", flush=True)
+        else:
+            run_seed(model_args, data_args, study, training_args, seed)
     if len(runs) > 1 and distributed.is_main_process():
         aggregate_seeds(training_args.output_dir, runs, bootstrap_samples=study.bootstrap_samples)
     if distributed.is_main_process():

@@ -51,8 +51,10 @@ def add_parser(commands, name: str, help: str) -> None:
     )
     verify.add_argument("--adapter", required=True, help="the saved peft adapter directory")
     allow_pickle_weights_option(verify)
-    verify.add_argument("--data", required=True, help="builtin:<task> or a .jsonl/.json/.csv file with a text column")
-    verify.add_argument("--split", default="validation", help="split of a builtin task (default validation)")
+    verify.add_argument(
+        "--data", required=True, help="builtin:<task>, corpus:<name> or a .jsonl/.json/.csv file with a text column"
+    )
+    verify.add_argument("--split", default="validation", help="split of a builtin task or corpus (default validation)")
     verify.add_argument("--text-column", default="text", help="column holding the text (default text)")
     verify.add_argument("--max-examples", type=positive_int, default=256, help="use the first N examples (256)")
     verify.add_argument("--max-seq-length", type=positive_int, default=128, help="truncate to N tokens (128)")

@@ -16,8 +16,10 @@ TINY = (
     "per_device_eval_batch_size=8",
     "bootstrap_samples=50",
     'lora_target_modules=["query","value"]',
-    "lora_learning_rate=0.01",
-    "learning_rate=0.001",
+    "full_learning_rates=[0.001,0.01]",
+    "lora_learning_rates=[0.01,0.1]",
+    "lora_ranks=[2]",
+    "offtask_samples=16",
     "warmup_steps=0",
     "drift_steps=1",
     "logging_steps=1",
@@ -31,31 +33,49 @@ def study(tmp_path_factory):
     return out
 
 
-def test_the_recipe_writes_the_table_the_tests_and_the_figure(study):
+ARMS = ("full-lr0.001", "full-lr0.01", "lora-r2-lr0.01", "lora-r2-lr0.1")
+
+
+def test_the_recipe_writes_the_table_the_frontiers_and_the_figure(study):
     with open(study / "drift.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {(r["method"], r["seed"], r["pooling"]) for r in rows} == {
-        (m, s, p) for m in ("full", "lora") for s in ("1", "2") for p in ("tokens", "mean")
+    assert {(r["arm"], r["seed"], r["texts"], r["pooling"]) for r in rows} == {
+        (a, s, t, p) for a in ARMS for s in ("1", "2") for t in ("task", "offtask") for p in ("tokens", "mean")
     }
-    assert len(rows) == 2 * 2 * 2 * 3  # methods x seeds x poolings x hidden states of tiny:bert
-    mean_rows = [r for r in rows if r["pooling"] == "mean"]
-    for r in mean_rows:
+    assert len(rows) == 4 * 2 * 2 * 2 * 3  # arms x seeds x text sets x poolings x hidden states of tiny:bert
+    with_interval = [r for r in rows if r["pooling"] == "mean" and r["texts"] == "task"]
+    for r in with_interval:
         assert float(r["cka_low"]) <= float(r["cka_high"]) <= 1
         assert float(r["cka_chance"]) < float(r["cka_low"])  # breaking the pairing lowers CKA
     lora_embeddings = [r for r in rows if r["method"] == "lora" and r["layer"] == "0"]
     assert all(float(r["cka"]) == pytest.approx(1, abs=1e-6) for r in lora_embeddings)
     summary = json.loads((study / "drift.json").read_text())
-    comparison = summary["comparison"]
-    assert comparison["less"]["n"] == 4 and comparison["less"]["exact"]  # 2 seeds x 2 blocks
-    assert comparison["less"]["min_p_value"] == pytest.approx(1 / 16)
-    assert set(summary["task_metric"]) == {"base_model", "full/seed-1", "full/seed-2", "lora/seed-1", "lora/seed-2"}
+    assert [a["arm"] for a in summary["arms"]] == list(ARMS)
+    assert all(a["seeds"] == 2 and a["eval_loss"][0] > 0 for a in summary["arms"])
+    assert set(summary["comparison"]) == {"lora-r2 vs full, task texts", "lora-r2 vs full, offtask texts"}
+    for entry in summary["comparison"].values():
+        assert set(entry["per_layer"]) == {"1", "2"}
+        headline = entry["headline"]
+        # a frontier needs overlapping losses; tiny:bert may not give them, and then says so
+        assert "levels" in headline or "do not overlap" in headline["skipped"]
+    settings = summary["settings"]
+    assert settings["eval_examples"] == 24 and settings["offtask_examples"] == 16
+    assert 0.5 <= settings["chance_task_metric"] < 1
     assert summary["live_vs_dump_max_abs_cka_difference"] < 5e-3  # float16 dumps against live float32
-    run_events = read_events(next((study / "seed-1" / "full" / "runs").iterdir()))
+    run_events = read_events(next((study / "seed-1" / "full-lr0.001" / "runs").iterdir()))
     assert "train/drift/cka/layer_2" in run_events.Tags()["scalars"]
     pytest.importorskip("matplotlib")  # the figure, in drift.png and in TensorBoard (the plots extra)
     assert (study / "drift.png").stat().st_size > 10_000
     events = read_events(next((study / "analysis").iterdir()))
     assert events.Tags()["images"] == ["drift/drift"]
+
+
+def test_the_printed_summary_states_power_before_the_verdict(study, capsys):
+    assert cli(["drift", "analyze", "--run", str(study)]) == 0
+    out = capsys.readouterr().out
+    assert "sizes: 2 seeds x 4 arms; task scored and drift measured on 24 validation examples" in out
+    assert "chance: eval_accuracy" in out and "binomial s.e." in out and "seed-to-seed s.d." in out
+    assert out.index("binomial s.e.") < out.index("drift on the task texts, lora-r2")  # power before the verdict
 
 
 def test_analyze_and_plot_redo_the_analysis_from_the_saved_files(study, capsys):
@@ -86,11 +106,11 @@ def test_a_rerun_of_an_unfinished_study_redoes_only_the_unfinished_run(study, tm
     copy = tmp_path / "run"
     shutil.copytree(study, copy)
     (copy / "drift.json").unlink()
-    (copy / "seed-2" / "lora" / "metrics.json").unlink()
-    kept = (copy / "seed-1" / "full" / "metrics.json").stat().st_mtime_ns
+    (copy / "seed-2" / "lora-r2-lr0.1" / "metrics.json").unlink()
+    kept = (copy / "seed-1" / "full-lr0.001" / "metrics.json").stat().st_mtime_ns
     base = (copy / "base" / "shard-00000.safetensors").stat().st_mtime_ns
     run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={copy}", *TINY)
-    assert (copy / "seed-1" / "full" / "metrics.json").stat().st_mtime_ns == kept
+    assert (copy / "seed-1" / "full-lr0.001" / "metrics.json").stat().st_mtime_ns == kept
     assert (copy / "base" / "shard-00000.safetensors").stat().st_mtime_ns == base
     assert (
         json.loads((copy / "drift.json").read_text())["rows"] == json.loads((study / "drift.json").read_text())["rows"]
@@ -102,16 +122,27 @@ def test_a_rerun_of_an_unfinished_study_redoes_only_the_unfinished_run(study, tm
     [
         (('lora_target_modules=["nope"]',), "lora_target_modules: target pattern 'nope' matches no nn.Linear module"),
         (("layers=0-9",), r"layers \[3, 4, 5, 6, 7, 8, 9\] do not exist"),
-        (("model_name_or_path=tiny:llama", "task_type=causal_lm", "pooling=first"), "pooling 'first' does not fit"),
+        (
+            (
+                "model_name_or_path=tiny:llama",
+                "task_type=causal_lm",
+                "dataset_name=builtin:sentiment",
+                "pooling=first",
+            ),
+            "pooling 'first' does not fit",
+        ),
+        (("offtask_dataset=corpus:chitchatt",), "offtask_dataset='corpus:chitchatt': .*did you mean chitchat"),
+        (("offtask_split=dev",), "offtask_dataset='corpus:chitchat': corpus chitchat has the splits .* not 'dev'"),
+        (("offtask_text_column=body",), "offtask_dataset='corpus:chitchat': .* has no column 'body'"),
     ],
 )
 def test_study_arguments_that_do_not_fit_the_model_are_refused_before_any_file_is_written(
     tmp_path, overrides, message
 ):
-    from hf_ext.errors import ConfigError
+    from hf_ext.errors import ConfigError, DataError
 
     out = tmp_path / "x"
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises((ConfigError, DataError), match=message):
         run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={out}", *TINY, *overrides)
     assert not out.exists()
 
@@ -122,7 +153,7 @@ def test_a_damaged_study_is_completed_by_a_rerun(study, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(study, copy)
     (copy / "base" / "shard-00001.safetensors").unlink()
-    (copy / "seed-1" / "lora" / "dump" / "shard-00000.safetensors").write_bytes(b"x")
+    (copy / "seed-1" / "lora-r2-lr0.01" / "dump" / "shard-00000.safetensors").write_bytes(b"x")
     assert cli(["drift", "analyze", "--run", str(copy)]) == 2
     assert "shard-00001.safetensors is missing" in capsys.readouterr().err
     run_recipe(
@@ -131,9 +162,9 @@ def test_a_damaged_study_is_completed_by_a_rerun(study, tmp_path, capsys):
     assert (
         json.loads((copy / "drift.json").read_text())["rows"] == json.loads((study / "drift.json").read_text())["rows"]
     )
-    assert (copy / "seed-1" / "lora" / "adapter" / "adapter_config.json").is_file()
+    assert (copy / "seed-1" / "lora-r2-lr0.01" / "adapter" / "adapter_config.json").is_file()
     assert cli(["drift", "analyze", "--run", str(copy)]) == 0
-    assert "LoRA drifts less: p = " in capsys.readouterr().out
+    assert "drift on the task texts, lora-r2" in capsys.readouterr().out
 
 
 def test_cli_dump_measure_and_compare(study, tmp_path, capsys):
@@ -232,7 +263,9 @@ def test_cli_adapter_off_dumps_the_base_of_an_adapter(tmp_path, capsys):
         ('methods=["full","adapter"]', "methods .* must be a non-empty list of full, lora"),
         ("seeds=[1,1]", "without repeats"),
         ("pooling=max", "pooling"),
-        ("min_reduction=1.5", "min_reduction=1.5 is invalid"),
+        ("lora_ranks=[]", r"lora_ranks=\[\] must be a non-empty list of distinct positive values"),
+        ("full_learning_rates=[0.001,0.001]", "full_learning_rates=.* must be a non-empty list of distinct"),
+        ("head_learning_rate=0", "head_learning_rate=0"),
         ("layers=abc", "layers='abc': cannot read 'abc' as a set of integers"),
     ],
 )

@@ -7,6 +7,7 @@ from recipes_util import run_recipe
 from tb_events import read_events
 
 from hf_ext.cli import main as cli
+from hf_ext.errors import RunDirectoryError
 
 SEED_FILES = [
     "I_pre.jsonl",
@@ -52,9 +53,7 @@ def _closed(curve: list[dict]) -> list[list[int]]:
 
 def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
     pytest.importorskip("matplotlib")  # the run's figures, heads plot and the prune curve's figure (the plots extra)
-    runs = run_recipe(
-        "head_plasticity",
-        "head_plasticity_minilm_rotten_tomatoes.json",
+    study = [
         f"output_dir={tmp_path}",
         *SETTINGS,
         "seeds=[1,2]",
@@ -67,7 +66,8 @@ def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
         "logging_steps=2",
         "bootstrap_samples=50",
         "prune_step=0.25",
-    )
+    ]
+    runs = run_recipe("head_plasticity", "head_plasticity_minilm_rotten_tomatoes.json", *study)
     assert [r.name for r in runs] == ["seed-1", "seed-2"]
     subset = json.loads((tmp_path / "eval_subset.json").read_text())
     assert subset["size"] == 24 and subset["seed"] == 999 and len(set(subset["indices"])) == 24
@@ -107,6 +107,15 @@ def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
     assert evaluation["split"] == "test" and len(evaluation["indices"]) == 24  # as many as rank (the default)
     assert not set(ranking["hashes"]) & set(evaluation["hashes"])  # no example both ranks and evaluates
     assert "H_pre_vs_Urel" in across and len(across["I_pre_vs_Urel"]["spearman_rho"]["seeds_ci95"]) == 2
+
+    # a rerun keeps the finished seeds and runs the unfinished one; with every seed finished it refuses
+    kept = (runs[0] / "heads.csv").stat().st_mtime_ns
+    (runs[1] / "heads.csv").unlink()
+    run_recipe("head_plasticity", "head_plasticity_minilm_rotten_tomatoes.json", *study)
+    assert (runs[1] / "heads.csv").is_file() and (runs[0] / "heads.csv").stat().st_mtime_ns == kept
+    assert f"{runs[0]} is finished, keeping it" in capsys.readouterr().out
+    with pytest.raises(RunDirectoryError, match="already holds a finished run"):
+        run_recipe("head_plasticity", "head_plasticity_minilm_rotten_tomatoes.json", *study)
 
     capsys.readouterr()
     (runs[0] / "heads.csv").unlink()

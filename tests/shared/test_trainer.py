@@ -97,3 +97,52 @@ def test_without_tensorboard_figures_are_skipped_with_a_warning(tmp_path, caplog
     with caplog.at_level("WARNING"):
         RunLogger(trainer).histogram("x", torch.ones(2))
     assert "add 'tensorboard' to report_to" in caplog.text
+
+
+def _head_lr_args(tmp_path, head_learning_rate):
+    from hf_ext.config import HfExtTrainingArguments
+
+    return HfExtTrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=8,
+        learning_rate=1e-5,
+        head_learning_rate=head_learning_rate,
+        warmup_steps=0,
+        lr_scheduler_type="constant",
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+    )
+
+
+def test_head_learning_rate_trains_the_head_alone_at_its_rate(tmp_path):
+    setup = _setup(tmp_path)
+    setup["args"] = _head_lr_args(tmp_path, 1e-2)
+    model = setup["model"]
+    trainer = HfExtTrainer(**setup)
+    trainer.train()
+    groups = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    rates = {n: groups[id(p)] for n, p in model.named_parameters()}
+    assert {n for n, lr in rates.items() if lr == 1e-2} == {
+        "bert.pooler.dense.weight",
+        "bert.pooler.dense.bias",
+        "classifier.weight",
+        "classifier.bias",
+    }
+    assert {lr for n, lr in rates.items() if "pooler" not in n and "classifier" not in n} == {1e-5}
+    decay = {g["weight_decay"] for g in trainer.optimizer.param_groups if g.get("name") == "head"}
+    assert decay == {0.0}  # weight_decay 0 in these arguments: the head keeps its group's settings
+
+
+def test_head_learning_rate_on_a_model_without_a_classifier_is_refused(tmp_path):
+    from hf_ext.errors import ConfigError
+
+    tokenizer = load_tokenizer("tiny:llama")
+    data = prepare_data(DataArguments(max_train_samples=16, max_eval_samples=8), tokenizer, "causal_lm")
+    model = load_model(ModelArguments(model_name_or_path="tiny:llama", task_type="causal_lm"), tokenizer, data.labels)
+    trainer = HfExtTrainer(
+        model=model, args=_head_lr_args(tmp_path, 1e-3), train_dataset=data.train, data_collator=data.collator
+    )
+    with pytest.raises(ConfigError, match="head_learning_rate=0.001 but LlamaForCausalLM has no trainable classifier"):
+        trainer.train()

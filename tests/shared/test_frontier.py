@@ -1,0 +1,58 @@
+"""Comparisons at matched task loss (hf_ext.frontier): interpolation, overlap, the per-seed differences."""
+
+import math
+
+import pytest
+
+from hf_ext.frontier import compare_at_matched_loss, format_comparison, interpolate, matched_levels
+
+
+def test_interpolate_is_linear_between_runs_and_refuses_to_extrapolate():
+    curve = [(0.6, 0.1), (0.4, 0.5), (0.5, 0.3)]  # any order
+    assert interpolate(curve, 0.45) == pytest.approx(0.4)
+    assert interpolate(curve, 0.6) == pytest.approx(0.1)
+    assert math.isnan(interpolate(curve, 0.39)) and math.isnan(interpolate(curve, 0.61))
+    assert interpolate([(0.5, 1.0), (0.5, 3.0), (0.7, 5.0)], 0.6) == pytest.approx(3.5)  # ties averaged
+
+
+def test_levels_lie_inside_the_range_every_curve_reached():
+    assert matched_levels([[(0.3, 0), (0.7, 0)], [(0.4, 0), (0.9, 0)]], 3) == pytest.approx([0.475, 0.55, 0.625])
+    assert matched_levels([[(0.3, 0), (0.4, 0)], [(0.5, 0), (0.9, 0)]]) == []
+
+
+def test_a_constant_offset_at_equal_loss_is_found_whatever_the_learning_rates():
+    # other drifts 0.1 more than reference at every loss, though its runs sit at other losses
+    reference = {s: [(0.7, 0.0 + s / 100), (0.4, 0.3 + s / 100)] for s in range(5)}
+    other = {s: [(0.65, 0.15 + s / 100), (0.45, 0.35 + s / 100)] for s in range(5)}
+    result = compare_at_matched_loss(reference, other, levels=2)
+    assert result["seeds"] == [0, 1, 2, 3, 4]
+    for level in result["levels"]:
+        assert level["differences"] == pytest.approx([0.1] * 5)
+        assert level["mean"] == pytest.approx(0.1) and level["resolution"] == pytest.approx(0, abs=1e-12)
+        assert level["p_two_sided"] == pytest.approx(2 / 32) == level["min_p"]
+
+
+def test_noise_gives_an_interval_across_zero():
+    reference = {s: [(0.7, 0.0), (0.4, 0.3)] for s in range(4)}
+    other = {s: [(0.7, 0.0 + d), (0.4, 0.3 + d)] for s, d in enumerate([0.05, -0.04, 0.03, -0.05])}
+    (level,) = compare_at_matched_loss(reference, other, levels=1)["levels"]
+    assert level["low"] < 0 < level["high"] and level["p_two_sided"] > 0.5
+    assert level["resolution"] == pytest.approx((level["high"] - level["low"]) / 2)
+
+
+@pytest.mark.parametrize(
+    "reference, other, reason",
+    [
+        ({1: [(0.5, 0), (0.4, 1)]}, {1: [(0.5, 0), (0.4, 1)]}, "needs at least 2 seeds with both arms, found 1"),
+        ({1: [(0.5, 0)], 2: [(0.5, 0)]}, {1: [(0.5, 0)], 2: [(0.5, 0)]}, "needs at least 2 learning rates"),
+        (
+            {1: [(0.5, 0), (0.4, 1)], 2: [(0.5, 0), (0.4, 1)]},
+            {1: [(0.3, 0), (0.2, 1)], 2: [(0.3, 0), (0.2, 1)]},
+            "do not overlap: widen the learning-rate grids",
+        ),
+    ],
+)
+def test_what_cannot_be_compared_says_why(reference, other, reason):
+    result = compare_at_matched_loss(reference, other)
+    assert reason in result["skipped"]
+    assert reason in format_comparison(result, "full", "lora", "drift")[0]
