@@ -1,6 +1,7 @@
 """Does LoRA-Null preserve more than plain LoRA? Plain LoRA, LoRA-Null in both modes and CorDA-KPM, same
-rank, targets, steps and learning rate, several seeds: task accuracy against preservation of the
-embeddings on another task's texts (see hf_ext/lora_null/preservation.py).
+rank, targets and steps, each over its own learning-rate grid and several seeds, compared at matched task
+loss: preservation on texts disjoint from calibration and task data (a frozen base-model probe's log-loss,
+the Spearman of the pairwise cosine matrices, nearest-neighbour overlap; see hf_ext/lora_null/preservation.py).
 
     accelerate launch --config_file accelerate_configs/cpu.yaml \
         recipes/lora_null_preservation.py recipes/configs/lora_null_preservation_minilm.json [key=value ...]

@@ -402,19 +402,21 @@ def run_head_study(
 ) -> list[Path]:
     """Every seed, then the across-seeds aggregate when there are several. A rerun in the same ``output_dir``
     keeps the seeds whose ``heads.csv`` is written and runs the others; it refuses only when every seed is
-    finished (``overwrite_output_dir=true`` redoes them all)."""
+    finished (``overwrite_output_dir=true`` redoes them all). With ``resume_from_checkpoint=true`` no seed is
+    kept: each continues from its last checkpoint (e.g. to a larger ``max_steps``) and is measured again."""
     # Each rank measures its own shard of the batches through the unwrapped model: sharded weights would hang.
     distributed.check_launcher(training_args, "the head study", "weights")
     seeds = study.seeds or [training_args.seed]
     overwrite = getattr(training_args, "overwrite_output_dir", False)
     root = Path(training_args.output_dir)
     runs = [root / f"seed-{seed}" for seed in seeds]
-    finished = {run for run in runs if (run / "heads.csv").is_file()} if not overwrite else set()
+    resuming = bool(training_args.resume_from_checkpoint)
+    finished = {run for run in runs if (run / "heads.csv").is_file()} if not (overwrite or resuming) else set()
     check_output_dir(
         root,
         finished=[run / "heads.csv" for run in runs] if len(finished) == len(runs) else [],
         overwrite=overwrite,
-        resuming=bool(training_args.resume_from_checkpoint),
+        resuming=resuming,
     )
     if not overwrite:
         _check_same_start(runs, study.start_settings(model_args.task_type))

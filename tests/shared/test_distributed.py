@@ -213,6 +213,8 @@ TINY_QWEN2 = ["model_name_or_path=tiny:qwen2", 'lora_target_modules=["q_proj","v
 DRIFT = [
     *TINY_QWEN2,
     'methods=["full", "lora"]',
+    "full_learning_rates=[0.0001]",
+    "lora_learning_rates=[0.01]",
     "seeds=[1]",
     "eval_subset_size=16",
     "max_train_samples=64",
@@ -245,7 +247,7 @@ def test_two_process_drift_run_matches_one_process(tmp_path):
     run_path(recipe, config, f"output_dir={one}", "per_device_train_batch_size=8", *DRIFT)
     torchrun(str(recipe), str(config), f"output_dir={two}", "per_device_train_batch_size=4", *DRIFT, writes=writes)
     assert_only_rank0_writes(writes, two, own_files="*shard-*")
-    for method in ("full", "lora"):
+    for method in ("full-lr0.0001", "lora-r8-lr0.01"):
         single, double = (json.loads((run / "seed-1" / method / "metrics.json").read_text()) for run in (one, two))
         assert [h["step"] for h in double["in_training"]] == [h["step"] for h in single["in_training"]] == [2, 4]
         for a, b in zip(single["in_training"], double["in_training"]):
@@ -255,7 +257,9 @@ def test_two_process_drift_run_matches_one_process(tmp_path):
     rows = [
         np.genfromtxt(run / "drift.csv", delimiter=",", names=True, dtype=None, encoding="utf-8") for run in (one, two)
     ]
-    assert rows[0].dtype.names == rows[1].dtype.names and len(rows[0]) == len(rows[1]) == 12
+    assert (
+        rows[0].dtype.names == rows[1].dtype.names and len(rows[0]) == len(rows[1]) == 24
+    )  # 2 arms x 2 text sets x 3 layers x 2 poolings
     for name in rows[0].dtype.names:
         if rows[0][name].dtype.kind != "f":
             assert list(rows[1][name]) == list(rows[0][name]), name

@@ -119,10 +119,15 @@ def test_lora_null_resume_without_the_saved_history_is_refused(tmp_path, capsys)
         )
 
 
+ARMS = ("full-lr0.0001", "lora-r8-lr0.01")
+
+
 def test_drift_run_resumed_equals_uninterrupted_and_keeps_the_drift_measured_before(tmp_path):
     overrides = [
         "model_name_or_path=tiny:bert",
         'methods=["full", "lora"]',
+        "full_learning_rates=[0.0001]",
+        "lora_learning_rates=[0.01]",
         "seeds=[1]",
         "eval_subset_size=16",
         "max_train_samples=64",
@@ -144,10 +149,10 @@ def test_drift_run_resumed_equals_uninterrupted_and_keeps_the_drift_measured_bef
     records = {
         (name, method): json.loads((root / "seed-1" / method / "metrics.json").read_text())
         for name, root in zip(("whole", "resumed", "perturbed"), roots)
-        for method in ("full", "lora")
+        for method in ARMS
     }
-    assert (roots[1] / "seed-1" / "full" / "checkpoint-2" / "drift_history.json").is_file()
-    for method in ("full", "lora"):
+    assert (roots[1] / "seed-1" / "full-lr0.0001" / "checkpoint-2" / "drift_history.json").is_file()
+    for method in ARMS:
         whole, resumed = records["whole", method], records["resumed", method]
         assert [h["step"] for h in resumed["in_training"]] == [1, 2, 3, 4]  # steps 1-2 restored from the checkpoint
         assert resumed["in_training"] == whole["in_training"] and resumed["eval_loss"] == whole["eval_loss"]
