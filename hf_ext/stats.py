@@ -6,6 +6,8 @@
 - :func:`paired_permutation_test`: one-sided paired sign-flip permutation test, optionally with a relative margin
   (exact through ``scipy.stats.permutation_test``).
 - :func:`t_interval`: mean and Student-t interval of the mean (``scipy.stats.t``).
+- :func:`majority_share`, :func:`accuracy_power`: the chance level of a classification and what an accuracy
+  on ``n`` examples can resolve, as the studies print before their results.
 
 Seeded results are reproducible and keep the draws of the hand-written code they replace:
 ``bootstrap_mean_interval`` hands scipy ``numpy.random.default_rng(seed)``, which scipy draws from as that code
@@ -249,3 +251,21 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half_width = float(stats.t.interval(confidence, n - 1)[1]) * sd / math.sqrt(n)
     return mean, mean - half_width, mean + half_width
+
+
+def majority_share(labels: Sequence[int]) -> float:
+    """Accuracy of always answering the most frequent label: the floor a classifier must beat."""
+    values = [int(label) for label in labels]
+    if not values:
+        raise ValueError("majority_share of no labels")
+    return max(values.count(v) for v in set(values)) / len(values)
+
+
+def accuracy_power(accuracy: float, n: int) -> str:
+    """One sentence: the binomial standard error of an accuracy near ``accuracy`` on ``n`` examples and the
+    smallest difference between two such accuracies a 95% test resolves (1.96 * sqrt(2) * s.e.)."""
+    se = math.sqrt(accuracy * (1 - accuracy) / n)
+    return (
+        f"an accuracy near {accuracy:.2f} on {n} examples has binomial s.e. {se:.3f} (two such accuracies differ "
+        f"detectably by about {1.96 * math.sqrt(2) * se:.3f}; one prediction is {1 / n:.4f})"
+    )

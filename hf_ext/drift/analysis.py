@@ -28,6 +28,7 @@ from ..errors import RunDirectoryError
 from ..frontier import compare_at_matched_loss, format_comparison
 from ..io import read_json, write_json
 from ..plotting import require_pyplot, save_figures
+from ..stats import accuracy_power
 from .measure import compare_dumps
 from .metrics import gram_linear_cka
 from .shards import DumpReader
@@ -369,8 +370,16 @@ def power_lines(study: Mapping[str, Any], table: list[dict]) -> list[str]:
         + (f", off-task drift on {study['offtask_examples']} texts" if study.get("offtask_examples") else ""),
         f"chance: {study['task_metric']} {chance:.3f} (majority class)" if chance is not None else "chance: n/a",
         f"base model: loss {study['base_eval_loss']:.4f}, {study['task_metric']} {study['base_task_metric']:.4f}",
-        f"an accuracy near {p:.2f} on {n} examples has binomial s.e. {math.sqrt(p * (1 - p) / n):.3f}; "
-        f"seed-to-seed s.d. of the headline drift per arm: up to {max(spreads, default=math.nan):.4f}",
+    ]
+    probe = study.get("frozen_base_probe")
+    if probe:
+        lines.append(
+            f"frozen-base probe (the head alone trained, {probe['steps']} steps): loss {probe['loss']:.4f}, "
+            f"accuracy {probe['accuracy']:.4f}"
+        )
+    lines += [
+        f"{accuracy_power(p, n)}; seed-to-seed s.d. of the headline drift per arm: up to "
+        f"{max(spreads, default=math.nan):.4f}",
     ]
     return lines
 

@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..io import load_tensors, read_json, write_json
 from ..plotting import require_pyplot, save_figures
+from ..stats import accuracy_power
 from .bootstrap import (
     EXAMPLE_FILES,
     MEASURED_ON_EXAMPLES,
@@ -245,6 +246,10 @@ def prediction_flips(example_accuracy: np.ndarray, base_accuracy: np.ndarray) ->
     }
 
 
+# The evaluation subset's majority-class share, written by the study for a classifier (older runs have none).
+CHANCE_FILE = "chance.json"
+
+
 def ablation_summaries(run: str | Path) -> dict[str, dict]:
     """From the per-example ablation files the run saved (I_pre, I_post; older runs have none): the accuracy and
     loss of the model each was measured on (``eval_subset``: before fine-tuning, after), and the
@@ -255,7 +260,10 @@ def ablation_summaries(run: str | Path) -> dict[str, dict]:
     for name, example in values.items():
         scores[name] = model_scores(example["base_example_loss"], example["base_example_accuracy"])
         flips[name] = prediction_flips(example["example_accuracy"], example["base_example_accuracy"])
-    return {"eval_subset": scores, "prediction_flips": flips}
+    chance = Path(run) / CHANCE_FILE
+    return {"eval_subset": scores, "prediction_flips": flips} | (
+        {"chance": read_json(chance)} if chance.is_file() else {}
+    )
 
 
 def summary(stats: dict) -> str:
@@ -266,9 +274,18 @@ def summary(stats: dict) -> str:
         f"(p {pairs['Urel']['p_value']:.3g}), I_pre vs G_pre rho {pairs['G_pre']['spearman_rho']:.3f}, "
         f"cases by {stats['cases_by']} {stats['cases']}; fine-tuned from {stats.get('finetune_from') or 'unrecorded'}"
     ]
+    measured = stats.get("eval_subset", {})
+    if measured:
+        last = measured.get("I_post", measured.get("I_pre"))
+        chance = stats.get("chance", {}).get("majority_class_accuracy")
+        lines.append(
+            f"power: {last['examples']} evaluation examples"
+            + (f", chance {chance:.3f} (majority class)" if chance is not None else "")
+            + f"; {accuracy_power(last['accuracy'], last['examples'])}"
+        )
     for name, moment in (("I_pre", "before fine-tuning"), ("I_post", "after fine-tuning")):
-        if name in stats.get("eval_subset", {}):
-            scores, flips = stats["eval_subset"][name], stats["prediction_flips"][name]
+        if name in measured:
+            scores, flips = measured[name], stats["prediction_flips"][name]
             lines.append(
                 f"{moment}: accuracy {scores['accuracy']:.3f}, loss {scores['loss']:.4f} on {scores['examples']} "
                 f"examples; {flips['heads_flipping_a_prediction']} of {flips['heads']} single-head ablations flip a "

@@ -32,9 +32,11 @@ from ..models import load_with_adapter
 from ..outputs import changed_settings, check_output_dir
 from ..plotting import plotting_available, save_figures
 from ..run_logger import RunLogger, print_run_locations
+from ..stats import majority_share
 from ..targets import find_attention
 from ..trainer import HfExtTrainer
 from .analysis import (
+    CHANCE_FILE,
     CURVE_SUFFIXES,
     SETTINGS_FILE,
     aggregate,
@@ -359,6 +361,9 @@ def run_seed(model_args, data_args, study: HeadStudyArguments, training_args: Tr
     if main:
         run.mkdir(parents=True, exist_ok=True)
         write_json(run / SETTINGS_FILE, study.start_settings(model_args.task_type))
+        subset = data.validation.select(ranking)
+        if model_args.task_type == "seq_cls" and "labels" in subset.column_names:
+            write_json(run / CHANCE_FILE, {"majority_class_accuracy": majority_share(subset["labels"])})
     heads = _probe(model, model_args.task_type, data, study, training_args, batches, run, seed)
     i_pre = _measure_ablation(model, shard, study, run / "I_pre.jsonl")
     _measure_gradients_and_entropy(model, shard, study, run)

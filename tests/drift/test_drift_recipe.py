@@ -61,6 +61,8 @@ def test_the_recipe_writes_the_table_the_frontiers_and_the_figure(study):
     settings = summary["settings"]
     assert settings["eval_examples"] == 24 and settings["offtask_examples"] == 16
     assert 0.5 <= settings["chance_task_metric"] < 1
+    probe = settings["frozen_base_probe"]  # the head alone on the frozen base: 3 epochs of 64 examples in 16s
+    assert probe["steps"] == 12 and 0 <= probe["accuracy"] <= 1 and probe["loss"] > 0
     assert summary["live_vs_dump_max_abs_cka_difference"] < 5e-3  # float16 dumps against live float32
     run_events = read_events(next((study / "seed-1" / "full-lr0.001" / "runs").iterdir()))
     assert "train/drift/cka/layer_2" in run_events.Tags()["scalars"]
@@ -74,7 +76,8 @@ def test_the_printed_summary_states_power_before_the_verdict(study, capsys):
     assert cli(["drift", "analyze", "--run", str(study)]) == 0
     out = capsys.readouterr().out
     assert "sizes: 2 seeds x 4 arms; task scored and drift measured on 24 validation examples" in out
-    assert "chance: eval_accuracy" in out and "binomial s.e." in out and "seed-to-seed s.d." in out
+    assert "chance: eval_accuracy" in out and "frozen-base probe (the head alone trained, 12 steps)" in out
+    assert "binomial s.e." in out and "seed-to-seed s.d." in out
     assert out.index("binomial s.e.") < out.index("drift on the task texts, lora-r2")  # power before the verdict
 
 
@@ -89,15 +92,36 @@ def test_analyze_and_plot_redo_the_analysis_from_the_saved_files(study, capsys):
     assert (study / "drift.png").is_file()
 
 
-def test_a_finished_study_or_other_settings_are_refused(study):
+def test_a_finished_study_or_other_training_settings_are_refused(study):
     with pytest.raises(RunDirectoryError, match="already holds a finished run"):
         run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={study}", *TINY)
-    with pytest.raises(RunDirectoryError, match="holds a drift study made with seeds=\\[1, 2\\] \\(now \\[1, 3\\]\\)"):
-        (study / "drift.json").rename(study / "drift.json.bak")
-        try:
-            run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={study}", *TINY, "seeds=[1,3]")
-        finally:
-            (study / "drift.json.bak").rename(study / "drift.json")
+    (study / "drift.json").rename(study / "drift.json.bak")
+    try:
+        for override, changed in (
+            ("max_train_samples=32", "max_train_samples=64 \\(now 32\\)"),
+            ("weight_decay=0.1", "training=.*'weight_decay': '0.01'"),
+            ("offtask_samples=12", "offtask_samples=16 \\(now 12\\)"),
+        ):
+            with pytest.raises(RunDirectoryError, match=f"holds a drift study made with {changed}.*only seeds, arms"):
+                run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={study}", *TINY, override)
+    finally:
+        (study / "drift.json.bak").rename(study / "drift.json")
+
+
+def test_a_rerun_with_another_seed_and_arm_keeps_the_runs_it_still_asks_for(study, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(study, copy)
+    kept = (copy / "seed-1" / "full-lr0.001" / "metrics.json").stat().st_mtime_ns
+    grown = ("seeds=[1,3]", "full_learning_rates=[0.001,0.003]", 'methods=["full"]')
+    run_recipe("drift", "drift_minilm_sentiment.json", f"output_dir={copy}", *TINY, *grown)
+    assert (copy / "seed-1" / "full-lr0.001" / "metrics.json").stat().st_mtime_ns == kept
+    assert (copy / "seed-3" / "full-lr0.003" / "metrics.json").is_file()
+    summary = json.loads((copy / "drift.json").read_text())
+    assert {(r["arm"], r["seed"]) for r in summary["rows"]} == {
+        (arm, seed) for arm in ("full-lr0.001", "full-lr0.003") for seed in (1, 3)
+    }
 
 
 def test_a_rerun_of_an_unfinished_study_redoes_only_the_unfinished_run(study, tmp_path):

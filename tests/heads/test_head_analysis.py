@@ -157,6 +157,10 @@ def test_stats_hold_the_models_accuracy_and_loss_the_flips_and_where_fine_tuning
     assert stats["prediction_flips"]["I_post"]["heads_flipping_a_prediction"] == 0
     text = summary(stats)
     assert "fine-tuned from probed_head" in text
+    # no chance.json in this run: the power line without the chance level; 3 of 4 right: s.e. sqrt(.75 * .25 / 4)
+    assert "power: 4 evaluation examples; an accuracy near 0.75 on 4 examples has binomial s.e. 0.217 (two" in text
+    (seeds[0] / "chance.json").write_text(json.dumps({"majority_class_accuracy": 0.5}))
+    assert "power: 4 evaluation examples, chance 0.500 (majority class); " in summary(aggregate(seeds[0], top_k=2))
     assert "before fine-tuning: accuracy 0.750, loss 0.5500 on 4 examples; 1 of 6 single-head ablations" in text
     assert "after fine-tuning" in text and "(0 of 24 predictions)" in text
     aggregate(seeds[1], top_k=2, bootstrap_samples=0)

@@ -98,6 +98,8 @@ def test_two_seeds_end_to_end_on_a_tiny_grouped_query_model(tmp_path, capsys):
         assert stats["prediction_flips"][name]["predictions"] == 8 * 24
     printed = capsys.readouterr().out
     assert "before fine-tuning: accuracy" in printed and "single-head ablations flip a prediction" in printed
+    assert "power: 24 evaluation examples; an accuracy near" in printed  # a causal LM: no majority-class chance
+    assert not (runs[0] / "chance.json").exists()
     curves = json.loads((runs[0] / "prune_curve.json").read_text())
     assert set(curves["curves"]) == CURVES | {"random-0", "random-1", "random-2"} and curves["heads"] == 8
     assert [row["heads_removed"] for row in curves["curves"]["gradient"]] == [0, 2, 4, 6, 8]

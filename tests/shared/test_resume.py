@@ -71,6 +71,7 @@ def test_head_study_resumed_equals_uninterrupted(tmp_path):
         tmp_path, "head_plasticity", "head_plasticity_minilm_rotten_tomatoes.json", *overrides
     )
     assert (resumed / "checkpoint-2").is_dir() and (resumed / "checkpoint-4").is_dir()
+    assert 0.5 <= json.loads((whole / "chance.json").read_text())["majority_class_accuracy"] < 1  # a classifier
     for name, field in (("U.jsonl", "U"), ("I_post.jsonl", "loss_increase"), ("I_pre.jsonl", "loss_increase")):
         np.testing.assert_array_equal(read_jsonl(resumed / name, field), read_jsonl(whole / name, field), err_msg=name)
     assert read_jsonl(whole / "U.jsonl", "U").min() > 0  # fine-tuning moved every head
