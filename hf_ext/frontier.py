@@ -5,6 +5,9 @@ A study that sweeps a knob (the learning rate) per arm gets, for every arm and s
 degrees; this module instead interpolates each seed's outcome at common task-loss levels and pairs the arms
 by seed, so the seed is the statistical unit:
 
+- :func:`past_lowest_loss` names the runs past a seed's frontier: at a learning rate above the one that reached
+  the lowest task loss (an overshoot fits worse with a larger step; left on the curve it would fold the
+  frontier back over the loss range of the under-fitted runs).
 - :func:`interpolate` reads one curve at a loss, linearly between the runs ordered by loss (``nan``
   outside the losses the runs reached: no extrapolation).
 - :func:`matched_levels` picks loss levels inside the range that every curve reached.
@@ -23,6 +26,15 @@ import numpy as np
 from .stats import paired_permutation_test, t_interval
 
 Curve = Sequence[tuple[float, float]]  # (task loss, outcome) per run of one arm and seed
+
+
+def past_lowest_loss(runs: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the runs ``(learning rate, task loss)`` of one arm and seed whose learning rate is above the
+    one with the lowest loss: they are off the frontier."""
+    if not runs:
+        return []
+    best = min(range(len(runs)), key=lambda i: runs[i][1])
+    return [i for i, (rate, _) in enumerate(runs) if rate > runs[best][0]]
 
 
 def interpolate(curve: Curve, loss: float) -> float:

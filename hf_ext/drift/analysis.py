@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import RunDirectoryError
-from ..frontier import compare_at_matched_loss, format_comparison
+from ..frontier import compare_at_matched_loss, format_comparison, past_lowest_loss
 from ..io import read_json, write_json
 from ..plotting import require_pyplot, save_figures
 from ..stats import accuracy_power
@@ -169,8 +170,9 @@ def headline_drift(rows: list[dict], pooling: str) -> dict[tuple[str, int, str],
 
 
 def frontiers(rows: list[dict], study: Mapping[str, Any], texts: str, layer: int | None = None) -> dict:
-    """``{frontier: {seed: [(eval loss, drift), ...]}}``: one point per learning rate. ``layer=None`` uses the
-    headline drift (mean over layers 1 and up), else that layer's pooled drift."""
+    """``{frontier: {seed: [(eval loss, drift), ...]}}``: one point per learning rate, the runs past the seed's
+    lowest loss left out (:func:`off_frontier`). ``layer=None`` uses the headline drift (mean over layers 1 and
+    up), else that layer's pooled drift."""
     if layer is None:
         drift = headline_drift(rows, study["pooling"])
     else:
@@ -180,13 +182,32 @@ def frontiers(rows: list[dict], study: Mapping[str, Any], texts: str, layer: int
             if r["pooling"] == study["pooling"] and r["layer"] == layer
         }
     losses = {(r["arm"], r["seed"]): r["eval_loss"] for r in rows}
+    dropped = {(r["arm"], r["seed"]) for r in off_frontier(rows, study)}
     curves: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for arm in study["arms"]:
         for seed in study["seeds"]:
             value = drift.get((arm["name"], seed, texts))
-            if value is not None and losses.get((arm["name"], seed)) is not None:
+            if (
+                value is not None
+                and losses.get((arm["name"], seed)) is not None
+                and (arm["name"], seed) not in dropped
+            ):
                 curves[arm["frontier"]][seed].append((losses[(arm["name"], seed)], value))
     return {name: dict(by_seed) for name, by_seed in curves.items()}
+
+
+def off_frontier(rows: list[dict], study: Mapping[str, Any]) -> list[dict]:
+    """``[{arm, seed, learning_rate, eval_loss}]`` of the runs at a learning rate above the one that reached
+    their frontier's lowest loss for that seed (:func:`hf_ext.frontier.past_lowest_loss`)."""
+    runs = {(r["arm"], r["seed"]): r for r in rows}
+    out = []
+    for name in dict.fromkeys(arm["frontier"] for arm in study["arms"]):
+        arms = [arm for arm in study["arms"] if arm["frontier"] == name]
+        for seed in study["seeds"]:
+            mine = [runs[(arm["name"], seed)] for arm in arms if (arm["name"], seed) in runs]
+            for i in past_lowest_loss([(r["learning_rate"], r["eval_loss"]) for r in mine]):
+                out.append({k: mine[i][k] for k in ("arm", "seed", "learning_rate", "eval_loss")})
+    return out
 
 
 def compare_methods(rows: list[dict], study: Mapping[str, Any]) -> dict[str, Any]:
@@ -267,7 +288,10 @@ def analyze_run(root: str | Path) -> dict[str, Any]:
             f"{root} holds a drift study from before learning-rate frontiers (no arms in study.json): rerun "
             "recipes/drift.py in a new output_dir"
         )
-    rows = [row for seed in study["seeds"] for arm in study["arms"] for row in _run_rows(root, study, seed, arm)]
+    runs = [(seed, arm) for seed in study["seeds"] for arm in study["arms"]]
+    rows = [
+        row for seed, arm in tqdm(runs, desc="drift analysis", unit="run") for row in _run_rows(root, study, seed, arm)
+    ]
     with open(root / "drift.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -276,6 +300,7 @@ def analyze_run(root: str | Path) -> dict[str, Any]:
         "settings": study,
         "arms": arm_table(rows, study),
         "comparison": compare_methods(rows, study),
+        "off_frontier": off_frontier(rows, study),
         "live_vs_dump_max_abs_cka_difference": _live_vs_dump(root, study, rows),
         "rows": rows,
     }
@@ -403,6 +428,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             for t in text_sets
         ]
         lines.append(f"{entry['arm']:22s} {cells[0]:>16s} {cells[1]:>22s} " + " ".join(f"{c:>17s}" for c in cells[2:]))
+    past = summary.get("off_frontier") or []
+    if past:
+        lines.append(
+            f"{len(past)} run(s) past the learning rate with their seed's lowest task loss, left off the frontier "
+            "(overshoot): " + ", ".join(f"{r['arm']} seed {r['seed']} (loss {r['eval_loss']:.3f})" for r in past)
+        )
     comparison = summary["comparison"]
     if "skipped" in comparison:
         return "\n".join([*lines, f"drift study: no comparison ({comparison['skipped']})"])

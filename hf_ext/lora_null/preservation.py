@@ -45,7 +45,7 @@ from transformers import TrainingArguments, set_seed
 from .. import distributed
 from ..config import AT_LEAST_ONE, POSITIVE, Bounds, DataArguments, ModelArguments, check_bounds, given_keys
 from ..errors import ConfigError, DataError
-from ..frontier import compare_at_matched_loss, format_comparison
+from ..frontier import compare_at_matched_loss, format_comparison, past_lowest_loss
 from ..io import write_json
 from ..models import eval_mode, load_model, model_device
 from ..plotting import plotting_available, require_pyplot
@@ -546,17 +546,12 @@ def _cells(rows: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str,
 
 
 def overshoots(rows) -> list[dict[str, Any]]:
-    """The runs past their frontier: for each swept method and seed, those at a learning rate above the one that
-    reached the lowest task loss. A larger step that fits the task worse is dominated (it usually preserves less
-    too); left on the curve it would fold the frontier back over the loss range of the under-fitted runs."""
+    """The runs past their frontier (:func:`hf_ext.frontier.past_lowest_loss`), per swept method and seed."""
     out = []
     for method in SWEPT:
         for seed in sorted({r["seed"] for r in rows if r["method"] == method}):
-            mine = sorted(
-                (r for r in rows if r["method"] == method and r["seed"] == seed), key=lambda r: r["learning_rate"]
-            )
-            best = min(mine, key=lambda r: r["task_eval_loss"])["learning_rate"]
-            out += [r for r in mine if r["learning_rate"] > best]
+            mine = [r for r in rows if r["method"] == method and r["seed"] == seed]
+            out += [mine[i] for i in past_lowest_loss([(r["learning_rate"], r["task_eval_loss"]) for r in mine])]
     return out
 
 

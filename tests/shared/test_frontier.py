@@ -56,3 +56,12 @@ def test_what_cannot_be_compared_says_why(reference, other, reason):
     result = compare_at_matched_loss(reference, other)
     assert reason in result["skipped"]
     assert reason in format_comparison(result, "full", "lora", "drift")[0]
+
+
+def test_runs_past_the_lowest_loss_are_off_the_frontier():
+    from hf_ext.frontier import past_lowest_loss
+
+    # learning rates out of order; the lowest loss at 2e-3: the larger 4e-3 and 8e-3 overshoot
+    runs = [(4e-3, 0.55), (1e-3, 0.6), (2e-3, 0.5), (8e-3, 0.7)]
+    assert past_lowest_loss(runs) == [0, 3]
+    assert past_lowest_loss([(1e-3, 0.6), (2e-3, 0.5)]) == [] and past_lowest_loss([]) == []
