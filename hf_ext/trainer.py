@@ -220,7 +220,27 @@ class HfExtTrainer(Trainer):
                 results[split] = self.evaluate(dataset, metric_key_prefix=split)
                 self.log_metrics(split, results[split])
                 self.save_metrics(split, results[split])
+                self._print_power(split, dataset, results[split])
         return results
+
+    def _print_power(self, split: str, dataset, metrics: dict) -> None:
+        """What an accuracy on this split can resolve, beside its chance level (classifiers only)."""
+        accuracy = metrics.get(f"{split}_accuracy")
+        if (
+            accuracy is None
+            or "labels" not in getattr(dataset, "column_names", ())
+            or not self.is_world_process_zero()
+        ):
+            return
+        from .stats import accuracy_power, majority_share  # scipy: only when a split is reported
+
+        labels = dataset["labels"]
+        if len(labels) and not isinstance(labels[0], list):
+            print(
+                f"power ({split}): chance {majority_share(labels):.3f} (majority class); "
+                f"{accuracy_power(accuracy, len(labels))}",
+                flush=True,
+            )
 
     def _checkpoint_to_resume(self, value: str | bool | None) -> str | None:
         if value is None or value is False:

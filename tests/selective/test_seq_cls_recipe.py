@@ -24,9 +24,12 @@ def _results(path, split):
     return json.loads((path / f"{split}_results.json").read_text())
 
 
-def test_tiny_qwen2_last_block_learns_sentiment_and_saves_a_plain_model(tmp_path):
+def test_tiny_qwen2_last_block_learns_sentiment_and_saves_a_plain_model(tmp_path, capsys):
     run_recipe("seq_cls", QWEN, f"output_dir={tmp_path}", *QUICK, "num_train_epochs=3")
     test, validation = _results(tmp_path, "test"), _results(tmp_path, "eval")
+    printed = capsys.readouterr().out  # the chance level and the accuracy's resolution beside each split
+    assert "power (eval): chance " in printed and "power (test): chance " in printed
+    assert f"an accuracy near {test['test_accuracy']:.2f} on " in printed
     assert _results(tmp_path, "init")["init_accuracy"] < 0.7  # the untrained classifier, on the validation split
     assert test["test_accuracy"] > 0.75 and validation["eval_accuracy"] > 0.75  # chance: 0.5
     assert 0 < test["test_macro_f1"] <= 1
