@@ -215,6 +215,7 @@ DRIFT = [
     'methods=["full", "lora"]',
     "full_learning_rates=[0.0001]",
     "lora_learning_rates=[0.01]",
+    "lora_ranks=[8]",
     "seeds=[1]",
     "eval_subset_size=16",
     "max_train_samples=64",

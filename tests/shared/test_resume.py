@@ -129,6 +129,7 @@ def test_drift_run_resumed_equals_uninterrupted_and_keeps_the_drift_measured_bef
         'methods=["full", "lora"]',
         "full_learning_rates=[0.0001]",
         "lora_learning_rates=[0.01]",
+        "lora_ranks=[8]",
         "seeds=[1]",
         "eval_subset_size=16",
         "max_train_samples=64",
