@@ -27,9 +27,10 @@ from ..config import DataArguments, ModelArguments
 from ..data import eval_subset, load_model_and_data
 from ..errors import ConfigError, DataError, FileFormatError, RunDirectoryError
 from ..io import read_json, write_json
-from ..models import load_model
+from ..models import classifier_head, load_model
 from ..outputs import changed_settings, check_output_dir, tensorboard_writer
 from ..plotting import plotting_available
+from ..probe import fit_probe, head_state, restore_head
 from ..stats import majority_share
 from ..texts import load_texts, text_batches
 from ..trainer import HfExtTrainer
@@ -150,8 +151,6 @@ def frozen_base_probe(base, data, subset, training_args) -> dict | None:
     """The task head alone fitted on the base model's frozen features (3 epochs of the training data, AdamW at
     ``head_learning_rate`` or 1e-3), scored on ``subset``: how much of the task the base features already
     carry. The head is put back afterwards; ``None`` for a model without a classifier head."""
-    from ..heads.probe import fit_probe, head_state, restore_head
-    from ..models import classifier_head
 
     if classifier_head(base) is None:
         return None

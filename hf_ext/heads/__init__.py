@@ -6,7 +6,6 @@
 - :mod:`.entropy`: attention entropy per head.
 - :mod:`.pruning`: pruning curves ranked on one set of batches and evaluated on another (importance
   recomputed every round, ranked once, or reversed; random orders as control).
-- :mod:`.probe`: a linear probe of the task head before importance is measured.
 - :mod:`.analysis`, :mod:`.rank_statistics`, :mod:`.bootstrap`: JSONL measurements, the per-head table,
   statistics with bootstrap intervals, cases and figures.
 - :mod:`.callbacks`: :class:`HeadImportanceCallback` (gradient importance during training).
@@ -25,7 +24,6 @@ _EXPORTS = {
     "entropy": ["attention_entropy"],
     "gates": ["HeadGates", "head_update_sizes", "mean_head_outputs"],
     "importance": ["AblationResult", "GradientImportance", "ablation_importance", "gradient_importance"],
-    "probe": ["fit_probe", "head_state", "restore_head"],
     "pruning": ["prune_curve"],
     "study": ["run_head_study"],
 }
@@ -37,6 +35,5 @@ if TYPE_CHECKING:
     from .entropy import attention_entropy
     from .gates import HeadGates, head_update_sizes, mean_head_outputs
     from .importance import AblationResult, GradientImportance, ablation_importance, gradient_importance
-    from .probe import fit_probe, head_state, restore_head
     from .pruning import prune_curve
     from .study import run_head_study

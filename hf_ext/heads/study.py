@@ -31,6 +31,7 @@ from ..io import read_json, save_tensors, write_json
 from ..models import load_with_adapter
 from ..outputs import changed_settings, check_output_dir
 from ..plotting import plotting_available, save_figures
+from ..probe import fit_probe, head_state, reinitialise_head, restore_head, task_head
 from ..run_logger import RunLogger, print_run_locations
 from ..stats import majority_share
 from ..targets import find_attention
@@ -55,7 +56,6 @@ from .config import HeadStudyArguments
 from .entropy import attention_entropy
 from .gates import HeadGates, head_update_sizes, mean_head_outputs
 from .importance import AblationResult, ablation_importance, gradient_importance
-from .probe import fit_probe, head_state, reinitialise_head, restore_head, task_head
 from .pruning import prune_curve
 
 logger = logging.getLogger(__name__)

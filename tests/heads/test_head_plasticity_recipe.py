@@ -159,7 +159,7 @@ def heads_seen(monkeypatch):
     """The task heads of a run: ``random`` and ``probed`` (before and after the run's first probe, before any
     other head initialisation is probed) and ``start`` (the model's head when fine-tuning starts)."""
     import hf_ext.heads.study as study
-    from hf_ext.heads.probe import head_state
+    from hf_ext.probe import head_state
 
     seen = {}
     fit_probe = study.fit_probe

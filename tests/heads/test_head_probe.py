@@ -11,8 +11,8 @@ from hf_ext.config import DataArguments, ModelArguments
 from hf_ext.data import prepare_data
 from hf_ext.heads.analysis import top_k_overlap
 from hf_ext.heads.importance import ablation_importance
-from hf_ext.heads.probe import fit_probe, head_state, reinitialise_head, restore_head, task_head
 from hf_ext.models import load_model, load_tokenizer, tiny_model
+from hf_ext.probe import fit_probe, head_state, reinitialise_head, restore_head, task_head
 
 
 @pytest.fixture(scope="module")

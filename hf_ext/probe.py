@@ -1,4 +1,5 @@
-"""A linear probe before head importance: fit only the task head on frozen features, then measure.
+"""A linear probe: fit only the task head on frozen features (the head study before importance, the drift study's
+frozen-base control).
 
 A sequence classifier's head is freshly initialised before fine-tuning, so ablation importance of the
 encoder's attention heads measured through it describes the random head, not the encoder (on the
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..models import POOLER_NAMES, classifier_head, model_device
+from .models import POOLER_NAMES, classifier_head, model_device
 
 
 def task_head(model: nn.Module) -> dict[str, nn.Module]:
