@@ -151,7 +151,6 @@ def frozen_base_probe(base, data, subset, training_args) -> dict | None:
     """The task head alone fitted on the base model's frozen features (3 epochs of the training data, AdamW at
     ``head_learning_rate`` or 1e-3), scored on ``subset``: how much of the task the base features already
     carry. The head is put back afterwards; ``None`` for a model without a classifier head."""
-
     if classifier_head(base) is None:
         return None
     train = list(
