@@ -8,15 +8,20 @@ from recipes_util import run_recipe
 
 from hf_ext.io import load_tensors, save_tensors
 
-# The embedded MiniLM: a random tiny BERT whose attention is frozen cannot learn these tasks in a few steps.
+# The shipped config on a small share of the template tasks: one keep_ratio and layout (arm names without
+# sweep suffixes), the prototype head, the outside safety check on corpus:harmful_vs_benign.
 MINILM = (
     "warp_minilm.json",
     'targets=["layer.[4-5].output.dense"]',
-    'extra_trainable=["classifier"]',
+    "dataset_name=builtin:sentiment",
+    "keep_ratios=null",
+    "mask_layouts=null",
+    "learning_rate=0.001",
     "seeds=1",
     "safety_epochs=1",
     "num_train_epochs=1",
     "plain_learning_rates=[0.001,0.0001]",
+    "full_learning_rates=[0.0001]",
     "max_train_samples=768",
     "max_eval_samples=128",
     "warmup_steps=0",

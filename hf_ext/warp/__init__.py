@@ -8,9 +8,11 @@
 - :mod:`.callbacks`: the Trainer callbacks that put those into training.
 - :mod:`.config`, :mod:`.arms`, :mod:`.layout`: the study's arguments, its control arms and baselines, its run
   directory; :mod:`.run`: :class:`WarpRun` (arguments, tokenizer, data, model loading); :mod:`.phases`: phase 1,
-  phase 2 and the arms; :mod:`.evaluation`: held-out scores; :mod:`.study`: :func:`run_warp_study` (seeds, the
-  phases to run, the summary); :mod:`.summary`, :mod:`.verify`, :mod:`.commands`: the summary over seeds,
-  ``hf-ext warp verify`` and the ``hf-ext warp`` subcommands.
+  phase 2 and the arms; :mod:`.head`: the prototype head and the outcomes read through it (margins, feature
+  spread, decision cosine); :mod:`.evaluation`: held-out scores and the diverged flag; :mod:`.study`:
+  :func:`run_warp_study` (seeds, the phases to run, the summary); :mod:`.summary`, :mod:`.verify`,
+  :mod:`.commands`: the summary and verdicts over seeds, ``hf-ext warp verify`` and the ``hf-ext warp``
+  subcommands.
 """
 
 from __future__ import annotations

@@ -36,6 +36,36 @@ def _warp_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warp_summary(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..errors import RunDirectoryError
+    from ..io import read_json
+    from .layout import WarpLayout
+    from .run import WarpRun
+    from .study import report_study
+
+    seeds = _warp_seed_dirs(args.run)
+    if seeds == [args.run]:
+        raise RunDirectoryError(f"{args.run} holds no seed-* directories: the summary is over the seeds of a study")
+    rows, configs = {}, {}
+    for seed_dir in seeds:
+        layout = WarpLayout(seed_dir)
+        if not layout.eval_json.is_file() or not layout.config.is_file():
+            raise RunDirectoryError(f"{layout.eval_json} not found: finish that seed (phase eval) first")
+        config = read_json(layout.config)
+        rows[config["seed"]] = read_json(layout.eval_json)
+        configs[seed_dir] = {key: value for key, value in config.items() if key not in ("seed", "hf_ext_version")}
+    first = next(iter(configs.values()))
+    differ = [seed_dir for seed_dir, config in configs.items() if config != first]
+    if differ:
+        raise RunDirectoryError(f"{', '.join(differ)} ran with other arguments than {seeds[0]}: not one study")
+    run = WarpRun.from_dir(seeds[0])
+    run = dataclasses.replace(run, training_args=dataclasses.replace(run.training_args, output_dir=args.run))
+    report_study(run, rows)
+    return 0
+
+
 def _warp_apply_delta(args: argparse.Namespace) -> int:
     from ..errors import RunDirectoryError
     from .delta import apply_delta
@@ -68,6 +98,11 @@ def add_parser(commands, name: str, help: str) -> None:
     )
     evaluate.add_argument("--run", required=True, help="the run's output_dir")
     evaluate.set_defaults(run_command=_warp_eval)
+    summary = warp.add_parser(
+        "summary", help="the table, paired verdicts and figures over the seeds of a study (from their eval.json)"
+    )
+    summary.add_argument("--run", required=True, help="the study's output_dir (holding seed-* directories)")
+    summary.set_defaults(run_command=_warp_summary)
     apply = warp.add_parser(
         "apply-delta", help="rebuild a phase's full model from the base model and the run's delta files"
     )

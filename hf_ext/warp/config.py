@@ -28,6 +28,7 @@ class WarpArguments:
         "keep_ratio": OPEN_UNIT,
         "max_new_tokens": AT_LEAST_ONE,
         "seeds": AT_LEAST_ONE,
+        "diverged_spread_ratio": OPEN_UNIT,
     }
 
     phase: Literal[1, 2, 3, "plain", "eval", "all"] = field(
@@ -124,6 +125,61 @@ class WarpArguments:
         },
     )
     max_new_tokens: int = field(default=16, metadata={"help": "causal_lm evaluation: greedy tokens per response."})
+    head: Literal["prototypes", "shared"] = field(
+        default="prototypes",
+        metadata={
+            "help": "seq_cls head handling. 'prototypes': phase 2 trains the safety rows of the head with C; the "
+            "utility rows are then set to the utility classes' mean phase-2 features (nearest-class-mean rows, "
+            "bias -|mean|^2/2) and the whole head is frozen in every arm, so utility is learned through the "
+            "trained layers only. 'shared': one head, trained only where extra_trainable names it (the behaviour "
+            "before prototypes)."
+        },
+    )
+    head_seed: int | None = field(
+        default=0,
+        metadata={
+            "help": "Seed of the classifier head's initialisation, the same for every training seed (those vary "
+            "data order, dropout and random masks); null: the training seed."
+        },
+    )
+    keep_ratios: list[float] | None = field(
+        default=None,
+        metadata={"help": "keep_ratio sweep of the masked arms, from phase 2's one importance; null: [keep_ratio]."},
+    )
+    mask_layouts: list[Literal["input/per_layer", "input/global", "element/per_layer", "element/global"]] | None = (
+        field(
+            default=None,
+            metadata={
+                "help": "granularity/threshold of the masked arms' masks, e.g. ['input/per_layer', "
+                "'element/global'] (the seed's and WaRP-CIFSL's); null: [granularity/threshold]."
+            },
+        )
+    )
+    phase3_learning_rates: list[float] | None = field(
+        default=None,
+        metadata={"help": "Learning rates of the masked arms; null: [learning_rate]."},
+    )
+    arm_optim: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optimizer of every arm after phase 2 (a TrainingArguments optim, e.g. 'sgd', the WaRP-CIFSL "
+            "reference's); null: optim."
+        },
+    )
+    diverged_spread_ratio: float = field(
+        default=0.1,
+        metadata={
+            "help": "An arm is flagged diverged (not 'forgot') when the spread of its pooled features over the "
+            "held-out examples falls below this share of phase 2's, or its utility falls to chance."
+        },
+    )
+    ood_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "seq_cls: a labelled safety set from elsewhere (e.g. 'corpus:harmful_vs_benign', real harmful "
+            "requests), scored by every arm as an out-of-distribution check: share flagged per class."
+        },
+    )
     mask_controls: list[Literal["none", "random", "eigenvalue"]] = field(
         default_factory=lambda: ["none", "random", "eigenvalue"],
         metadata={
@@ -162,6 +218,20 @@ class WarpArguments:
         },
     )
 
+    @property
+    def sweep_keep_ratios(self) -> list[float]:
+        return self.keep_ratios or [self.keep_ratio]
+
+    @property
+    def sweep_layouts(self) -> list[str]:
+        return self.mask_layouts or [f"{self.granularity}/{self.threshold}"]
+
+    @property
+    def importance_granularity(self) -> str:
+        """Phase 2 accumulates element-wise importance when any layout needs it (input scores are its row sums)."""
+        layouts = [*self.sweep_layouts, f"{self.granularity}/{self.threshold}"]
+        return "element" if any(layout.startswith("element") for layout in layouts) else "input"
+
     def __post_init__(self):
         check_bounds(self)
         orphans = [k for k in ("safety_validation_file", "safety_test_file") if getattr(self, k)]
@@ -175,12 +245,25 @@ class WarpArguments:
                 "importance 'empirical_fisher' reads the per-example gradients of each micro-batch: set "
                 "importance_statistic to 'micro_batch'"
             )
-        rates = [*(self.plain_learning_rates or []), *self.full_learning_rates]
+        rates = [*(self.plain_learning_rates or []), *self.full_learning_rates, *(self.phase3_learning_rates or [])]
         if any(not rate > 0 for rate in rates):
             raise ConfigError(f"plain_learning_rates and full_learning_rates must be positive; got {rates}")
-        if self.plain_learning_rates == []:
-            raise ConfigError("plain_learning_rates is empty: give at least one rate, or null for learning_rate")
-        for key in ("mask_controls", "plain_learning_rates", "full_learning_rates"):
+        for key in ("plain_learning_rates", "phase3_learning_rates", "keep_ratios", "mask_layouts"):
+            if getattr(self, key) == []:
+                raise ConfigError(f"{key} is empty: give at least one value, or null for the single default")
+        if any(not 0 < k < 1 for k in self.keep_ratios or []):
+            raise ConfigError(
+                f"keep_ratios must lie in (0, 1) (shares of coefficients to freeze); got {self.keep_ratios}"
+            )
+        if self.head == "prototypes" and any("classifier" in p or p == "score" for p in self.extra_trainable):
+            raise ConfigError(
+                f"extra_trainable {self.extra_trainable} names the head, which head 'prototypes' handles itself "
+                "(safety rows trained in phase 2, frozen in the arms): remove it, or set head to 'shared'"
+            )
+        for key in (
+            "mask_controls", "plain_learning_rates", "full_learning_rates", "phase3_learning_rates", "keep_ratios",
+            "mask_layouts",
+        ):  # fmt: skip
             values = getattr(self, key) or []
             if len(set(values)) < len(values):
                 raise ConfigError(f"{key} repeats a value: {values}")

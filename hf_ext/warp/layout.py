@@ -8,13 +8,16 @@
     <phase>/delta.safetensors        the parameters a phase trained (phase2, phase3, plain): base + deltas = model
     phase2/importance.safetensors    per module, float32 (d_in,) or (d_out, d_in) by granularity
     phase2/masks.safetensors         per module, bool, True = frozen; + metadata.json
+    phase2/prototypes.safetensors    head 'prototypes': the utility rows of the head (class-mean features)
     phase3/coefficients.safetensors  C after the masked utility fine-tune; + metadata.json
     phase3_<control>/                the control arms (none, random, eigenvalue): masks.safetensors (theirs),
-                                     coefficients.safetensors, metadata.json
+                                     coefficients.safetensors, metadata.json; swept arms add _k<keep>,
+                                     _<granularity>-<threshold>, _lr<lr> (hf_ext.warp.arms), masks included
     plain/, plain_lr<lr>/, full_lr<lr>/   the unmasked arms: metadata.json
     <arm>/model/                     only with save_full_models (delta.safetensors is always there)
     eval.json, eval.md               held-out scores of phase 2 and every arm
     safety_vs_utility.png            one point per arm
+    frontier.png                     seeds > 1: safety margin retention against utility, one curve per arm
 
 With ``seeds`` > 1 each seed's run is ``seed-<seed>/`` (all of the above, phase 1 copied from the first),
 and ``eval.json``, ``eval.md`` and ``safety_vs_utility.png`` in the root give every arm over the seeds.
@@ -68,6 +71,11 @@ class WarpLayout:
         return self.phase_dir("phase2") / "importance.safetensors"
 
     @property
+    def prototypes(self) -> Path:
+        """head 'prototypes': the utility rows phase 2 set (class-mean features)."""
+        return self.phase_dir("phase2") / "prototypes.safetensors"
+
+    @property
     def masks(self) -> Path:
         return self.phase_dir("phase2") / "masks.safetensors"
 
@@ -93,3 +101,7 @@ class WarpLayout:
     @property
     def figure(self) -> Path:
         return self.root / "safety_vs_utility.png"
+
+    @property
+    def frontier_figure(self) -> Path:
+        return self.root / "frontier.png"

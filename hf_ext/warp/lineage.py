@@ -16,13 +16,18 @@ from ..io import directory_sha256, file_sha256, read_json
 from .layout import WarpLayout
 
 # What each phase reads, by the name phase 2 records it under.
-INPUTS = {"phase3": ("basis", "masks", "model"), "plain": ("model",)}
-_DESCRIBE = {"basis": "phase1/basis.safetensors", "masks": "phase2/masks.safetensors", "model": "phase2/model"}
+INPUTS = {"phase3": ("basis", "importance", "masks", "model"), "plain": ("model",)}
+_DESCRIBE = {
+    "basis": "phase1/basis.safetensors",
+    "importance": "phase2/importance.safetensors",
+    "masks": "phase2/masks.safetensors",
+    "model": "phase2/model",
+}
 
 
 def current(layout: WarpLayout, names: tuple[str, ...]) -> dict[str, str]:
     """SHA-256 of the named inputs as they are on disk now."""
-    paths = {"basis": layout.basis, "masks": layout.masks}
+    paths = {"basis": layout.basis, "importance": layout.importance, "masks": layout.masks}
     return {
         name: directory_sha256(layout.model("phase2")) if name == "model" else file_sha256(paths[name])
         for name in names
@@ -31,7 +36,7 @@ def current(layout: WarpLayout, names: tuple[str, ...]) -> dict[str, str]:
 
 def phase2_record(layout: WarpLayout, basis_sha256: str) -> dict[str, str]:
     """What phase 2 stores under ``lineage`` in its metadata: its basis and its own outputs."""
-    return {"basis": basis_sha256, **current(layout, ("masks", "model"))}
+    return {"basis": basis_sha256, **current(layout, ("importance", "masks", "model"))}
 
 
 @dataclass

@@ -21,19 +21,20 @@ from torch.utils.data import DataLoader
 from .. import distributed
 from ..activations import compute_bases
 from ..errors import ConfigError, RunDirectoryError
-from ..io import file_sha256, read_json, save_tensors, write_json
+from ..io import file_sha256, load_tensors, read_json, save_tensors, write_json
 from ..models import CLASSIFIER_HEADS, classifier_head
 from ..outputs import tensorboard_writer
 from ..run_logger import RunLogger, print_run_locations
 from ..targets import set_trainable
 from ..trainer import HfExtTrainer
 from . import lineage
-from .arms import Arm, control_masks
+from .arms import Arm, control_masks, layout_masks
 from .callbacks import CoefficientDriftCallback, ImportanceCallback, LeafWeightCallback
 from .delta import save_delta
+from .head import head_outputs, set_prototype_rows
 from .importance import importance_after_training, importance_vs_eigenvalues, make_accumulator
 from .leaf import LeafReparameterization
-from .masking import MaskedUpdate, build_masks, mask_overlap
+from .masking import MaskedUpdate, mask_overlap
 from .reparam import coefficient_parameters, merge_model, reparameterize
 from .run import Task, WarpRun, load_basis, load_masks
 
@@ -129,6 +130,8 @@ _PHASE2_KEYS = (
     ("warp", "importance_statistic"),
     ("warp", "importance_pass"),
     ("warp", "basis_rank"),
+    ("warp", "head"),
+    ("warp", "head_seed"),
 )
 
 
@@ -212,9 +215,13 @@ def run_phase2(run: WarpRun) -> dict:
     model = run.load_model()
     modules = reparameterize(model, _target_bases(run, model), rank=warp.basis_rank)
     params = coefficient_parameters(modules)
-    trainable = set_trainable(model, params.values(), warp.extra_trainable)
+    head = classifier_head(model)
+    prototypes = run.uses_prototypes
+    head_params = list(head.parameters()) if prototypes else []
+    trainable = set_trainable(model, [*params.values(), *head_params], warp.extra_trainable)
+    granularity = warp.importance_granularity
     accumulator = make_accumulator(
-        modules, kind=warp.importance, granularity=warp.granularity, statistic=warp.importance_statistic
+        modules, kind=warp.importance, granularity=granularity, statistic=warp.importance_statistic
     )
     trainer = _trainer(
         run,
@@ -230,22 +237,22 @@ def run_phase2(run: WarpRun) -> dict:
     result = trainer.train(resume_from_checkpoint=_resume(run, 2))
     importance = accumulator.mean()
     accumulator.remove_hooks()
-    masks, info = build_masks(importance, warp.keep_ratio, warp.threshold)
+    layout = f"{warp.granularity}/{warp.threshold}"
+    masks, info = layout_masks(importance, warp.keep_ratio, layout)
     during_training = {}
     if warp.importance_pass == "after_training":
         during_masks = masks
-        head = classifier_head(model)  # stays in training mode: its class restriction applies there only
-        after = importance_after_training(
+        after = importance_after_training(  # the head stays in training mode: its class restriction applies there
             model,
             params,
             trainer.get_train_dataloader(),
             kind=warp.importance,
-            granularity=warp.granularity,
+            granularity=granularity,
             keep_training=[head] if head is not None else [],
             modules=modules,
         )
         importance = after.mean()
-        masks, info = build_masks(importance, warp.keep_ratio, warp.threshold)
+        masks, info = layout_masks(importance, warp.keep_ratio, layout)
         during_training = {"mask_overlap_with_during_training": mask_overlap(masks, during_masks)}
     metadata = {
         **info.to_json(),
@@ -253,6 +260,7 @@ def run_phase2(run: WarpRun) -> dict:
         **during_training,
         "importance_vs_eigenvalue": importance_vs_eigenvalues(importance, load_basis(run.dir)[1], warp.keep_ratio),
         "granularity": warp.granularity,
+        "importance_granularity": granularity,
         "importance": warp.importance,
         "importance_statistic": warp.importance_statistic,
         "steps": accumulator.steps,
@@ -266,6 +274,8 @@ def run_phase2(run: WarpRun) -> dict:
     }
     RunLogger(trainer).scalars({f"masks/realised_ratio/{n}": r for n, r in info.realised.items()}, now=True)
     merge_model(model)
+    if prototypes:
+        metadata["prototypes"] = _set_utility_prototypes(run, model)
     trainer.save_model(str(run.layout.model("phase2")))
     if distributed.is_main_process():
         save_delta(model, run.layout.delta("phase2"), {"phase": "phase2"})
@@ -275,7 +285,7 @@ def run_phase2(run: WarpRun) -> dict:
             {
                 "kind": warp.importance,
                 "statistic": warp.importance_statistic,
-                "granularity": warp.granularity,
+                "granularity": granularity,
                 "steps": accumulator.steps,
                 "micro_batches": accumulator.micro_batches,
             },
@@ -292,16 +302,51 @@ def run_phase2(run: WarpRun) -> dict:
     return metadata
 
 
-def _arm_masks(run: WarpRun, arm: Arm) -> dict[str, torch.Tensor]:
-    """The masks of a masked arm: phase 2's, or a control with as many frozen entries per layer (saved in the
-    arm's directory)."""
-    masks = load_masks(run.dir)
-    if arm.masks == "importance":
-        return masks
-    controls = control_masks(arm.masks, masks, load_basis(run.dir)[1], seed=run.training_args.seed)
+def _set_utility_prototypes(run: WarpRun, model) -> dict:
+    """Set the utility rows of the merged phase-2 model's head to the utility classes' mean features on the
+    utility training data (:func:`~hf_ext.warp.head.set_prototype_rows`); saved in ``phase2/prototypes``."""
+    data = run.utility
+    loader = DataLoader(data.train, batch_size=run.training_args.per_device_eval_batch_size, collate_fn=data.collator)
+    outputs = head_outputs(model, loader)
+    classes = run.classes("utility")
+    prototypes = set_prototype_rows(classifier_head(model), outputs["features"], outputs["labels"], classes)
     if distributed.is_main_process():
-        save_tensors(run.layout.arm_masks(arm.name), controls, {"control": arm.masks, "same_counts_as": "phase2"})
-    return controls
+        save_tensors(run.layout.prototypes, {"prototypes": prototypes}, {"classes": classes})
+    return {"classes": classes, "examples": len(data.train), "mean_norm": float(prototypes.norm(dim=1).mean())}
+
+
+def _check_importance_granularity(run: WarpRun) -> None:
+    """Element masks are read from element-wise importance; an input-only phase 2 cannot give them."""
+    accumulated = read_json(run.layout.metadata("phase2")).get("importance_granularity", run.warp_args.granularity)
+    element = sorted({a.layout for a in run.arms if a.layout and a.layout.startswith("element")})
+    if accumulated == "input" and element:
+        raise ConfigError(
+            f"mask_layouts {element} need element-wise importance, and phase 2 accumulated it per input direction: "
+            "rerun phase 2 with those layouts in mask_layouts (it then keeps element-wise importance)"
+        )
+
+
+def _arm_masks(run: WarpRun, arm: Arm) -> dict[str, torch.Tensor]:
+    """The masks of a masked arm: phase 2's, the importance masks of another keep_ratio or layout (from phase 2's
+    importance), or a control with as many frozen entries per layer; those not phase 2's are saved in the arm's
+    directory."""
+    warp = run.warp_args
+    own = arm.keep_ratio is not None and (arm.keep_ratio, arm.layout) != (
+        warp.keep_ratio,
+        f"{warp.granularity}/{warp.threshold}",
+    )
+    masks = (
+        layout_masks(load_tensors(run.layout.importance)[0], arm.keep_ratio, arm.layout)[0]
+        if own
+        else load_masks(run.dir)
+    )
+    description = {"keep_ratio": str(arm.keep_ratio), "layout": str(arm.layout)}
+    if arm.masks != "importance":
+        masks = control_masks(arm.masks, masks, load_basis(run.dir)[1], seed=run.training_args.seed)
+        description |= {"control": arm.masks}
+    if (own or arm.masks != "importance") and distributed.is_main_process():
+        save_tensors(run.layout.arm_masks(arm.name), masks, description)
+    return masks
 
 
 def run_arm(run: WarpRun, arm: Arm) -> dict:
@@ -314,10 +359,13 @@ def run_arm(run: WarpRun, arm: Arm) -> dict:
     if not run.layout.metadata("phase2").is_file():
         raise RunDirectoryError(f"{run.layout.metadata('phase2')} not found: run phase 2 first")
     _check_same_arguments(run, "phase2", _PHASE2_KEYS)
+    _check_importance_granularity(run)
     inputs = lineage.check_inputs(run.layout, arm.lineage)  # before anything is trained or written
     model = run.load_model("phase2")
     targets = run.targets(model)
     extra = run.warp_args.extra_trainable
+    head = classifier_head(model) if run.uses_prototypes else None
+    frozen_head = {id(p) for p in head.parameters()} if head is not None else set()
     leaf = masks = None
     if arm.kind == "masked":
         masks = _arm_masks(run, arm)
@@ -331,13 +379,17 @@ def run_arm(run: WarpRun, arm: Arm) -> dict:
     else:
         params = {name: module.weight for name, module in targets.items()}
         callbacks = [CoefficientDriftCallback(params, prefix="weight_drift")]
-        trainable = set_trainable(model, model.parameters() if arm.kind == "full" else params.values(), extra)
+        everything = [p for p in model.parameters() if id(p) not in frozen_head]  # the prototype head stays frozen
+        trainable = set_trainable(model, everything if arm.kind == "full" else params.values(), extra)
     overrides = {} if arm.learning_rate is None else {"learning_rate": arm.learning_rate}
+    if run.warp_args.arm_optim is not None:
+        overrides["optim"] = run.warp_args.arm_optim
     trainer = _trainer(run, model, arm.name, "utility", callbacks, **overrides)
     result = trainer.train(resume_from_checkpoint=_resume(run, 3 if arm.kind == "masked" else "plain"))
     metadata = {
         "arm": dataclasses.asdict(arm) | {"label": arm.label},
         "learning_rate": trainer.args.learning_rate,
+        "optim": getattr(trainer.args.optim, "value", trainer.args.optim),
         "steps": trainer.state.global_step,
         "samples": len(run.utility.train),
         "trainable_parameters": trainable,

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, TrainingArguments
 from .. import distributed
 from ..config import DataArguments, ModelArguments
 from ..data import PreparedData, prepare_data
-from ..errors import RunDirectoryError
+from ..errors import ConfigError, RunDirectoryError
 from ..io import load_tensors, read_json, write_json
 from ..models import load_model, load_tokenizer
 from ..outputs import check_output_dir
@@ -44,10 +44,16 @@ class WarpRun:
     labels: list[str] | None  # seq_cls: safety classes then utility classes, one head for both
     safety_classes: list[int] | None
     utility_classes: list[int] | None
+    ood: PreparedData | None = None  # seq_cls: ood_dataset_name, labelled with the safety classes
 
     @property
     def dir(self) -> Path:
         return Path(self.training_args.output_dir)
+
+    @property
+    def uses_prototypes(self) -> bool:
+        """seq_cls with head 'prototypes' (:mod:`hf_ext.warp.head`)."""
+        return self.labels is not None and self.warp_args.head == "prototypes"
 
     @property
     def layout(self) -> WarpLayout:
@@ -85,7 +91,15 @@ class WarpRun:
         )
         safety = prepare_data(safety_args, tokenizer, model_args.task_type)
         utility = prepare_data(data_args, tokenizer, model_args.task_type)
-        labels = safety_classes = utility_classes = None
+        labels = safety_classes = utility_classes = ood = None
+        if warp_args.ood_dataset_name and model_args.task_type == "seq_cls":
+            ood_args = dataclasses.replace(safety_args, dataset_name=warp_args.ood_dataset_name, train_file=None)
+            ood = prepare_data(ood_args, tokenizer, model_args.task_type)
+            if ood.labels != safety.labels:
+                raise ConfigError(
+                    f"ood_dataset_name {warp_args.ood_dataset_name!r} has classes {ood.labels}; the safety data "
+                    f"has {safety.labels}: an outside check needs the same classes in the same order"
+                )
         if model_args.task_type == "seq_cls":
             offset = len(safety.labels)
             labels = [f"safety:{name}" for name in safety.labels] + [f"utility:{name}" for name in utility.labels]
@@ -105,6 +119,7 @@ class WarpRun:
             labels,
             safety_classes,
             utility_classes,
+            ood,
         )
 
     @classmethod
@@ -178,7 +193,9 @@ class WarpRun:
             if not path.is_dir():
                 raise RunDirectoryError(f"{path} not found: run {phase} first")
             args = dataclasses.replace(args, model_name_or_path=str(path))
-        model = load_model(args, self.tokenizer, self.labels, seed=self.training_args.seed)
+        head_seed = self.warp_args.head_seed
+        seed = self.training_args.seed if head_seed is None else head_seed  # initialises the new head
+        model = load_model(args, self.tokenizer, self.labels, seed=seed)
         if delta is not None:
             apply_delta(model, delta)
         return model.to(self.training_args.device)

@@ -18,10 +18,10 @@ import shutil
 
 from .. import distributed
 from ..io import write_json
-from .evaluation import _held_out, evaluate_run
+from .evaluation import _held_out, evaluate_run, utility_chance
 from .phases import run_arm, run_phase1, run_phase2
 from .run import WarpRun, phase_steps
-from .summary import format_summary, plot_safety_vs_utility, summarize
+from .summary import format_summary, plot_frontier, plot_safety_vs_utility, summarize
 
 
 def _remove_stale_results(run: WarpRun, *, after: str) -> None:
@@ -97,17 +97,25 @@ def run_warp_study(run: WarpRun) -> dict | None:
             rows_by_seed[seed_run.training_args.seed] = rows
     if not rows_by_seed:
         return None
+    return report_study(run, rows_by_seed)
+
+
+def report_study(run: WarpRun, rows_by_seed: dict[int, dict]) -> dict:
+    """The summary over seeds of ``rows_by_seed`` (:mod:`hf_ext.warp.summary`): written to ``eval.json`` and
+    ``eval.md`` in the run's root with several seeds, the figures saved, the table and verdicts printed."""
     sizes = {task: len(_held_out(run.data(task))) for task in ("safety", "utility")}
-    summary = summarize(rows_by_seed, sizes)
-    if len(seeds) > 1:
+    summary = summarize(rows_by_seed, sizes, run.arms, chance=utility_chance(run))
+    if len(rows_by_seed) > 1:
         write_json(run.layout.eval_json, summary)
         run.layout.eval_md.write_text(format_summary(summary) + "\n", encoding="utf-8")
     plot_safety_vs_utility(summary, run.layout.figure)
+    frontier = plot_frontier(summary, run.arms, run.layout.frontier_figure) if len(rows_by_seed) > 1 else None
     print(
         f"\nWaRP on {run.model_args.model_name_or_path}: held-out scores\n\n{format_summary(summary)}\n\n"
         f"run directory: {run.dir.resolve()}  (check it: hf-ext warp verify --run {run.dir})\n"
         f"figure:        {run.layout.figure.resolve()}\n"
-        f"tensorboard:   tensorboard --logdir {run.dir.resolve()}  (one run per phase and arm)",
+        + (f"frontier:      {frontier.resolve()}\n" if frontier else "")
+        + f"tensorboard:   tensorboard --logdir {run.dir.resolve()}  (one run per phase and arm)",
         flush=True,
     )
     return summary

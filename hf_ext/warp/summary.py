@@ -1,19 +1,40 @@
-"""Every arm of a WaRP study over seeds: means, 95% intervals, the table and the safety-vs-utility figure.
+"""Every arm of a WaRP study over seeds: means and 95% intervals, the paired verdicts, the table and the figures.
 
-``rows_by_seed`` is ``{seed: eval rows}``, each as :func:`hf_ext.warp.evaluation.evaluate_run` writes them
-(``{arm: {"label", "safety_accuracy", "utility_accuracy", "safety_retention"}}``).
+``rows_by_seed`` is ``{seed: eval rows}``, each as :func:`hf_ext.warp.evaluation.evaluate_run` writes them.
+The verdict is read two ways, the seed as the unit:
+
+- at one learning rate: importance masks minus each control (no masks, random, top-eigenvalue) with the same
+  keep_ratio and layout, paired per seed;
+- at matched utility (with two or more learning rates): each arm's curve of (held-out utility loss, safety
+  margin retention) over the learning rates against the plain target-layer arm's (:mod:`hf_ext.frontier`;
+  runs past a seed's lowest utility loss are left off), and importance minus random / eigenvalue per
+  keep_ratio and layout.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..frontier import compare_at_matched_loss, past_lowest_loss
 from ..plotting import plotting_available, require_pyplot
-from ..stats import t_interval
+from ..stats import accuracy_power, t_interval
+from .arms import Arm
 
-METRICS = ("safety_accuracy", "utility_accuracy", "safety_retention")
+METRICS = (
+    "margin_retention",
+    "safety_margin",
+    "safety_loss",
+    "safety_accuracy",
+    "safety_retention",
+    "utility_accuracy",
+    "utility_loss",
+    "ood_flagged_harmful",
+    "ood_flagged_benign",
+    "head_cosine",
+)
+OUTCOME = "margin_retention"
 
 
 def mean_interval(values: list[float], confidence: float = 0.95) -> dict[str, float]:
@@ -23,72 +44,203 @@ def mean_interval(values: list[float], confidence: float = 0.95) -> dict[str, fl
     return {"mean": mean, "low": low, "high": high, "n": len(values)}
 
 
-def summarize(rows_by_seed: Mapping[int, Mapping[str, Mapping]], eval_sizes: Mapping[str, int]) -> dict:
-    """Per arm (in the order of the first seed's rows): its label, per-seed values and mean/interval of each metric."""
-    arms = list(next(iter(rows_by_seed.values())))
-    summary = {"seeds": list(rows_by_seed), "eval_examples": dict(eval_sizes), "arms": {}}
-    for arm in arms:
+def summarize(
+    rows_by_seed: Mapping[int, Mapping[str, Mapping]],
+    eval_sizes: Mapping[str, int],
+    arms: Sequence[Arm] = (),
+    *,
+    chance: float | None = None,
+) -> dict:
+    """Per arm (in the order of the first seed's rows): its label, per-seed values, mean/interval of each metric
+    and the seeds flagged diverged; then the paired verdicts over ``arms``."""
+    names = list(next(iter(rows_by_seed.values())))
+    summary = {
+        "seeds": list(rows_by_seed),
+        "eval_examples": dict(eval_sizes),
+        "utility_chance": chance,
+        "arms": {},
+    }
+    for arm in names:
         rows = {seed: rows[arm] for seed, rows in rows_by_seed.items() if arm in rows}
         entry = {"label": next(iter(rows.values()))["label"], "per_seed": rows}
         for metric in METRICS:
-            entry[metric] = mean_interval([row[metric] for row in rows.values()])
+            values = [row[metric] for row in rows.values() if metric in row]
+            if values and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                entry[metric] = mean_interval(values)
+        entry["diverged"] = [seed for seed, row in rows.items() if row.get("diverged")]
         summary["arms"][arm] = entry
+    summary["paired"] = paired_at_learning_rate(rows_by_seed, arms)
+    summary["matched_utility"] = compare_at_matched_utility(rows_by_seed, arms)
     return summary
 
 
-def _cell(stats: Mapping[str, float]) -> str:
-    """Mean [interval], the interval clipped to [0, 1] (accuracies; ``eval.json`` keeps it unclipped)."""
+def _paired(rows_by_seed, first: str, second: str) -> dict | None:
+    """``first - second`` of the outcome per seed with both, and the utility accuracy difference beside it."""
+    seeds = [s for s, rows in rows_by_seed.items() if first in rows and second in rows]
+    if len(seeds) < 2:
+        return None
+    differences = [rows_by_seed[s][first][OUTCOME] - rows_by_seed[s][second][OUTCOME] for s in seeds]
+    utility = [rows_by_seed[s][first]["utility_accuracy"] - rows_by_seed[s][second]["utility_accuracy"] for s in seeds]
+    return {
+        "seeds": seeds,
+        "differences": differences,
+        **mean_interval(differences),
+        "utility_difference": sum(utility) / len(utility),
+    }
+
+
+def paired_at_learning_rate(rows_by_seed, arms: Sequence[Arm]) -> list[dict]:
+    """Importance masks minus each control with the same keep_ratio, layout and learning rate, per seed."""
+    out = []
+    for arm in arms:
+        if arm.kind != "masked" or arm.masks != "importance":
+            continue
+        for other in arms:
+            same = other.learning_rate == arm.learning_rate and other.kind == "masked" and other.masks != "importance"
+            if not same or (
+                other.masks != "none" and (other.keep_ratio, other.layout) != (arm.keep_ratio, arm.layout)
+            ):
+                continue
+            result = _paired(rows_by_seed, arm.name, other.name)
+            if result is not None:
+                out.append(
+                    {"arm": arm.name, "minus": other.name, "label": arm.family, "control": other.masks} | result
+                )
+    return out
+
+
+def _curves(rows_by_seed, arms: Sequence[Arm], family: str) -> dict[int, list[tuple[float, float]]]:
+    """``{seed: [(utility loss, outcome), ...]}`` of one family over its learning rates, overshoots left off."""
+    members = [a for a in arms if a.family == family]
+    curves = {}
+    for seed, rows in rows_by_seed.items():
+        runs = [(a.learning_rate, rows[a.name]) for a in members if a.name in rows]
+        overshoots = set(past_lowest_loss([(rate, row["utility_loss"]) for rate, row in runs]))
+        curves[seed] = [
+            (row["utility_loss"], row[OUTCOME])
+            for index, (_, row) in enumerate(runs)
+            if index not in overshoots and math.isfinite(row[OUTCOME])
+        ]
+    return curves
+
+
+def compare_at_matched_utility(rows_by_seed, arms: Sequence[Arm]) -> dict:
+    """Each masked and full family against the plain frontier, and importance minus random / eigenvalue per
+    keep_ratio and layout, at matched held-out utility loss (``{}`` with one learning rate per family)."""
+    families = list(dict.fromkeys(a.family for a in arms))
+    if "plain" not in families or sum(a.family == "plain" for a in arms) < 2:
+        return {}
+    curves = {family: _curves(rows_by_seed, arms, family) for family in families}
+    out = {"against_plain": {}, "importance_minus": {}}
+    for family in families:
+        if family != "plain":
+            out["against_plain"][family] = compare_at_matched_loss(curves["plain"], curves[family])
+    for family in families:
+        if family.startswith("importance "):
+            for control in ("random", "eigenvalue"):
+                twin = control + family[len("importance") :]
+                if twin in curves:
+                    out["importance_minus"][f"{family} - {control}"] = compare_at_matched_loss(
+                        curves[twin], curves[family]
+                    )
+    return out
+
+
+def _cell(stats: Mapping[str, float] | None, clip: bool = False) -> str:
+    """Mean [interval] (accuracies clipped to [0, 1]; ``eval.json`` keeps them unclipped)."""
+    if stats is None:
+        return "-"
     if math.isnan(stats["low"]):
         return f"{stats['mean']:.3f}"
-    return f"{stats['mean']:.3f} [{max(stats['low'], 0.0):.3f}, {min(stats['high'], 1.0):.3f}]"
+    low, high = (max(stats["low"], 0.0), min(stats["high"], 1.0)) if clip else (stats["low"], stats["high"])
+    return f"{stats['mean']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def binomial_se(accuracy: float, examples: int) -> float:
-    """Standard error of one accuracy measured on ``examples`` held-out examples."""
-    return math.sqrt(accuracy * (1 - accuracy) / examples) if examples else math.nan
+def _level_line(level: Mapping) -> str:
+    return (
+        f"utility loss {level['loss']:.3f}: {level['mean']:+.3f} [{level['low']:+.3f}, {level['high']:+.3f}] "
+        f"p = {level['p_two_sided']:.3g} (smallest possible {level['min_p']:.3g})"
+    )
 
 
 def format_summary(summary: Mapping) -> str:
-    """The table of every arm: mean and 95% interval over seeds of held-out safety and utility accuracy."""
+    """The table of every arm (mean and 95% interval over seeds), the paired verdicts and the power lines."""
     n = len(summary["seeds"])
-    what = f"mean [95% t-interval, clipped to 0-1] over {n} seeds" if n > 1 else "one seed"
+    what = f"mean [95% t-interval] over {n} seeds" if n > 1 else "one seed"
     lines = [
-        f"| model | safety accuracy, {what} | utility accuracy | safety retention |",
-        "| --- | --- | --- | --- |",
+        f"| model | safety margin retention, {what} | safety accuracy | safety loss | utility accuracy | "
+        "utility loss | OOD harmful flagged | diverged seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for entry in summary["arms"].values():
+        ood = entry.get("ood_flagged_harmful")
+        ood_cell = "-" if ood is None else f"{ood['mean']:.3f}"
         lines.append(
-            f"| {entry['label']} | {_cell(entry['safety_accuracy'])} | {_cell(entry['utility_accuracy'])} | "
-            f"{_cell(entry['safety_retention'])} |"
+            f"| {entry['label']} | {_cell(entry.get('margin_retention'))} | "
+            f"{_cell(entry.get('safety_accuracy'), clip=True)} | {_cell(entry.get('safety_loss'))} | "
+            f"{_cell(entry.get('utility_accuracy'), clip=True)} | {_cell(entry.get('utility_loss'))} | "
+            f"{ood_cell} | "
+            f"{len(entry['diverged'])}/{len(entry['per_seed'])} |"
         )
-    safety, utility = summary["eval_examples"]["safety"], summary["eval_examples"]["utility"]
-    errors = {p: f"{binomial_se(p, safety):.3f} / {binomial_se(p, utility):.3f}" for p in (0.9, 0.5)}
-    lines.append("")
-    lines.append(
-        f"Held-out examples: {safety} safety, {utility} utility; one accuracy of 0.9 on them has a binomial "
-        f"standard error of {errors[0.9]} (0.5: {errors[0.5]})."
-    )
+    lines += ["", *format_verdicts(summary), "", *format_power(summary)]
     return "\n".join(lines)
 
 
+def format_verdicts(summary: Mapping) -> list[str]:
+    lines = []
+    if summary.get("paired"):
+        lines.append("Importance masks minus a control at the same learning rate (margin retention, paired per seed):")
+        for p in summary["paired"]:
+            lines.append(
+                f"  {p['arm']} - {p['minus']}: {p['mean']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}] "
+                f"(utility accuracy {p['utility_difference']:+.3f})"
+            )
+    matched = summary.get("matched_utility") or {}
+    if matched:
+        lines.append("At matched held-out utility loss (seeds paired, 95% t interval):")
+        for family, comparison in {**matched["against_plain"], **matched["importance_minus"]}.items():
+            name = family if " - " in family else f"{family} - plain"
+            if "skipped" in comparison:
+                lines.append(f"  {name}: not compared ({comparison['skipped']})")
+                continue
+            lines += [f"  {name}, {_level_line(level)}" for level in comparison["levels"]]
+    return lines
+
+
+def format_power(summary: Mapping) -> list[str]:
+    """What differences these seeds and held-out examples can resolve."""
+    lines = []
+    widths = [(p["high"] - p["low"]) / 2 for p in summary.get("paired", []) if math.isfinite(p["high"])]
+    if widths:
+        lines.append(
+            f"Power: {len(summary['seeds'])} seeds; a paired margin-retention difference smaller than "
+            f"{min(widths):.3f}-{max(widths):.3f} (the intervals' half-widths) is not resolved."
+        )
+    safety, utility = summary["eval_examples"]["safety"], summary["eval_examples"]["utility"]
+    lines.append(f"Held-out safety examples: {safety}; {accuracy_power(0.9, safety)}.")
+    chance = summary.get("utility_chance")
+    chance_text = "" if chance is None else f"; utility chance (majority class) {chance:.3f}"
+    lines.append(f"Held-out utility examples: {utility}{chance_text}; {accuracy_power(0.5, utility)}.")
+    return lines
+
+
 def plot_safety_vs_utility(summary: Mapping, path: str | Path) -> Path | None:
-    """One point per arm and seed (safety against utility accuracy), the arm's mean as a larger marker;
-    ``None`` (and a message) without matplotlib."""
+    """One point per arm and seed (safety margin retention against utility accuracy), the arm's mean as a larger
+    marker; ``None`` (and a message) without matplotlib."""
     if not plotting_available(Path(path).name):
         return None
     plt = require_pyplot()
-
     figure, axes = plt.subplots(figsize=(10, 5.5))
-    colors = plt.get_cmap("tab10")
+    colors = plt.get_cmap("tab20")
     for index, entry in enumerate(summary["arms"].values()):
-        color = colors(index % 10)
+        if OUTCOME not in entry:
+            continue
+        color = colors(index % 20)
         rows = list(entry["per_seed"].values())
-        axes.scatter(
-            [r["utility_accuracy"] for r in rows], [r["safety_accuracy"] for r in rows], color=color, alpha=0.45, s=22
-        )
+        axes.scatter([r["utility_accuracy"] for r in rows], [r[OUTCOME] for r in rows], color=color, alpha=0.45, s=22)
         axes.scatter(
             entry["utility_accuracy"]["mean"],
-            entry["safety_accuracy"]["mean"],
+            entry[OUTCOME]["mean"],
             color=color,
             s=90,
             marker="D",
@@ -96,10 +248,41 @@ def plot_safety_vs_utility(summary: Mapping, path: str | Path) -> Path | None:
             label=entry["label"],
         )
     axes.set_xlabel("utility accuracy (held out)")
-    axes.set_ylabel("safety accuracy (held out)")
+    axes.set_ylabel("safety margin retention (held out, / phase 2)")
     axes.set_title(f"WaRP arms: one point per seed ({len(summary['seeds'])}), diamond = mean")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_frontier(summary: Mapping, arms: Sequence[Arm], path: str | Path) -> Path | None:
+    """Safety margin retention against utility accuracy, one curve per arm family across its learning rates
+    (means over seeds); ``None`` without matplotlib."""
+    if not plotting_available(Path(path).name):
+        return None
+    plt = require_pyplot()
+    families = list(dict.fromkeys(a.family for a in arms))
+    figure, axes = plt.subplots(figsize=(11, 6))
+    colors = plt.get_cmap("tab20")
+    for index, family in enumerate(families):
+        points = sorted(
+            (summary["arms"][a.name]["utility_accuracy"]["mean"], summary["arms"][a.name][OUTCOME]["mean"])
+            for a in arms
+            if a.family == family and a.name in summary["arms"] and OUTCOME in summary["arms"][a.name]
+        )
+        if not points:
+            continue
+        style = {"plain": "k-", "full": "k--", "none": "k:"}.get(family, "-")
+        kwargs = {} if family in ("plain", "full", "none") else {"color": colors(index % 20)}
+        axes.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=family, **kwargs)
+    axes.set_xlabel("utility accuracy (held out, mean over seeds)")
+    axes.set_ylabel("safety margin retention (mean over seeds)")
+    axes.set_title("WaRP: safety retention against utility, one curve per arm over its learning rates")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -4,10 +4,13 @@
 - reparameterizing reproduces the weights at the start of phases 2 and 3;
 - the masks freeze ``keep_ratio`` of the coefficients (within one entry per layer, or in total
   for a global threshold);
-- each control arm's masks freeze as many coefficients per layer as phase 2's (none for ``none``);
+- each swept importance arm's masks freeze its keep_ratio, and are the masks phase 2's importance gives;
+- each control arm's masks freeze as many coefficients per layer as the importance masks of its keep_ratio and
+  layout (none for ``none``);
 - the frozen coefficients after each masked arm equal, bit for bit, those at its start;
-- the other task's rows of the shared classifier head (no gradient in a phase) changed at most by a
-  uniform weight-decay shrink in phase 2 and every arm;
+- head 'shared': the other task's rows of the shared classifier head (no gradient in a phase) changed at most
+  by a uniform weight-decay shrink in phase 2 and every arm; head 'prototypes': the utility rows are phase 2's
+  saved prototypes, and every arm's head is phase 2's bit for bit;
 - the basis, masks and phase-2 model that the arms used are the files phase 2 recorded (SHA-256),
   and they are still the files on disk;
 - phases 2 and 3 have run: a missing phase is a failed check, not a silent pass.
@@ -24,6 +27,7 @@ from ..activations import orthonormality_error
 from ..io import file_sha256, load_tensors, read_json
 from ..models import classifier_head
 from . import lineage
+from .arms import layout_masks
 from .layout import WarpLayout
 from .reparam import coefficient_parameters, reparameterize
 from .run import WarpRun, load_basis, load_masks
@@ -49,7 +53,7 @@ def verify_run(run_dir: str | Path) -> list[Check]:
     run = WarpRun.from_dir(run_dir, use_cpu=True)
     bases, _, _ = load_basis(run.dir)
     rank = run.warp_args.basis_rank
-    checks = _missing_phases(run.layout)
+    checks = _missing_phases(run.layout, run.arms[0].name)
     if run.layout.metadata("phase2").is_file():
         checks.append(_phase2_basis_check(run.layout))
     for name, u in bases.items():
@@ -72,7 +76,7 @@ def verify_run(run_dir: str | Path) -> list[Check]:
             )
         starts[label] = {name: c.detach().clone() for name, c in coefficient_parameters(modules).items()}
 
-    checks += _other_task_rows_checks(run, heads)
+    checks += _prototype_head_checks(run, heads) if run.uses_prototypes else _other_task_rows_checks(run, heads)
 
     if run.layout.masks.is_file():
         masks = load_masks(run.dir)
@@ -100,17 +104,14 @@ def verify_run(run_dir: str | Path) -> list[Check]:
                 )
             )
 
+        importance = load_tensors(run.layout.importance)[0] if run.layout.importance.is_file() else None
         for arm in run.arms:
             if run.layout.metadata(arm.name).is_file():
                 checks += _lineage_checks(run.layout, arm.name, arm.lineage)
             arm_masks = masks
-            if arm.kind == "masked" and arm.masks != "importance" and run.layout.arm_masks(arm.name).is_file():
+            if arm.kind == "masked" and run.layout.arm_masks(arm.name).is_file():
                 arm_masks, _ = load_tensors(run.layout.arm_masks(arm.name))
-                for name, mask in arm_masks.items():
-                    expected = 0 if arm.masks == "none" else int(masks[name].sum())
-                    value = f"{int(mask.sum())} frozen (expected {expected})"
-                    what = f"{arm.name}: " + ("nothing frozen" if arm.masks == "none" else "as many frozen as phase 2")
-                    checks.append(Check(what, name, value, int(mask.sum()) == expected))
+                checks += _arm_mask_checks(arm, arm_masks, importance)
             coefficients = run.layout.arm_coefficients(arm.name)
             if arm.kind != "masked" or not coefficients.is_file() or "phase 3" not in starts:
                 continue
@@ -127,6 +128,59 @@ def verify_run(run_dir: str | Path) -> list[Check]:
                         torch.equal(final[name][frozen], start[frozen]),
                     )
                 )
+    return checks
+
+
+def _arm_mask_checks(arm, arm_masks: dict, importance: dict | None) -> list[Check]:
+    """An arm's own masks: nothing frozen (``none``), else the importance masks of its keep_ratio and layout
+    (importance arms: the same entries; controls: as many per layer)."""
+    if arm.masks == "none":
+        return [
+            Check(f"{arm.name}: nothing frozen", name, f"{int(m.sum())} frozen", not m.any())
+            for name, m in arm_masks.items()
+        ]
+    if importance is None:
+        return [Check(f"{arm.name}: masks from phase 2's importance", "-", "importance.safetensors missing", False)]
+    expected, _ = layout_masks(importance, arm.keep_ratio, arm.layout)
+    checks = []
+    for name, mask in arm_masks.items():
+        if arm.masks == "importance":
+            ok = torch.equal(mask, expected[name])
+            what, value = f"{arm.name}: masks are phase 2's importance, keep {arm.keep_ratio:g}", "same entries"
+        else:
+            ok = int(mask.sum()) == int(expected[name].sum())
+            what, value = (
+                f"{arm.name}: as many frozen as importance",
+                f"{int(mask.sum())} / {int(expected[name].sum())}",
+            )
+        checks.append(Check(what, name, value if ok else "differ", ok))
+    return checks
+
+
+def _prototype_head_checks(run: WarpRun, heads: dict) -> list[Check]:
+    """head 'prototypes': phase 2's utility rows are its saved prototypes, and no arm moved the head."""
+    if heads.get("phase2") is None or not run.layout.prototypes.is_file():
+        return (
+            [Check("prototype head saved", "phase2", "missing", False)]
+            if run.layout.metadata("phase2").is_file()
+            else []
+        )
+    prototypes = load_tensors(run.layout.prototypes)[0]["prototypes"]
+    rows = torch.tensor(run.classes("utility"))
+    checks = [
+        Check(
+            "phase 2: utility rows are the class-mean prototypes",
+            "head.weight",
+            "bit-identical" if torch.equal(heads["phase2"]["weight"][rows], prototypes) else "differ",
+            torch.equal(heads["phase2"]["weight"][rows], prototypes),
+        )
+    ]
+    for arm in run.arms:
+        if not (run.layout.model(arm.name).is_dir() or run.layout.delta(arm.name).is_file()):
+            continue
+        after = _head(run.load_model(arm.name))
+        same = all(torch.equal(after[n], heads["phase2"][n]) for n in after)
+        checks.append(Check(f"{arm.name}: head frozen", "head", "bit-identical" if same else "moved", same))
     return checks
 
 
@@ -177,11 +231,12 @@ def _other_task_rows_checks(run: WarpRun, heads: dict) -> list[Check]:
     return checks
 
 
-def _missing_phases(layout: WarpLayout) -> list[Check]:
-    """A failed check per phase whose files are missing: a partial run must not read as verified."""
+def _missing_phases(layout: WarpLayout, first_arm: str) -> list[Check]:
+    """A failed check per phase whose files are missing (phase 3: the first importance arm's): a partial run must
+    not read as verified."""
     expected = {
         "phase 2": [layout.model("phase2"), layout.masks, layout.metadata("phase2")],
-        "phase 3": [layout.delta("phase3"), layout.coefficients, layout.metadata("phase3")],
+        "phase 3": [layout.delta(first_arm), layout.arm_coefficients(first_arm), layout.metadata(first_arm)],
     }
     checks = []
     for label, paths in expected.items():

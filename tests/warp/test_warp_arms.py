@@ -44,8 +44,8 @@ def test_study_arms_names_and_learning_rates():
     arms = study_arms(args, learning_rate=1e-3)
     assert [a.name for a in arms] == ["phase3", "phase3_random", "plain", "plain_lr0.0003", "full_lr1e-05"]
     assert [a.label for a in arms] == [
-        "phase 3: WaRP masks",
-        "phase 3: random masks",
+        "phase 3: WaRP masks, keep 0.1, input/per_layer, lr 0.001",
+        "phase 3: random masks, keep 0.1, input/per_layer, lr 0.001",
         "plain, target layers, lr 0.001",
         "plain, target layers, lr 0.0003",
         "plain, full fine-tune, lr 1e-05",
@@ -53,10 +53,48 @@ def test_study_arms_names_and_learning_rates():
     assert [a.name for a in study_arms(WarpArguments(mask_controls=[]), learning_rate=5e-5)] == ["phase3", "plain"]
 
 
+def test_swept_dimensions_name_the_arms_and_families():
+    args = WarpArguments(
+        mask_controls=["none", "eigenvalue"],
+        keep_ratios=[0.1, 0.5],
+        mask_layouts=["input/per_layer", "element/global"],
+        phase3_learning_rates=[1e-4, 3e-4],
+        plain_learning_rates=[1e-4, 3e-4],
+    )
+    arms = study_arms(args, learning_rate=1e-4)
+    masked = [a for a in arms if a.kind == "masked"]
+    assert len(masked) == 2 * (2 * 2 * 2 + 1)  # per lr: (importance, eigenvalue) x keeps x layouts, and none
+    assert masked[0].name == "phase3_k0.1_input-per_layer_lr0.0001"
+    assert "phase3_eigenvalue_k0.5_element-global_lr0.0003" in {a.name for a in masked}
+    assert "phase3_none_lr0.0003" in {a.name for a in masked}
+    assert len({a.name for a in arms}) == len(arms)
+    families = {a.family for a in arms}
+    assert {"importance k0.5 element/global", "none", "plain"} <= families and len(families) == 2 * 2 * 2 + 2
+    assert args.importance_granularity == "element"
+    assert WarpArguments().importance_granularity == "input"
+
+
+def test_input_masks_from_element_importance_sum_each_direction():
+    from hf_ext.warp.arms import layout_masks
+
+    importance = {"a": torch.tensor([[1.0, 0.0, 5.0, 0.0], [1.0, 3.0, 0.0, 0.5]])}
+    masks, _ = layout_masks(importance, 0.25, "input/per_layer")  # column sums 2, 3, 5, 0.5
+    assert masks["a"].tolist() == [False, False, True, False]
+    masks, _ = layout_masks(importance, 0.25, "element/global")
+    assert masks["a"].tolist() == [[False, False, True, False], [False, True, False, False]]
+    with pytest.raises(ValueError, match="element-wise importance"):
+        layout_masks({"a": torch.ones(4)}, 0.25, "element/global")
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"plain_learning_rates": []}, "plain_learning_rates is empty"),
+        ({"keep_ratios": []}, "keep_ratios is empty"),
+        ({"keep_ratios": [0.1, 1.0]}, "keep_ratios must lie in"),
+        ({"mask_layouts": ["input/per_layer", "input/per_layer"]}, "mask_layouts repeats"),
+        ({"extra_trainable": ["classifier"]}, "names the head"),
+        ({"diverged_spread_ratio": 0.0}, "diverged_spread_ratio"),
         ({"full_learning_rates": [1e-4, -1.0]}, "must be positive"),
         ({"mask_controls": ["random", "random"]}, "mask_controls repeats a value"),
         ({"seeds": 0}, "seeds"),
@@ -77,11 +115,59 @@ def test_mean_interval_is_the_student_t_interval():
     assert single["mean"] == 0.7 and math.isnan(single["low"])
 
 
-def test_summary_table_has_every_arm_with_its_interval():
-    row = lambda s, u: {"label": "x", "safety_accuracy": s, "utility_accuracy": u, "safety_retention": s}  # noqa: E731
-    rows = {1: {"phase2": row(1.0, 0.5), "phase3": row(0.9, 0.9)}, 2: {"phase2": row(1.0, 0.6), "phase3": row(0.8, 1)}}
-    summary = summarize(rows, {"safety": 200, "utility": 100})
-    assert list(summary["arms"]) == ["phase2", "phase3"] and summary["seeds"] == [1, 2]
-    assert summary["arms"]["phase3"]["safety_accuracy"]["mean"] == pytest.approx(0.85)
+def _row(margin, utility, loss):
+    return {
+        "label": "x",
+        "safety_accuracy": 1.0,
+        "safety_margin": margin,
+        "margin_retention": margin / 2.0,
+        "safety_loss": 0.1,
+        "utility_accuracy": utility,
+        "utility_loss": loss,
+        "diverged": "",
+    }
+
+
+def test_summary_pairs_importance_with_its_controls_per_seed():
+    arms = study_arms(WarpArguments(mask_controls=["none", "random"]), learning_rate=1e-4)
+    rows = {
+        seed: {
+            "phase2": _row(2.0, 0.6, 0.7),
+            "phase3": _row(1.8 + shift, 0.7, 0.6),
+            "phase3_none": _row(1.0 + shift, 0.72, 0.58),
+            "phase3_random": _row(1.2 + 2 * shift, 0.71, 0.59),
+            "plain": _row(1.0, 0.72, 0.58),
+        }
+        for seed, shift in ((1, 0.0), (2, 0.1), (3, 0.2))
+    }
+    rows[3]["phase3_none"]["diverged"] = "utility at chance (0.500, chance 0.500)"
+    summary = summarize(rows, {"safety": 400, "utility": 400}, arms, chance=0.5)
+    assert summary["arms"]["phase3"]["margin_retention"]["mean"] == pytest.approx(0.95)
+    assert summary["arms"]["phase3_none"]["diverged"] == [3]
+    paired = {p["minus"]: p for p in summary["paired"]}
+    assert paired["phase3_none"]["differences"] == pytest.approx([0.4, 0.4, 0.4])  # (1.8 - 1.0) / 2 each seed
+    assert paired["phase3_random"]["differences"] == pytest.approx([0.3, 0.25, 0.2])
+    assert paired["phase3_none"]["utility_difference"] == pytest.approx(-0.02)
+    assert summary["matched_utility"] == {}  # one learning rate: no frontier
     table = format_summary(summary)
-    assert "over 2 seeds" in table and "0.850 [" in table and "200 safety, 100 utility" in table
+    assert "over 3 seeds" in table and "| 1/3 |" in table and "phase3 - phase3_random: +0.250 [" in table
+    assert "utility chance (majority class) 0.500" in table and "is not resolved" in table
+
+
+def test_matched_utility_reads_each_curve_against_the_plain_frontier():
+    args = WarpArguments(mask_controls=[], phase3_learning_rates=[1e-4, 3e-4], plain_learning_rates=[1e-4, 3e-4])
+    arms = study_arms(args, learning_rate=1e-4)
+    assert [a.name for a in arms] == ["phase3_lr0.0001", "phase3_lr0.0003", "plain", "plain_lr0.0003"]
+    rows = {}
+    for seed, shift in ((1, 0.0), (2, 0.02), (3, 0.04)):
+        rows[seed] = {
+            "phase2": _row(2.0, 0.6, 0.8),
+            "phase3_lr0.0001": _row(1.9 - shift, 0.7, 0.68),
+            "phase3_lr0.0003": _row(1.4 - shift, 0.75, 0.52),
+            "plain": _row(1.6, 0.7, 0.70),
+            "plain_lr0.0003": _row(0.8, 0.76, 0.50),
+        }
+    summary = summarize(rows, {"safety": 400, "utility": 400}, arms)
+    against = summary["matched_utility"]["against_plain"]["importance k0.1 input/per_layer"]
+    assert len(against["levels"]) == 3 and all(level["mean"] > 0 for level in against["levels"])
+    assert "- plain, utility loss" in format_summary(summary)

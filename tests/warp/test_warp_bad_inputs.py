@@ -163,7 +163,9 @@ def test_later_phases_refuse_arguments_that_change_earlier_results(bert_run, tmp
         with pytest.raises(ConfigError, match=r"phase2 ran with other arguments: keep_ratio=0.5 \(it used 0.1\)"):
             run_phase(run, 3, "keep_ratio=0.5")
         with pytest.raises(ConfigError, match=r"phase1 ran with other arguments: safety_dataset_name='builtin:topic'"):
-            run_phase(run, 2, "safety_dataset_name=builtin:topic", "overwrite_output_dir=true")
+            run_phase(
+                run, 2, "safety_dataset_name=builtin:topic", "ood_dataset_name=null", "overwrite_output_dir=true"
+            )
 
 
 @pytest.mark.parametrize("tamper, message", TAMPERING, ids=TAMPERING_IDS)
@@ -211,3 +213,24 @@ def test_a_basis_holding_nan_is_refused():
     basis[0, 0] = float("nan")
     with pytest.raises(ConfigError, match="basis for '0' holds NaN or infinite values; recompute it"):
         reparameterize(model, {"0": basis})
+
+
+def test_an_outside_safety_set_with_other_classes_is_refused(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"ood_dataset_name 'builtin:sentiment' has classes \['negative', 'positive'\]"
+    ):
+        run_phase(tmp_path, 1, "ood_dataset_name=builtin:sentiment")
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_summary_needs_the_seeds_of_a_finished_study(bert_run, tmp_path, capsys):
+    out, _ = bert_run
+    assert cli(["warp", "summary", "--run", str(out)]) == 2
+    assert "holds no seed-* directories: the summary is over the seeds of a study" in capsys.readouterr().err
+    study = tmp_path / "study"
+    copy_run(out, study / "seed-42", names=("config.json", "eval.json"))
+    copy_run(out, study / "seed-43", names=("config.json",))
+    assert cli(["warp", "summary", "--run", str(study)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "seed-43/eval.json not found: finish that seed (phase eval) first" in error
+    assert not (study / "eval.json").exists()

@@ -46,7 +46,7 @@ def test_arms_train_what_they_say(bert_run):
         assert eigen[name][:154].all() and not eigen[name][154:].any()  # directions sorted by eigenvalue
         assert int(random[name].sum()) == 154 and not torch.equal(random[name], mask)
     assert meta["plain"]["learning_rate"] == 1e-3 and meta["plain_lr0.0001"]["learning_rate"] == 1e-4
-    assert meta["plain"]["trainable_parameters"] == 2 * 384 * 1536 + 4 * 384 + 4  # targets + classifier
+    assert meta["plain"]["trainable_parameters"] == 2 * 384 * 1536  # the targets; the prototype head is frozen
     assert meta["full_lr0.0001"]["trainable_parameters"] > 22_000_000  # every parameter of MiniLM
     assert meta["phase3"]["trainable_parameters"] == meta["plain"]["trainable_parameters"]  # C, not also W
 
@@ -100,7 +100,8 @@ def test_verify_passes_and_eval_rescores(bert_run, capsys):
     printed = capsys.readouterr().out
     assert "FAIL" not in printed and "frozen coefficients bit-identical" in printed and "checks passed" in printed
     assert "phase3_random: frozen coefficients bit-identical" in printed
-    assert "phase3_eigenvalue: as many frozen as phase 2" in printed and "phase3_none: nothing frozen" in printed
+    assert "phase3_eigenvalue: as many frozen as importance" in printed and "phase3_none: nothing frozen" in printed
+    assert "phase 2: utility rows are the class-mean prototypes" in printed and "full_lr0.0001: head frozen" in printed
     rows = json.loads((out / "eval.json").read_text())
     assert cli(["warp", "eval", "--run", str(out)]) == 0
     assert "phase 3: WaRP masks" in capsys.readouterr().out
@@ -133,7 +134,7 @@ def test_tensorboard_has_spectrum_retention_curve_and_eval_table(bert_run):
     assert "eval/held_out/text_summary" in read_events(out / "eval" / "runs").Tags()["tensors"]
 
 
-def test_verify_catches_a_head_row_of_the_other_task_that_moved(bert_run, tmp_path, capsys):
+def test_verify_catches_an_arm_that_moved_the_frozen_head(bert_run, tmp_path, capsys):
     from warp_runs import copy_run
 
     from hf_ext.io import save_tensors
@@ -142,13 +143,14 @@ def test_verify_catches_a_head_row_of_the_other_task_that_moved(bert_run, tmp_pa
     run = tmp_path / "run"
     copy_run(out, run, names=("config.json", "phase1", "phase2", "phase3", "plain"))
     assert cli(["warp", "verify", "--run", str(run)]) == 0
-    assert "phase3: safety rows of the head moved only by weight decay" in capsys.readouterr().out
+    assert "phase3: head frozen" in capsys.readouterr().out
     weights, metadata = load_tensors(run / "phase3" / "delta.safetensors")
-    weights["classifier.weight"][0, 0] += 0.01  # class 0 is a safety class: phase 3 must not train it
-    save_tensors(run / "phase3" / "delta.safetensors", weights, metadata)
+    head = load_tensors(run / "phase2" / "delta.safetensors")[0]["classifier.weight"].clone()
+    head[0, 0] += 0.01  # as if phase 3 had trained a safety row
+    save_tensors(run / "phase3" / "delta.safetensors", weights | {"classifier.weight": head}, metadata)
     assert cli(["warp", "verify", "--run", str(run)]) == 1
     failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
-    assert len(failed) == 1 and "safety rows of the head" in failed[0] and "head.weight" in failed[0]
+    assert len(failed) == 1 and "phase3: head frozen" in failed[0] and "moved" in failed[0]
 
 
 @pytest.mark.slow
@@ -203,3 +205,19 @@ def test_deltas_applied_to_the_base_rebuild_the_merged_models(bert_run, tmp_path
     with pytest.raises(FileFormatError, match="delta of another model"):
         apply_delta(tiny_model("bert", "seq_cls")[0], out / "phase3" / "delta.safetensors")
     assert cli(["warp", "apply-delta", "--run", str(out), "--phase", "phase4", "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.slow
+def test_shared_head_keeps_the_other_tasks_rows_and_verify_checks_them(tmp_path, capsys):
+    from warp_runs import MINILM
+
+    overrides = [o for o in MINILM[1:] if not o.startswith(("plain_learning_rates", "full_learning_rates"))]
+    run_recipe(
+        "warp", MINILM[0], f"output_dir={tmp_path}", *overrides, "head=shared", 'extra_trainable=["classifier"]',
+        "head_seed=null", "mask_controls=[]", "plain_learning_rates=[0.001]", "full_learning_rates=[]",
+    )  # fmt: skip
+    assert not (tmp_path / "phase2" / "prototypes.safetensors").exists()
+    assert cli(["warp", "verify", "--run", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "phase 2: utility rows of the head moved only by weight decay" in printed
+    assert "phase3: safety rows of the head moved only by weight decay" in printed and "FAIL" not in printed
