@@ -128,57 +128,32 @@ class WarpArguments:
     head: Literal["prototypes", "shared"] = field(
         default="prototypes",
         metadata={
-            "help": "seq_cls head handling. 'prototypes': phase 2 trains the safety rows of the head with C; the "
-            "utility rows are then set to the utility classes' mean phase-2 features (nearest-class-mean rows, "
-            "bias -|mean|^2/2) and the whole head is frozen in every arm, so utility is learned through the "
-            "trained layers only. 'shared': one head, trained only where extra_trainable names it (the behaviour "
-            "before prototypes)."
+            "help": "seq_cls: 'prototypes': safety rows trained in phase 2, utility rows class means, frozen in "
+            "the arms; 'shared': trained as extra_trainable says."
         },
     )
     head_seed: int | None = field(
-        default=0,
-        metadata={
-            "help": "Seed of the classifier head's initialisation, the same for every training seed (those vary "
-            "data order, dropout and random masks); null: the training seed."
-        },
+        default=0, metadata={"help": "Seed of the head's initialisation, fixed across training seeds; null: seed."}
     )
     keep_ratios: list[float] | None = field(
-        default=None,
-        metadata={"help": "keep_ratio sweep of the masked arms, from phase 2's one importance; null: [keep_ratio]."},
+        default=None, metadata={"help": "keep_ratio sweep of the masked arms; null: [keep_ratio]."}
     )
     mask_layouts: list[Literal["input/per_layer", "input/global", "element/per_layer", "element/global"]] | None = (
-        field(
-            default=None,
-            metadata={
-                "help": "granularity/threshold of the masked arms' masks, e.g. ['input/per_layer', "
-                "'element/global'] (the seed's and WaRP-CIFSL's); null: [granularity/threshold]."
-            },
-        )
+        field(default=None, metadata={"help": "granularity/threshold sweep of the masks; null: the configured one."})
     )
     phase3_learning_rates: list[float] | None = field(
-        default=None,
-        metadata={"help": "Learning rates of the masked arms; null: [learning_rate]."},
+        default=None, metadata={"help": "Learning rates of the masked arms; null: [learning_rate]."}
     )
     arm_optim: str | None = field(
-        default=None,
-        metadata={
-            "help": "Optimizer of every arm after phase 2 (a TrainingArguments optim, e.g. 'sgd', the WaRP-CIFSL "
-            "reference's); null: optim."
-        },
+        default=None, metadata={"help": "optim of every arm after phase 2 (e.g. 'sgd'); null: optim."}
     )
     diverged_spread_ratio: float = field(
         default=0.1,
-        metadata={
-            "help": "An arm is flagged diverged (not 'forgot') when the spread of its pooled features over the "
-            "held-out examples falls below this share of phase 2's, or its utility falls to chance."
-        },
+        metadata={"help": "Flag an arm diverged below this share of phase 2's feature spread (or at chance)."},
     )
     ood_dataset_name: str | None = field(
         default=None,
-        metadata={
-            "help": "seq_cls: a labelled safety set from elsewhere (e.g. 'corpus:harmful_vs_benign', real harmful "
-            "requests), scored by every arm as an out-of-distribution check: share flagged per class."
-        },
+        metadata={"help": "seq_cls: an outside safety set (same classes) every arm is scored on, e.g. real requests."},
     )
     mask_controls: list[Literal["none", "random", "eigenvalue"]] = field(
         default_factory=lambda: ["none", "random", "eigenvalue"],

@@ -7,8 +7,8 @@ The verdict is read two ways, the seed as the unit:
   keep_ratio and layout, paired per seed;
 - at matched utility (with two or more learning rates): each arm's curve of (held-out utility loss, safety
   margin retention) over the learning rates against the plain target-layer arm's (:mod:`hf_ext.frontier`;
-  runs past a seed's lowest utility loss are left off), and importance minus random / eigenvalue per
-  keep_ratio and layout.
+  diverged runs and runs past a seed's lowest utility loss are left off), and importance minus random /
+  eigenvalue per keep_ratio and layout.
 """
 
 from __future__ import annotations
@@ -110,11 +110,14 @@ def paired_at_learning_rate(rows_by_seed, arms: Sequence[Arm]) -> list[dict]:
 
 
 def _curves(rows_by_seed, arms: Sequence[Arm], family: str) -> dict[int, list[tuple[float, float]]]:
-    """``{seed: [(utility loss, outcome), ...]}`` of one family over its learning rates, overshoots left off."""
+    """``{seed: [(utility loss, outcome), ...]}`` of one family over its learning rates; diverged runs (a failed
+    optimisation: collapsed features score the utility loss of a uniform guess) and overshoots are left off."""
     members = [a for a in arms if a.family == family]
     curves = {}
     for seed, rows in rows_by_seed.items():
-        runs = [(a.learning_rate, rows[a.name]) for a in members if a.name in rows]
+        runs = [
+            (a.learning_rate, rows[a.name]) for a in members if a.name in rows and not rows[a.name].get("diverged")
+        ]
         overshoots = set(past_lowest_loss([(rate, row["utility_loss"]) for rate, row in runs]))
         curves[seed] = [
             (row["utility_loss"], row[OUTCOME])
@@ -282,7 +285,8 @@ def plot_frontier(summary: Mapping, arms: Sequence[Arm], path: str | Path) -> Pa
     axes.set_ylabel("safety margin retention (mean over seeds)")
     axes.set_title("WaRP: safety retention against utility, one curve per arm over its learning rates")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

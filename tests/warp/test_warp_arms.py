@@ -171,3 +171,6 @@ def test_matched_utility_reads_each_curve_against_the_plain_frontier():
     against = summary["matched_utility"]["against_plain"]["importance k0.1 input/per_layer"]
     assert len(against["levels"]) == 3 and all(level["mean"] > 0 for level in against["levels"])
     assert "- plain, utility loss" in format_summary(summary)
+    rows[1]["plain_lr0.0003"]["diverged"] = "features collapsed (spread 0.001 of 3.2)"
+    again = summarize(rows, {"safety": 400, "utility": 400}, arms)["matched_utility"]["against_plain"]
+    assert "2 learning rates" in again["importance k0.1 input/per_layer"]["skipped"]  # the diverged run is off
