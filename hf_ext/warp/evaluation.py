@@ -144,7 +144,8 @@ def _classifier_scores(run: WarpRun, model: PreTrainedModel) -> dict[str, float]
     scores, features = {}, []
     for task in ("safety", "utility"):
         data, classes = run.data(task), run.classes(task)
-        out = head_outputs(model, tqdm(_loader(run, _held_out(data), data.collator), desc=task, leave=False))
+        batches = _loader(run, _held_out(data), data.collator)
+        out = head_outputs(model, tqdm(batches, desc=task, leave=False, disable=run.training_args.disable_tqdm))
         margins = logit_margins(out["logits"], out["labels"], classes)
         scores |= {
             f"{task}_accuracy": float((margins > 0).double().mean()),
@@ -236,7 +237,7 @@ def evaluate_run(run: WarpRun) -> dict[str, dict[str, float]]:
         raise RunDirectoryError(f"{run.layout.model('phase2')} not found: nothing to evaluate before phase 2")
     labels = {"phase2": PHASE2_LABEL} | {arm.name: arm.label for arm in run.arms}
     rows = {}
-    for name, label in tqdm(labels.items(), desc="scoring arms", leave=False):
+    for name, label in tqdm(labels.items(), desc="scoring arms", leave=False, disable=run.training_args.disable_tqdm):
         if run.layout.model(name).is_dir() or (name != "phase2" and run.layout.delta(name).is_file()):
             rows[name] = {"label": label, **score_model(run, run.load_model(name))}
     compare_to_phase2(

@@ -3,8 +3,8 @@
 ``rows_by_seed`` is ``{seed: eval rows}``, each as :func:`hf_ext.warp.evaluation.evaluate_run` writes them.
 The verdict is read two ways, the seed as the unit:
 
-- at one learning rate: importance masks minus each control (no masks, random, top-eigenvalue) with the same
-  keep_ratio and layout, paired per seed;
+- at one learning rate: importance masks minus each control (no masks, random, top-eigenvalue with the same
+  keep_ratio and layout; the plain and full fine-tunes), paired per seed, the utility difference beside it;
 - at matched utility (with two or more learning rates): each arm's curve of (held-out utility loss, safety
   margin retention) over the learning rates against the plain target-layer arm's (:mod:`hf_ext.frontier`;
   diverged runs and runs past a seed's lowest utility loss are left off), and importance minus random /
@@ -89,23 +89,27 @@ def _paired(rows_by_seed, first: str, second: str) -> dict | None:
     }
 
 
+def _compared(arm: Arm, other: Arm) -> bool:
+    """``other`` is a control of importance arm ``arm``: no masks, plain or full at its learning rate, or random /
+    eigenvalue masks with its keep_ratio and layout too."""
+    if other.learning_rate != arm.learning_rate or other is arm:
+        return False
+    if other.kind != "masked" or other.masks == "none":
+        return True
+    return other.masks != "importance" and (other.keep_ratio, other.layout) == (arm.keep_ratio, arm.layout)
+
+
 def paired_at_learning_rate(rows_by_seed, arms: Sequence[Arm]) -> list[dict]:
-    """Importance masks minus each control with the same keep_ratio, layout and learning rate, per seed."""
+    """Importance masks minus each control at the same learning rate (:func:`_compared`), per seed."""
     out = []
     for arm in arms:
         if arm.kind != "masked" or arm.masks != "importance":
             continue
         for other in arms:
-            same = other.learning_rate == arm.learning_rate and other.kind == "masked" and other.masks != "importance"
-            if not same or (
-                other.masks != "none" and (other.keep_ratio, other.layout) != (arm.keep_ratio, arm.layout)
-            ):
-                continue
-            result = _paired(rows_by_seed, arm.name, other.name)
+            result = _paired(rows_by_seed, arm.name, other.name) if _compared(arm, other) else None
             if result is not None:
-                out.append(
-                    {"arm": arm.name, "minus": other.name, "label": arm.family, "control": other.masks} | result
-                )
+                control = other.masks if other.kind == "masked" else other.kind
+                out.append({"arm": arm.name, "minus": other.name, "label": arm.family, "control": control} | result)
     return out
 
 
@@ -192,7 +196,10 @@ def format_summary(summary: Mapping) -> str:
 def format_verdicts(summary: Mapping) -> list[str]:
     lines = []
     if summary.get("paired"):
-        lines.append("Importance masks minus a control at the same learning rate (margin retention, paired per seed):")
+        lines.append(
+            "Importance masks minus a control at the same learning rate (margin retention, paired per seed, 95% t "
+            "interval; the utility accuracy difference beside it):"
+        )
         for p in summary["paired"]:
             lines.append(
                 f"  {p['arm']} - {p['minus']}: {p['mean']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}] "

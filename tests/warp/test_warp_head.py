@@ -193,7 +193,7 @@ def test_summary_command_rebuilds_the_study_table_from_each_seed(bert_run, tmp_p
     summary = json.loads((study / "eval.json").read_text())
     assert summary["seeds"] == [42, 43] and "over 2 seeds" in (study / "eval.md").read_text()
     paired = {p["minus"]: p for p in summary["paired"]}
-    assert set(paired) == {"phase3_none", "phase3_random", "phase3_eigenvalue"}
+    assert set(paired) == {"phase3_none", "phase3_random", "phase3_eigenvalue", "plain"}  # full: at 1e-4, not 1e-3
     assert paired["phase3_none"]["differences"][0] == paired["phase3_none"]["differences"][1]  # the same run twice
     assert "Importance masks minus a control at the same learning rate" in printed
     pytest.importorskip("matplotlib")
