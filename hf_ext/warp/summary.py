@@ -269,8 +269,8 @@ def plot_safety_vs_utility(summary: Mapping, path: str | Path) -> Path | None:
 
 
 def plot_frontier(summary: Mapping, arms: Sequence[Arm], path: str | Path) -> Path | None:
-    """Safety margin retention against utility accuracy, one curve per arm family across its learning rates
-    (means over seeds); ``None`` without matplotlib."""
+    """Safety margin retention against utility accuracy, one curve per arm family joining its learning rates in
+    increasing order (means over seeds, diverged seeds included); ``None`` without matplotlib."""
     if not plotting_available(Path(path).name):
         return None
     plt = require_pyplot()
@@ -278,11 +278,14 @@ def plot_frontier(summary: Mapping, arms: Sequence[Arm], path: str | Path) -> Pa
     figure, axes = plt.subplots(figsize=(11, 6))
     colors = plt.get_cmap("tab20")
     for index, family in enumerate(families):
-        points = sorted(
+        members = sorted(
+            (a for a in arms if a.family == family and OUTCOME in summary["arms"].get(a.name, {})),
+            key=lambda a: a.learning_rate,
+        )  # joined in learning-rate order
+        points = [
             (summary["arms"][a.name]["utility_accuracy"]["mean"], summary["arms"][a.name][OUTCOME]["mean"])
-            for a in arms
-            if a.family == family and a.name in summary["arms"] and OUTCOME in summary["arms"][a.name]
-        )
+            for a in members
+        ]
         if not points:
             continue
         style = {"plain": "k-", "full": "k--", "none": "k:"}.get(family, "-")
