@@ -80,6 +80,7 @@ def test_full_fine_tuning_without_a_base_dump_is_refused(tmp_path):
 
 
 @pytest.mark.multiprocess
+@pytest.mark.slow  # the default run covers it: test_two_process_drift_run_matches_one_process dumps on 2 ranks
 def test_two_process_dump_has_the_same_rows_as_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run_script("drift_dump.py", str(one))

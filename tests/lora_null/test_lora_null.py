@@ -183,6 +183,7 @@ def test_bad_inputs_are_refused_or_warned(caplog):
 
 
 @pytest.mark.multiprocess
+@pytest.mark.slow  # covered by default: test_two_process_lora_null_run_matches_one_process calibrates on 2 ranks
 def test_two_process_calibration_equals_one_process(tmp_path):
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     run_script("lora_null_calibration.py", str(one))

@@ -5,7 +5,7 @@ Accumulates in float64 so that one process and two agree to rounding, whatever t
     python input_statistics.py OUT.safetensors                      # one process, all batches
     torchrun --nproc_per_node 2 input_statistics.py OUT.safetensors  # each rank takes every 2nd batch
 
-With a second argument ``bases`` it writes the eigenbases instead (every rank its own file, OUT.rank<r>.safetensors).
+Rank 0 writes the statistics to OUT; every rank also writes the eigenbases it ended with to OUT.rank<r>.safetensors.
 """
 
 import os
@@ -22,37 +22,27 @@ from hf_ext.targets import select_linear
 from hf_ext.tasks import load_builtin_task
 
 
-def main(out: str, bases: bool = False) -> None:
+def main(out: str) -> None:
     if "WORLD_SIZE" in os.environ:
         dist.init_process_group("gloo")
     model, tokenizer = tiny_model("qwen2", seed=3)
     texts = load_builtin_task("topic")["validation"]["text"][:48]
     batches = [dict(tokenizer(texts[i : i + 6], padding=True, return_tensors="pt")) for i in range(0, 48, 6)]
     mine = batches[distributed.rank() :: distributed.world_size()]
-    if bases:
-        modules = select_linear(model, ["mlp.down_proj", "self_attn.q_proj"])
-        found, values, _ = compute_bases(model, modules, mine, compute_dtype=torch.float64, progress=False)
-        tensors = {f"{n}.U": u for n, u in found.items()} | {f"{n}.eigenvalues": v for n, v in values.items()}
-        save_tensors(f"{out}.rank{distributed.rank()}.safetensors", tensors, {"world_size": distributed.world_size()})
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        return
-    stats = collect_input_statistics(
-        model,
-        select_linear(model, ["mlp.down_proj", "self_attn.q_proj"]),
-        mine,
-        compute_dtype=torch.float64,
-        progress=False,
-    )
+    modules = select_linear(model, ["mlp.down_proj", "self_attn.q_proj"])
+    stats = collect_input_statistics(model, modules, mine, compute_dtype=torch.float64, progress=False)
     if distributed.is_main_process():
         tensors = {}
         for name, s in stats.items():
             tensors |= s.state_dict(prefix=f"{name}.")
         save_tensors(out, tensors, {"world_size": distributed.world_size()})
+    found, values, _ = compute_bases(model, modules, mine, compute_dtype=torch.float64, progress=False)
+    tensors = {f"{n}.U": u for n, u in found.items()} | {f"{n}.eigenvalues": v for n, v in values.items()}
+    save_tensors(f"{out}.rank{distributed.rank()}.safetensors", tensors, {"world_size": distributed.world_size()})
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1], bases=sys.argv[2:] == ["bases"])
+    main(sys.argv[1])

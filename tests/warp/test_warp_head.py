@@ -134,7 +134,7 @@ def test_keep_ratio_sweep_from_one_phase2_passes_verify(bert_run, tmp_path, caps
     out, _ = bert_run
     run = tmp_path / "run"
     copy_run(out, run)
-    run_phase(run, 3, "keep_ratios=[0.1,0.5]", 'mask_controls=["random"]', "max_train_samples=128", "arm_optim=sgd")
+    run_phase(run, 3, "keep_ratios=[0.1,0.5]", 'mask_controls=["random"]', "max_train_samples=64", "arm_optim=sgd")
     names = sorted(p.parent.name for p in run.glob("phase3*/metadata.json"))
     assert names == ["phase3_k0.1", "phase3_k0.5", "phase3_random_k0.1", "phase3_random_k0.5"]
     meta = json.loads((run / "phase3_k0.5" / "metadata.json").read_text())
