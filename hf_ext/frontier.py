@@ -14,6 +14,9 @@ by seed, so the seed is the statistical unit:
 - :func:`compare_at_matched_loss` gives, per level, the per-seed differences ``other - reference``, their
   mean with a Student-t interval over seeds, the exact two-sided sign-flip p-value, the smallest p
   those seeds allow, and the smallest difference the seeds could resolve (the interval's half-width).
+- :func:`compare_on_reference_curve` needs no loss range common to every seed: each run of ``other`` is read
+  against ``reference``'s curve of the same seed at that run's own loss; each seed contributes the mean gap of
+  its runs inside its reference range, so seeds that fit the task to different degrees still pair.
 """
 
 from __future__ import annotations
@@ -96,6 +99,50 @@ def compare_at_matched_loss(
             }
         )
     return {"seeds": seeds, "levels": out}
+
+
+def compare_on_reference_curve(
+    reference: Mapping[int, Curve], other: Mapping[int, Curve], *, confidence: float = 0.95
+) -> dict:
+    """``other`` minus ``reference`` at the task loss of each run of ``other``, the seeds as units.
+
+    Per seed: the runs of ``other`` whose loss lies inside the losses ``reference`` reached in that seed, each
+    minus ``reference``'s curve interpolated at its loss; the seed's difference is their mean. Seeds without
+    such a run are listed in ``outside`` and left out. Returns ``seeds``, ``outside``, ``runs`` (per seed),
+    ``differences``, ``mean``, ``low``/``high`` (Student-t interval), ``p_two_sided``, ``min_p`` and
+    ``resolution`` as :func:`compare_at_matched_loss` does; or ``{"skipped": reason}``.
+    """
+    seeds, outside, runs, differences = [], [], [], []
+    for seed in sorted(set(reference) & set(other)):
+        gaps = [y - interpolate(reference[seed], x) for x, y in other[seed]]
+        gaps = [gap for gap in gaps if math.isfinite(gap)]
+        if gaps:
+            seeds.append(seed)
+            runs.append(len(gaps))
+            differences.append(float(np.mean(gaps)))
+        else:
+            outside.append(seed)
+    if len(seeds) < 2:
+        return {
+            "skipped": f"{len(seeds)} seed(s) have a run inside the reference's task-loss range, needs 2",
+            "outside": outside,
+        }
+    mean, low, high = t_interval(differences, confidence)
+    one_sided = [
+        paired_permutation_test(d, [0.0] * len(seeds)).p_value for d in (differences, [-x for x in differences])
+    ]
+    return {
+        "seeds": seeds,
+        "outside": outside,
+        "runs": runs,
+        "differences": differences,
+        "mean": mean,
+        "low": low,
+        "high": high,
+        "p_two_sided": min(1.0, 2 * min(one_sided)),
+        "min_p": min(1.0, 2 / 2 ** len(seeds)),
+        "resolution": (high - low) / 2,
+    }
 
 
 def format_comparison(comparison: Mapping, reference: str, other: str, outcome: str) -> list[str]:

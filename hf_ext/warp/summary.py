@@ -8,7 +8,7 @@ The verdict is read two ways, the seed as the unit:
 - at matched utility (with two or more learning rates): each arm's curve of (held-out utility loss, safety
   margin retention) over the learning rates against the plain target-layer arm's (:mod:`hf_ext.frontier`;
   diverged runs and runs past a seed's lowest utility loss are left off), and importance minus random /
-  eigenvalue per keep_ratio and layout.
+  eigenvalue per keep_ratio and layout (and minus no masks).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..frontier import compare_at_matched_loss, past_lowest_loss
+from ..frontier import compare_at_matched_loss, compare_on_reference_curve, past_lowest_loss
 from ..plotting import plotting_available, require_pyplot
 from ..stats import accuracy_power, t_interval
 from .arms import Arm
@@ -132,25 +132,28 @@ def _curves(rows_by_seed, arms: Sequence[Arm], family: str) -> dict[int, list[tu
 
 
 def compare_at_matched_utility(rows_by_seed, arms: Sequence[Arm]) -> dict:
-    """Each masked and full family against the plain frontier, and importance minus random / eigenvalue per
-    keep_ratio and layout, at matched held-out utility loss (``{}`` with one learning rate per family)."""
+    """Each masked and full family against the plain frontier, and importance minus no masks / random /
+    eigenvalue per keep_ratio and layout, at matched held-out utility loss (``{}`` with one learning rate per
+    family): at loss levels every seed's curves reached (``levels``), and each run read on the reference curve
+    of its own seed at its own loss (``on_reference``: no range common to all seeds needed)."""
     families = list(dict.fromkeys(a.family for a in arms))
     if "plain" not in families or sum(a.family == "plain" for a in arms) < 2:
         return {}
     curves = {family: _curves(rows_by_seed, arms, family) for family in families}
-    out = {"against_plain": {}, "importance_minus": {}}
-    for family in families:
-        if family != "plain":
-            out["against_plain"][family] = compare_at_matched_loss(curves["plain"], curves[family])
+    pairs = {f"{family} - plain": ("plain", family) for family in families if family != "plain"}
     for family in families:
         if family.startswith("importance "):
-            for control in ("random", "eigenvalue"):
-                twin = control + family[len("importance") :]
+            for control in ("none", "random", "eigenvalue"):
+                twin = control if control == "none" else control + family[len("importance") :]
                 if twin in curves:
-                    out["importance_minus"][f"{family} - {control}"] = compare_at_matched_loss(
-                        curves[twin], curves[family]
-                    )
-    return out
+                    pairs[f"{family} - {control}"] = (twin, family)
+    return {
+        name: {
+            "levels": compare_at_matched_loss(curves[reference], curves[other]),
+            "on_reference": compare_on_reference_curve(curves[reference], curves[other]),
+        }
+        for name, (reference, other) in pairs.items()
+    }
 
 
 def _cell(stats: Mapping[str, float] | None, clip: bool = False) -> str:
@@ -207,14 +210,33 @@ def format_verdicts(summary: Mapping) -> list[str]:
             )
     matched = summary.get("matched_utility") or {}
     if matched:
-        lines.append("At matched held-out utility loss (seeds paired, 95% t interval):")
-        for family, comparison in {**matched["against_plain"], **matched["importance_minus"]}.items():
-            name = family if " - " in family else f"{family} - plain"
-            if "skipped" in comparison:
-                lines.append(f"  {name}: not compared ({comparison['skipped']})")
+        lines.append("At matched held-out utility loss, levels every seed reached (seeds paired, 95% t interval):")
+        for name, comparison in matched.items():
+            levels = comparison["levels"]
+            if "skipped" in levels:
+                lines.append(f"  {name}: not compared ({levels['skipped']})")
                 continue
-            lines += [f"  {name}, {_level_line(level)}" for level in comparison["levels"]]
+            lines += [f"  {name}, {_level_line(level)}" for level in levels["levels"]]
+        lines.append(
+            "Each run read on the reference arm's curve of its own seed at its own utility loss (a seed's difference "
+            "is the mean over its runs inside the reference's range; 95% t interval over those seeds):"
+        )
+        for name, comparison in matched.items():
+            lines.append(f"  {name}: {_on_reference_line(comparison['on_reference'])}")
     return lines
+
+
+def _on_reference_line(comparison: Mapping) -> str:
+    if "skipped" in comparison:
+        return f"not compared ({comparison['skipped']})"
+    outside = (
+        f"; outside the range: seeds {', '.join(map(str, comparison['outside']))}" if comparison["outside"] else ""
+    )
+    return (
+        f"{comparison['mean']:+.3f} [{comparison['low']:+.3f}, {comparison['high']:+.3f}] "
+        f"p = {comparison['p_two_sided']:.3g} (smallest possible {comparison['min_p']:.3g}; "
+        f"{len(comparison['seeds'])} seeds, {sum(comparison['runs'])} runs{outside})"
+    )
 
 
 def format_power(summary: Mapping) -> list[str]:

@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from hf_ext.frontier import compare_at_matched_loss, format_comparison, interpolate, matched_levels
+from hf_ext.frontier import (
+    compare_at_matched_loss,
+    compare_on_reference_curve,
+    format_comparison,
+    interpolate,
+    matched_levels,
+)
 
 
 def test_interpolate_is_linear_between_runs_and_refuses_to_extrapolate():
@@ -65,3 +71,19 @@ def test_runs_past_the_lowest_loss_are_off_the_frontier():
     runs = [(4e-3, 0.55), (1e-3, 0.6), (2e-3, 0.5), (8e-3, 0.7)]
     assert past_lowest_loss(runs) == [0, 3]
     assert past_lowest_loss([(1e-3, 0.6), (2e-3, 0.5)]) == [] and past_lowest_loss([]) == []
+
+
+def test_each_run_is_read_on_its_own_seeds_reference_curve_without_a_common_range():
+    # the seeds' loss ranges do not overlap (no common levels), yet every seed compares within itself
+    reference = {1: [(0.7, 0.8), (0.5, 0.4)], 2: [(0.9, 0.9), (0.8, 0.7)], 3: [(0.3, 0.5), (0.2, 0.1)]}
+    other = {1: [(0.68, 0.95), (0.52, 0.70), (0.40, 0.0)], 2: [(0.85, 0.9), (0.95, 1.0)], 3: [(0.1, 0.5), (0.0, 0.6)]}
+    assert compare_at_matched_loss(reference, other)["skipped"].startswith("the arms' task losses do not overlap")
+    result = compare_on_reference_curve(reference, other)
+    # seed 1: 0.95 - 0.76 and 0.70 - 0.44 (0.40 lies outside its reference); seed 2: 0.9 - 0.8 (0.95 outside);
+    # seed 3 wholly outside
+    assert result["seeds"] == [1, 2] and result["outside"] == [3] and result["runs"] == [2, 1]
+    assert result["differences"] == pytest.approx([(0.19 + 0.26) / 2, 0.1])
+    assert result["mean"] == pytest.approx(0.1625) and result["min_p"] == pytest.approx(0.5)
+    assert result["resolution"] == pytest.approx((result["high"] - result["low"]) / 2)
+    one_seed = compare_on_reference_curve(reference, {1: other[1], 3: other[3]})  # seed 3 adds nothing
+    assert one_seed["skipped"] == "1 seed(s) have a run inside the reference's task-loss range, needs 2"

@@ -168,9 +168,15 @@ def test_matched_utility_reads_each_curve_against_the_plain_frontier():
             "plain_lr0.0003": _row(0.8, 0.76, 0.50),
         }
     summary = summarize(rows, {"safety": 400, "utility": 400}, arms)
-    against = summary["matched_utility"]["against_plain"]["importance k0.1 input/per_layer"]
-    assert len(against["levels"]) == 3 and all(level["mean"] > 0 for level in against["levels"])
-    assert "- plain, utility loss" in format_summary(summary)
+    against = summary["matched_utility"]["importance k0.1 input/per_layer - plain"]
+    assert len(against["levels"]["levels"]) == 3 and all(level["mean"] > 0 for level in against["levels"]["levels"])
+    # each run on its seed's plain curve: at loss 0.68 plain is 0.4 + 0.9 x 0.4 = 0.76, at 0.52 it is 0.44
+    gaps = [((0.95 - shift / 2 - 0.76) + (0.70 - shift / 2 - 0.44)) / 2 for shift in (0.0, 0.02, 0.04)]
+    assert against["on_reference"]["differences"] == pytest.approx(gaps)
+    table = format_summary(summary)
+    assert "- plain, utility loss" in table and "importance k0.1 input/per_layer - plain: +0.215 [" in table
     rows[1]["plain_lr0.0003"]["diverged"] = "features collapsed (spread 0.001 of 3.2)"
-    again = summarize(rows, {"safety": 400, "utility": 400}, arms)["matched_utility"]["against_plain"]
-    assert "2 learning rates" in again["importance k0.1 input/per_layer"]["skipped"]  # the diverged run is off
+    again = summarize(rows, {"safety": 400, "utility": 400}, arms)["matched_utility"]
+    again = again["importance k0.1 input/per_layer - plain"]
+    assert "2 learning rates" in again["levels"]["skipped"]  # the diverged run is off
+    assert again["on_reference"]["seeds"] == [2, 3] and again["on_reference"]["outside"] == [1]
