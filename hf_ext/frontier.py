@@ -83,21 +83,7 @@ def compare_at_matched_loss(
     out = []
     for loss in grid:
         differences = [interpolate(other[s], loss) - interpolate(reference[s], loss) for s in seeds]
-        mean, low, high = t_interval(differences, confidence)
-        one_sided = [paired_permutation_test(differences, [0.0] * len(seeds)).p_value]
-        one_sided.append(paired_permutation_test([-d for d in differences], [0.0] * len(seeds)).p_value)
-        out.append(
-            {
-                "loss": loss,
-                "differences": differences,
-                "mean": mean,
-                "low": low,
-                "high": high,
-                "p_two_sided": min(1.0, 2 * min(one_sided)),
-                "min_p": min(1.0, 2 / 2 ** len(seeds)),
-                "resolution": (high - low) / 2,
-            }
-        )
+        out.append({"loss": loss, **_seed_differences(differences, confidence)})
     return {"seeds": seeds, "levels": out}
 
 
@@ -127,20 +113,22 @@ def compare_on_reference_curve(
             "skipped": f"{len(seeds)} seed(s) have a run inside the reference's task-loss range, needs 2",
             "outside": outside,
         }
+    return {"seeds": seeds, "outside": outside, "runs": runs, **_seed_differences(differences, confidence)}
+
+
+def _seed_differences(differences: list[float], confidence: float) -> dict:
+    """Mean and Student-t interval of per-seed differences, the exact two-sided sign-flip p of a zero mean, the
+    smallest p these seeds allow and the interval's half-width."""
     mean, low, high = t_interval(differences, confidence)
-    one_sided = [
-        paired_permutation_test(d, [0.0] * len(seeds)).p_value for d in (differences, [-x for x in differences])
-    ]
+    zeros = [0.0] * len(differences)
+    one_sided = [paired_permutation_test(d, zeros).p_value for d in (differences, [-x for x in differences])]
     return {
-        "seeds": seeds,
-        "outside": outside,
-        "runs": runs,
         "differences": differences,
         "mean": mean,
         "low": low,
         "high": high,
         "p_two_sided": min(1.0, 2 * min(one_sided)),
-        "min_p": min(1.0, 2 / 2 ** len(seeds)),
+        "min_p": min(1.0, 2 / 2 ** len(differences)),
         "resolution": (high - low) / 2,
     }
 
