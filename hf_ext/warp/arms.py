@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 
+from .. import sharding
 from .masking import MaskInfo, build_masks
 
 _MASK_LABELS = {
@@ -125,7 +126,7 @@ def layout_masks(
     coefficients' scores, so one element-wise accumulation serves both granularities)."""
     granularity, threshold = layout.split("/")
     if granularity == "input":
-        importance = {name: s.sum(dim=0) if s.ndim == 2 else s for name, s in importance.items()}
+        importance = {name: sharding.sum_rows(s) if s.ndim == 2 else s for name, s in importance.items()}
     elif any(s.ndim != 2 for s in importance.values()):
         raise ValueError(f"layout {layout!r} needs element-wise importance; phase 2 accumulated per input direction")
     return build_masks(importance, keep_ratio, threshold)

@@ -23,6 +23,11 @@ let the examples of a micro-batch cancel before squaring. :func:`make_accumulato
 With ``granularity="input"`` each gradient is summed over the output dimension first, giving one
 score per input direction (column); as the mean is linear this equals summing the element-wise
 importance afterwards, but needs only ``d_in`` floats (``r``, the basis rank, for coefficients).
+
+Parameters sharded by rows (FSDP2's DTensors, :mod:`hf_ext.sharding`) take ``statistic="step"``: FSDP2
+reduce-scatters each backward's gradient, so the per-rank micro-batch gradient that ``"micro_batch"`` and the
+empirical Fisher read never exists whole and is refused. Each rank accumulates its rows; :meth:`mean` gives
+element importance sharded as the parameter and input importance summed over every rank's rows.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import distributed
+from .. import distributed, sharding
 from ..errors import TrainingDivergedError
 from .masking import _check_choice
 from .reparam import coefficients, is_reparameterized
@@ -80,7 +85,15 @@ class ImportanceAccumulator:
         _check_choice("statistic", statistic, STATISTICS)
         if not params:
             raise ValueError("no parameters to accumulate importance for")
+        sharded = sorted(name for name, p in params.items() if sharding.is_sharded(p))
+        if sharded and statistic != "step":
+            raise ValueError(
+                f"{sharded[0]!r} is sharded (FSDP2): its gradient is reduce-scattered in each backward, so the "
+                f"per-rank micro-batch gradient that statistic {statistic!r} reads never exists; use statistic "
+                "'step' (importance_statistic: step), or DDP"
+            )
         self.params = dict(params)
+        self._group = sharding.group(self.params.values())
         self.kind, self.granularity, self.statistic = kind, granularity, statistic
         self.sums = {name: self._zeros(p) for name, p in self.params.items()}
         self.steps = 0
@@ -97,14 +110,14 @@ class ImportanceAccumulator:
         return [p.register_hook(functools.partial(self._read_micro_batch, name)) for name, p in self.params.items()]
 
     def _zeros(self, param: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(self._score_shape(param), dtype=torch.float32, device=param.device)
+        return torch.zeros(self._score_shape(param), dtype=torch.float32, device=sharding.local(param).device)
 
     def _score_shape(self, param: torch.Tensor) -> tuple[int, ...]:
         if self.granularity == "input":
             if param.ndim != 2:
                 raise ValueError(f"granularity 'input' needs 2-D parameters, got shape {tuple(param.shape)}")
             return (param.shape[1],)
-        return tuple(param.shape)
+        return tuple(sharding.local(param).shape)
 
     def _score(self, grad: torch.Tensor, scale: float) -> torch.Tensor:
         g = grad.float()
@@ -127,7 +140,7 @@ class ImportanceAccumulator:
         for name, param in self.params.items():
             if param.grad is None:
                 raise RuntimeError(f"parameter {name!r} has no gradient: is it trainable and on the loss path?")
-            grads[name] = param.grad
+            grads[name] = sharding.local(param.grad)
         if not self._finite(grads.values()):
             return False
         for name, grad in grads.items():
@@ -160,7 +173,9 @@ class ImportanceAccumulator:
         self._pending_passes = dict.fromkeys(self.params, 0)
 
     def _finite(self, tensors) -> bool:
-        if torch.stack([torch.isfinite(t).all() for t in tensors]).all().item():
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all().to(torch.int32).reshape(1)
+        sharding.all_reduce_([finite], self._group, op=torch.distributed.ReduceOp.MIN)  # skip on every rank or none
+        if finite.item():
             return True
         self.skipped_steps += 1
         warnings.warn(
@@ -180,7 +195,12 @@ class ImportanceAccumulator:
         if self.steps == 0:
             raise RuntimeError("no importance accumulated: no optimizer step ran")
         if self.statistic == "step":
-            return {name: total / self.steps for name, total in self.sums.items()}
+            means = {name: total / self.steps for name, total in self.sums.items()}
+            if self.granularity == "element":
+                return {name: sharding.shard_like(mean, self.params[name]) for name, mean in means.items()}
+            sharded = [mean for name, mean in means.items() if sharding.is_sharded(self.params[name])]
+            sharding.all_reduce_(sharded, self._group)  # each rank summed its own rows
+            return means
         totals = {name: total.clone() for name, total in self.sums.items()}
         count = torch.tensor(float(getattr(self, self._mean_over)), device=next(iter(totals.values())).device)
         if across_ranks:

@@ -19,6 +19,11 @@ once into a constant, together with the residual of a truncated basis. That cons
 ``C`` is registered on its module as ``coefficients`` (the Trainer's optimizer finds it there); it, the
 basis columns and the constant are on the model's DDP ignore list: ``C.grad`` is formed from ``W.grad``,
 which DDP has already averaged across ranks.
+
+Under FSDP2 (``fully_shard``, the weights DTensors split along the output rows) everything above is per row:
+each rank fits, steps and forms only its rows, ``C_local = W_local @ U`` and ``C.grad_local = W.grad_local @ U``
+with ``U`` whole on every rank, and ``C`` is a DTensor sharded as ``W`` (:mod:`hf_ext.sharding`). Attach the
+leaf after ``fully_shard``; no collective is added (FSDP2 has reduce-scattered ``W.grad``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .. import sharding
 from .reparam import basis_and_residual, fit_coefficients, plan_bases, update_ddp_ignore
 
 COEFFICIENTS = "coefficients"
@@ -37,11 +43,10 @@ _BUFFERS = ("basis_columns", "trainable_columns", "fixed_weight")
 def _frozen_columns(name: str, mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
     if mask is None:
         return torch.zeros(shape[1], dtype=torch.bool)
-    mask = mask.to(torch.bool).cpu()
     if mask.shape == (shape[1],):
-        return mask
+        return sharding.local(mask).to(torch.bool).cpu()
     if mask.shape == shape:
-        return mask.all(dim=0)
+        return sharding.all_rows(mask.to(torch.bool)).cpu()
     raise ValueError(
         f"mask for {name!r} has shape {tuple(mask.shape)}; expected {tuple(shape)} (element-wise) or "
         f"({shape[1]},) (one flag per input direction)"
@@ -91,19 +96,21 @@ class LeafReparameterization:
     @staticmethod
     @torch.no_grad()
     def _attach(name: str, module: nn.Linear, basis: torch.Tensor, mask: torch.Tensor | None) -> None:
-        weight = module.weight.detach()
+        sharded_weight = module.weight
+        weight = sharding.local(sharded_weight).detach()
         basis, residual = basis_and_residual(weight, basis)
         coefficients = fit_coefficients(weight, basis)
-        frozen = _frozen_columns(name, mask, coefficients.shape).to(weight.device)
-        fixed = residual
+        frozen = _frozen_columns(name, mask, (sharded_weight.shape[0], coefficients.shape[1]))  # on the CPU
+        fixed, trainable = residual, None
         if frozen.any():
-            share = coefficients[:, frozen] @ basis[:, frozen].T
+            share = coefficients[:, frozen.to(weight.device)] @ basis[:, frozen.to(weight.device)].T
             fixed = share if fixed is None else fixed + share
-        trainable = None if not frozen.any() else (~frozen).nonzero().squeeze(1)
+            trainable = (~frozen).nonzero().squeeze(1).to(weight.device)
+        coefficients = sharding.shard_like(coefficients, sharded_weight)
         module.register_parameter(COEFFICIENTS, nn.Parameter(coefficients, requires_grad=True))
         module.register_buffer("basis_columns", basis if trainable is None else basis[:, trainable], persistent=False)
         module.register_buffer("trainable_columns", trainable, persistent=False)
-        module.register_buffer("fixed_weight", fixed, persistent=False)
+        module.register_buffer("fixed_weight", fixed, persistent=False)  # this rank's rows
         module.weight.requires_grad_(True)
 
     def _ddp_names(self) -> set[str]:
@@ -126,23 +133,24 @@ class LeafReparameterization:
             if grad is None:
                 raise RuntimeError(f"the weight of {name!r} has no gradient: is it on the loss path?")
             coefficients = getattr(module, COEFFICIENTS)
-            projected = grad.to(coefficients.dtype) @ module.basis_columns
+            local = sharding.local(coefficients)
+            projected = sharding.local(grad).to(local.dtype) @ module.basis_columns
             if module.trainable_columns is not None:
-                projected = torch.zeros_like(coefficients).index_copy_(1, module.trainable_columns, projected)
-            coefficients.grad = projected
+                projected = torch.zeros_like(local).index_copy_(1, module.trainable_columns, projected)
+            coefficients.grad = sharding.shard_like(projected, coefficients)
             module.weight.grad = None
 
     @torch.no_grad()
     def form_weights_(self) -> None:
         """``W = C @ U.T`` (+ constant) in the model's dtype."""
         for module in self.modules.values():
-            coefficients = getattr(module, COEFFICIENTS)
+            coefficients = sharding.local(getattr(module, COEFFICIENTS))
             if module.trainable_columns is not None:
                 coefficients = coefficients.index_select(1, module.trainable_columns)
             weight = coefficients @ module.basis_columns.T
             if module.fixed_weight is not None:
                 weight += module.fixed_weight
-            module.weight.copy_(weight)
+            sharding.local(module.weight).copy_(weight)
 
     def merge(self) -> None:
         """Leave plain linear layers: ``W`` keeps the coefficients' ``requires_grad``; ``C`` and the basis go."""

@@ -22,6 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+
+from .. import sharding
 
 THRESHOLDS = ("per_layer", "global")
 
@@ -65,34 +68,57 @@ def top_k_masks(scores: Mapping[str, torch.Tensor], k: int) -> tuple[dict[str, t
     """Masks selecting exactly the ``k`` largest scores over all tensors together.
 
     Ties at the threshold are broken by order (tensor order, then flat index), so exactly ``k``
-    entries are ``True``. Returns the masks and the threshold (the k-th largest score).
+    entries are ``True``. Returns the masks and the threshold (the k-th largest score). Scores sharded by
+    rows (:mod:`hf_ext.sharding`) give masks sharded alike, equal to the masks of the whole scores: every
+    count is a local count plus one all-reduce, and a shard's flat indices follow the lower ranks' ones.
     """
-    keys = {name: _sortable_bits(s) for name, s in scores.items()}
-    n = sum(key.numel() for key in keys.values())
+    keys = {name: _sortable_bits(sharding.local(s)) for name, s in scores.items()}
+    split = {name for name, s in scores.items() if sharding.is_sharded(s)}
+    process_group = sharding.group(scores.values())
+    n = sum(s.numel() for s in scores.values())
     if not 0 <= k <= n:
         raise ValueError(f"k must be in 0..{n}, got {k}")
+
+    def count(compare, bits: int) -> int:
+        counts = torch.zeros(2, dtype=torch.int64)  # sharded tensors' entries (summed over ranks), whole ones'
+        for name, key in keys.items():
+            counts[0 if name in split else 1] += int(compare(key, bits).sum())
+        sharding.all_reduce_([counts[:1]], process_group)
+        return int(counts.sum())
+
     if k == 0:
-        return {name: torch.zeros_like(key, dtype=torch.bool) for name, key in keys.items()}, math.inf
-
-    def at_least(t: int) -> int:
-        return sum(int((key >= t).sum()) for key in keys.values())
-
+        masks = {name: torch.zeros_like(key, dtype=torch.bool) for name, key in keys.items()}
+        return {name: sharding.shard_like(m, scores[name]) for name, m in masks.items()}, math.inf
     lo, hi = 0, 0x7F800000  # bits of 0.0 and +inf; count(>= lo) = n >= k
     while lo < hi:  # largest t with count(>= t) >= k
         mid = (lo + hi + 1) // 2
-        if at_least(mid) >= k:
+        if count(torch.ge, mid) >= k:
             lo = mid
         else:
             hi = mid - 1
-    masks, ties_left = {}, k - sum(int((key > lo).sum()) for key in keys.values())
+    ties = {name: key == lo for name, key in keys.items()}
+    ties_before = _ties_on_lower_ranks(
+        {name: int(tie.sum()) for name, tie in ties.items() if name in split}, process_group
+    )
+    masks, ties_left = {}, k - count(torch.gt, lo)
     for name, key in keys.items():
-        tie = key == lo
-        take = tie.flatten().cumsum(0) <= ties_left
-        mask = (key > lo) | (tie & take.view_as(tie))
-        ties_left -= int((tie & take.view_as(tie)).sum())
-        masks[name] = mask
+        tie, before = ties[name], ties_before.get(name, (0, 0))
+        take = tie.flatten().cumsum(0) <= ties_left - before[0]
+        masks[name] = sharding.shard_like((key > lo) | (tie & take.view_as(tie)), scores[name])
+        ties_left -= min(ties_left, before[1] if name in split else int(tie.sum()))
     threshold = torch.tensor(lo, dtype=torch.int32).view(torch.float32).item()
     return masks, threshold
+
+
+def _ties_on_lower_ranks(ties: dict[str, int], process_group) -> dict[str, tuple[int, int]]:
+    """``{name: (ties on the ranks before this one, ties on every rank)}`` of each sharded tensor."""
+    if process_group is None or not ties:
+        return {name: (0, count) for name, count in ties.items()}
+    mine = torch.tensor(list(ties.values()), dtype=torch.int64)
+    every = [torch.zeros_like(mine) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(every, mine, group=process_group)
+    table, rank = torch.stack(every), dist.get_rank(process_group)
+    return {name: (int(table[:rank, i].sum()), int(table[:, i].sum())) for i, name in enumerate(ties)}
 
 
 def build_masks(
@@ -108,6 +134,7 @@ def build_masks(
         raise ValueError(f"keep_ratio must be in (0, 1) (the share of coefficients to freeze), got {keep_ratio}")
     _check_choice("threshold", threshold, THRESHOLDS)
     for name, s in scores.items():
+        s = sharding.local(s)
         if not torch.isfinite(s).all() or (s < 0).any():
             raise ValueError(f"importance of {name!r} has negative or non-finite entries")
     if threshold == "per_layer":
@@ -122,7 +149,7 @@ def build_masks(
     info = MaskInfo(
         keep_ratio,
         threshold,
-        {n: int(m.sum()) for n, m in masks.items()},
+        {n: sharding.count_true(m) for n, m in masks.items()},
         {n: m.numel() for n, m in masks.items()},
         thresholds,
     )
@@ -144,15 +171,16 @@ def mask_overlap(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.T
 
 
 class _FrozenEntries:
-    """The frozen values of one parameter and how to read and write them."""
+    """The frozen values of one parameter and how to read and write them; of this rank's rows when the
+    parameter is sharded (:mod:`hf_ext.sharding`), with a mask given whole or sharded alike."""
 
     def __init__(self, name: str, param: torch.Tensor, mask: torch.Tensor):
-        mask = mask.to(device=param.device, dtype=torch.bool)
         if mask.shape == param.shape:
             self.columns = None
-            self.mask = mask
+            self.mask = sharding.rows_of(mask, param).to(device=sharding.local(param).device, dtype=torch.bool)
         elif param.ndim == 2 and mask.shape == (param.shape[1],):
-            self.columns = mask.nonzero().squeeze(1)
+            self.columns = sharding.local(mask).to(device=sharding.local(param).device, dtype=torch.bool)
+            self.columns = self.columns.nonzero().squeeze(1)
             self.mask = None
         else:
             raise ValueError(
@@ -163,16 +191,18 @@ class _FrozenEntries:
         self.values = self.read(param.detach()).clone()
 
     def read(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = sharding.local(tensor)
         return tensor[self.mask] if self.columns is None else tensor.index_select(1, self.columns)
 
     def zero_(self, tensor: torch.Tensor) -> None:
+        tensor = sharding.local(tensor)
         if self.columns is None:
             tensor.masked_fill_(self.mask, 0)
         else:
             tensor.index_fill_(1, self.columns, 0)
 
     def restore_(self) -> None:
-        data = self.param.data
+        data = sharding.local(self.param.data)
         if self.columns is None:
             data.masked_scatter_(self.mask, self.values)
         else:
@@ -188,7 +218,8 @@ class MaskedUpdate:
 
     Call :meth:`zero_frozen_grads_` after backward (before clipping) and :meth:`restore_` after
     every ``optimizer.step()``; :meth:`max_deviation` reports how far frozen entries are from the
-    snapshot (0.0 means bit-identical).
+    snapshot (0.0 means bit-identical). Parameters sharded by rows (FSDP2, :mod:`hf_ext.sharding`) keep their
+    masks' rows on each rank; every method then works on, and reports, this rank's rows only.
     """
 
     def __init__(self, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]):
