@@ -19,6 +19,7 @@ _EXPORTS = {
     "errors": ["HfExtError"],
     "data": ["load_model_and_data"],
     "parsing": ["parse_config"],
+    "plan": ["print_start_plan"],
     "run_logger": ["LoggingCallback"],
     "trainer": ["HfExtTrainer"],
     "drift": ["DriftArguments", "DriftCallback", "run_drift_study"],
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
         run_preservation_study,
     )
     from .parsing import parse_config
+    from .plan import print_start_plan
     from .run_logger import LoggingCallback
     from .selective import SelectiveArguments
     from .trainer import HfExtTrainer

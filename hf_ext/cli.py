@@ -18,6 +18,7 @@ from .version import __version__
 COMMANDS = {
     "targets": ("hf_ext.commands", "list the linear modules a pattern selects and the attention layout of a model"),
     "data": ("hf_ext.commands", "built-in text tasks"),
+    "plan": ("hf_ext.commands", "memory per rank of each phase or arm of a recipe's config, before it runs"),
     "warp": ("hf_ext.warp.commands", "check and score a WaRP run (recipes/warp.py)"),
     "heads": (
         "hf_ext.heads.commands",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import allow_pickle_weights_option
+from .cli import allow_pickle_weights_option, integer_at_least
 from .errors import ConfigError
 
 
@@ -81,8 +81,34 @@ def _fetch(args: argparse.Namespace) -> None:
         print(f"  {split}: {len(rows)} rows{labels}")
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from .plan import plan_config
+
+    gpu_memory = args.gpu_memory
+    plan = plan_config(
+        [args.config, *args.overrides], launcher=args.launcher, num_processes=args.num_processes, gpu_memory=gpu_memory
+    )
+    print(plan.format())
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of GiB, got {text}")
+    return value
+
+
 def add_parser(commands, name: str, help: str) -> None:
-    """Add ``hf-ext targets`` or ``hf-ext data`` to the ``commands`` subparsers."""
+    """Add ``hf-ext targets``, ``hf-ext plan`` or ``hf-ext data`` to the ``commands`` subparsers."""
+    if name == "plan":
+        plan = commands.add_parser(name, help=help)
+        plan.add_argument("config", help="a recipe's JSON config (recipes/configs/...)")
+        plan.add_argument("overrides", nargs="*", help="key=value overrides, as the recipe takes them")
+        plan.add_argument("--num-processes", type=integer_at_least(1, "--num-processes"), default=1)
+        plan.add_argument("--launcher", choices=["ddp", "fsdp2", "zero2"], default="ddp")
+        plan.add_argument("--gpu-memory", type=_positive_float, default=None, help="GiB per GPU: says fits or not")
+        plan.set_defaults(run_command=_plan)
+        return
     if name == "targets":
         targets = commands.add_parser(name, help=help)
         targets.add_argument("model", help="model name: embedded:minilm, tiny:llama, a hub id or a directory")

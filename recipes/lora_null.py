@@ -21,6 +21,7 @@ from hf_ext import (
     ModelArguments,
     exit_on_user_error,
     parse_config,
+    print_start_plan,
 )
 from hf_ext.lora_null import (
     calibration_batches,
@@ -36,6 +37,7 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, LoraNullArguments, HfExtTrainin
 
 def main(argv=None):
     model_args, data_args, args, training_args = parse_config(ARGUMENT_TYPES, argv, recipe=__file__)
+    print_start_plan("hf_ext.lora_null.plan", (model_args, data_args, args, training_args))
     root, tokenizer, data, model = prepare_run(model_args, data_args, args, training_args, "verify_trained.json")
     model = get_peft_model(model, args.lora_config(model_args.task_type)).to(training_args.device)
     calibration = calibration_batches(args, data_args, tokenizer, data)

@@ -17,6 +17,7 @@ from hf_ext import (
     SelectiveArguments,
     exit_on_user_error,
     parse_config,
+    print_start_plan,
 )
 from hf_ext.selective import prepare_seq_cls, record_selection
 
@@ -25,6 +26,7 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, SelectiveArguments, HfExtTraini
 
 def main(argv=None):
     model_args, data_args, selective, training_args = parse_config(ARGUMENT_TYPES, argv, recipe=__file__)
+    print_start_plan("hf_ext.selective.plan", (model_args, data_args, selective, training_args))
     training_args.check_output_dir(finished=["train_results.json"])
     model, tokenizer, data, selection = prepare_seq_cls(model_args, data_args, selective, training_args.seed)
     record_selection(training_args, model, selection, data.labels)

@@ -16,6 +16,7 @@ from hf_ext import (
     WarpArguments,
     exit_on_user_error,
     parse_config,
+    print_start_plan,
     run_warp_study,
 )
 from hf_ext.warp import WarpRun
@@ -24,8 +25,9 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, WarpArguments, HfExtTrainingArg
 
 
 def main(argv=None):
-    model_args, data_args, warp_args, training_args = parse_config(ARGUMENT_TYPES, argv, recipe=__file__)
-    return run_warp_study(WarpRun.build(model_args, data_args, warp_args, training_args))
+    args = parse_config(ARGUMENT_TYPES, argv, recipe=__file__)
+    print_start_plan("hf_ext.warp.plan", args)  # refuses a launcher WaRP cannot run under, before loading anything
+    return run_warp_study(WarpRun.build(*args))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from ..trainer import HfExtTrainer
 from .callbacks import LoraNullCallback
 from .config import LoraNullArguments
 from .init import save_lora_null
+from .plan import LAUNCHER_CHECK
 from .verify import format_comparison, format_verification, save_verification
 
 
@@ -50,7 +51,7 @@ def calibration_batches(args: LoraNullArguments, data_args: DataArguments, token
 def prepare_run(model_args, data_args, args: LoraNullArguments, training_args, finished: str):
     """What both LoRA-Null recipes start with: ``(output_dir, tokenizer, data, base model)``, the output_dir and
     the adapter targets checked before any work."""
-    distributed.check_launcher(training_args, "LoRA-Null (its verification)", "weights")
+    distributed.check_launcher(training_args, *LAUNCHER_CHECK)
     root = Path(training_args.output_dir)
     check_output_dir(
         root,

@@ -108,7 +108,7 @@ def plan_bases(
                 + (f" (rank={rank} asked)" if rank is not None else "")
                 + ": it was computed for another model; recompute it (WaRP phase 1) for this one"
             )
-        basis = basis[:, :r]
+        basis = basis[:, :r].clone() if r < basis.shape[1] else basis  # a view would keep every column alive
         if not torch.isfinite(basis).all():
             raise ConfigError(f"basis for {name!r} holds NaN or infinite values; recompute it (WaRP phase 1)")
         error = orthonormality_error(basis)

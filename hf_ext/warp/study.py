@@ -20,6 +20,7 @@ from .. import distributed
 from ..io import write_json
 from .evaluation import _held_out, evaluate_run, utility_chance
 from .phases import run_arm, run_phase1, run_phase2
+from .plan import LAUNCHER_CHECK
 from .run import WarpRun, phase_steps
 from .summary import format_summary, plot_frontier, plot_safety_vs_utility, summarize
 
@@ -88,7 +89,7 @@ def run_warp_study(run: WarpRun) -> dict | None:
 
     ``config.json`` is written after each phase that succeeds, never by a failed invocation.
     """
-    distributed.check_launcher(run.training_args, "WaRP (its importance and masked updates)", "gradients")
+    distributed.check_launcher(run.training_args, *LAUNCHER_CHECK)
     seeds = run.seed_runs()
     rows_by_seed = {}
     for index, seed_run in enumerate(seeds):

@@ -1,0 +1,345 @@
+"""Memory plan of a run before it starts: the bytes one rank holds in each phase or arm, from the model built on
+the meta device (no weights read), the launcher and the number of processes.
+
+A plan is a list of :class:`Stage` (a phase or an arm), each a list of :class:`Item` (weights, trainable
+parameters, gradients, optimizer state, and what a technique adds: bases, statistics, importance, frozen
+values). Every item but the activation estimate is *static*: its bytes are the ``nbytes`` of tensors the run
+allocates, computed from shapes and dtypes, and the tests check them against the allocated tensors. The
+activation estimate is an order of magnitude (Korthikanti et al. 2022's per-layer count), not a measurement.
+
+Per rank, by launcher: ``ddp`` holds everything whole; ``fsdp2`` shards every parameter, its gradient and its
+optimizer state along dim 0 (the largest shard, rank 0's, is counted); ``zero2`` shards gradients and optimizer
+state, weights whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+LAUNCHERS = ("ddp", "fsdp2", "zero2")
+_LAUNCHER_NAMES = {"fsdp2": "FSDP", "zero2": "DeepSpeed ZeRO-2"}  # as distributed.sharded_launcher names them
+GIB = 2**30
+
+# Architectures of the models the shipped example configs name, for planning without the hub; a model found
+# locally (a directory, or the Hugging Face cache) is read from its own config.json instead.
+KNOWN_CONFIGS = {
+    "meta-llama/Llama-3.1-8B-Instruct": {
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": False,
+    },
+    "meta-llama/Llama-2-7b-hf": {
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+    },
+    "Qwen/Qwen1.5-4B": {
+        "model_type": "qwen2",
+        "hidden_size": 2560,
+        "intermediate_size": 6912,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 20,
+        "num_key_value_heads": 20,
+        "vocab_size": 151936,
+        "tie_word_embeddings": False,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One kind of memory a stage holds on one rank."""
+
+    name: str
+    bytes: int
+    static: bool = True  # False: an estimate (activations)
+
+
+@dataclass
+class Stage:
+    """A phase or an arm of a run, and what one rank holds during it."""
+
+    name: str
+    items: list[Item] = field(default_factory=list)
+
+    def add(self, name: str, size: int, *, static: bool = True) -> None:
+        if size:
+            self.items.append(Item(name, int(size), static))
+
+    @property
+    def total(self) -> int:
+        return sum(item.bytes for item in self.items)
+
+    def bytes_of(self, name: str) -> int:
+        return sum(item.bytes for item in self.items if item.name == name)
+
+
+@dataclass
+class Plan:
+    """The stages of a run on ``num_processes`` ranks under ``launcher``; ``gpu_memory`` in GiB (None: unknown)."""
+
+    title: str
+    launcher: str
+    num_processes: int
+    stages: list[Stage]
+    gpu_memory: float | None = None
+    advice: list[str] = field(default_factory=list)  # keys to change, largest saving first
+    notes: list[str] = field(default_factory=list)  # printed under the table
+
+    @property
+    def peak(self) -> Stage:
+        return max(self.stages, key=lambda stage: stage.total)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.gpu_memory is None else self.peak.total <= self.gpu_memory * GIB
+
+    def format(self) -> str:
+        names = list(dict.fromkeys(item.name for stage in self.stages for item in stage.items))
+        width = max(len(name) for name in [*names, "total"])
+        unit, unit_name = (GIB, "GiB") if self.peak.total >= GIB else (2**20, "MiB")
+        lines = [
+            f"memory plan: {self.title}; {self.num_processes} process(es), {self.launcher}; {unit_name} per rank",
+            f"{'':{width}}  " + "  ".join(f"{stage.name:>12}" for stage in self.stages),
+        ]
+        for name in names:
+            estimate = any(not i.static for s in self.stages for i in s.items if i.name == name)
+            cells = "  ".join(f"{_amount(stage.bytes_of(name), unit):>12}" for stage in self.stages)
+            lines.append(f"{name + (' ~' if estimate else ''):{width}}  {cells}")
+        lines.append(f"{'total':{width}}  " + "  ".join(f"{_amount(s.total, unit):>12}" for s in self.stages))
+        peak = self.peak
+        verdict = f"peak {peak.total / unit:.2f} {unit_name} per rank ({peak.name})"
+        if self.fits is not None:
+            verdict += f": {'fits' if self.fits else 'does not fit'} in {self.gpu_memory:g} GiB"
+        lines.append(verdict + ("; ~ marks an estimate" if any(not i.static for i in peak.items) else ""))
+        if self.fits is False and self.advice:
+            lines.append("to fit, change: " + "; ".join(self.advice))
+        return "\n".join([*lines, *self.notes])
+
+
+def _amount(size: int, unit: int) -> str:
+    """``size`` in ``unit`` with 3 decimals; ``-`` for nothing, ``<0.001`` below that."""
+    return "-" if size == 0 else "<0.001" if size < unit / 2000 else f"{size / unit:.3f}"
+
+
+def check_launcher(launcher: str, num_processes: int) -> None:
+    """Refuse an unknown launcher or process count, naming the option."""
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if num_processes < 1:
+        raise ConfigError(f"--num-processes must be at least 1, got {num_processes}")
+    if launcher != "ddp" and num_processes == 1:
+        raise ConfigError(f"{launcher} shards over processes: with --num-processes 1 use ddp (one device)")
+
+
+def refuse_if_unsupported(launcher: str, who: str, reads: str) -> None:
+    """The recipe's own launcher check (:func:`hf_ext.distributed.check_launcher`) for a planned launcher."""
+    from types import SimpleNamespace
+
+    from . import distributed
+
+    if launcher == "ddp":
+        return
+    stage = {"fsdp2": None, "zero2": SimpleNamespace(zero_stage=2)}[launcher]
+    args = SimpleNamespace(fsdp="full_shard" if launcher == "fsdp2" else "", deepspeed=stage, deepspeed_plugin=stage)
+    distributed.check_launcher(args, who, reads)
+
+
+def meta_model(model_args, tokenizer, labels: list[str] | None) -> nn.Module:
+    """The model of ``model_args`` on the meta device: shapes and dtypes, no weights read."""
+    from transformers import AutoConfig
+
+    from .models import TINY_PREFIX, _auto_class, _tiny_architecture, resolve_model_path, tiny_config
+
+    name = model_args.model_name_or_path
+    extra = {}
+    if model_args.task_type == "seq_cls":
+        extra = {"num_labels": len(labels), "id2label": dict(enumerate(labels))}
+    if name.startswith(TINY_PREFIX):
+        config = tiny_config(_tiny_architecture(name), tokenizer, **extra)
+    elif name in KNOWN_CONFIGS and not _found_locally(name):
+        known = dict(KNOWN_CONFIGS[name])
+        config = AutoConfig.for_model(known.pop("model_type"), **known, **extra)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(resolve_model_path(name), local_files_only=True, **extra)
+        except OSError:
+            raise ConfigError(
+                f"the config of {name} is not on this machine (no directory, not in the Hugging Face cache): "
+                "download its config.json into a directory and set model_name_or_path to it"
+            ) from None
+    dtype = torch.float32 if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+    with torch.device("meta"):
+        return _auto_class(model_args.task_type).from_config(config, dtype=dtype)
+
+
+def _found_locally(name: str) -> bool:
+    from transformers.utils import cached_file
+
+    try:
+        return cached_file(name, "config.json", local_files_only=True) is not None
+    except OSError:
+        return False
+
+
+def tensor_bytes(shape: Iterable[int], dtype: torch.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def rank_bytes(tensor: torch.Tensor, launcher: str, num_processes: int, *, sharded_by: str = "fsdp2") -> int:
+    """Bytes rank 0 holds of ``tensor`` when ``launcher`` shards it (``sharded_by``: the launchers that do)."""
+    if launcher not in sharded_by.split("|") or num_processes == 1 or tensor.ndim == 0:
+        return tensor.numel() * tensor.dtype.itemsize
+    if launcher == "fsdp2":  # torch.chunk along dim 0
+        rows = -(-tensor.shape[0] // num_processes)
+        return rows * math.prod(tensor.shape[1:]) * tensor.dtype.itemsize
+    return -(-tensor.numel() // num_processes) * tensor.dtype.itemsize  # ZeRO: flat partitions
+
+
+def row_block_bytes(rows: int, cols: int, dtype: torch.dtype, launcher: str, num_processes: int) -> int:
+    """Bytes rank 0 holds of a ``rows x cols`` tensor kept with its parameter's rows (FSDP2: sharded alike)."""
+    if launcher == "fsdp2":
+        rows = -(-rows // num_processes)
+    return rows * cols * dtype.itemsize
+
+
+def statistics_bytes(modules: dict[str, nn.Module], outputs: set[str], compute_dtype: torch.dtype) -> int:
+    """What :class:`~hf_ext.activations.InputStatistics` allocates for ``modules`` (linear layers by name): per
+    distinct input, the float64 ``X^T X`` and sum, a count, and a ``compute_dtype`` buffer. Consecutive siblings of
+    one input width share an input (q/k/v, gate/up), except an attention output projection (``outputs``), whose
+    input is the heads' output."""
+    from .activations import _sibling_runs
+
+    total = 0
+    for run in _sibling_runs(modules):
+        starts = [i for i, (name, _) in enumerate(run) if i == 0 or name in outputs or run[i - 1][0] in outputs]
+        width = run[0][1].in_features
+        total += len(starts) * (width * width * (8 + compute_dtype.itemsize) + width * 8 + 8)
+    return total
+
+
+def optimizer_state_bytes(params: Iterable[torch.Tensor], optim: str, launcher: str, num_processes: int) -> int:
+    """AdamW (every ``adamw*``): two moments of each parameter's shape and dtype and a float32 step per tensor;
+    plain SGD (``sgd``, momentum 0): none. Other optimizers are refused."""
+    optim = getattr(optim, "value", optim)
+    if optim == "sgd":
+        return 0
+    if not optim.startswith("adamw"):
+        raise ConfigError(f"optim {optim!r}: the plan knows adamw_* and sgd")
+    return sum(2 * rank_bytes(p, launcher, num_processes, sharded_by="fsdp2|zero2") + 4 for p in params)
+
+
+def activation_estimate(
+    model: nn.Module, batch_size: int, seq_len: int, *, training: bool, checkpointing: bool
+) -> int:
+    """Activations of one micro-batch (Korthikanti et al. 2022, 16-bit: ``s b h (34 + 5 a s / h)`` bytes per layer,
+    scaled to the model's dtype; the attention scores' ``5 a s / h`` only with eager attention, sdpa and flash
+    attention keep none). Training keeps every layer's for the backward, or with gradient checkpointing each
+    layer's input and one layer at a time, plus the float32 logits and their gradient; a forward without gradients
+    (phase 1's statistics) holds about one layer's."""
+    config = model.config
+    hidden, layers, heads = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
+    scale = next(model.parameters()).dtype.itemsize / 2
+    scores = 5 * heads * seq_len / hidden if getattr(config, "_attn_implementation", "eager") == "eager" else 0
+    per_layer = seq_len * batch_size * hidden * (34 + scores) * scale
+    if not training:
+        return int(per_layer)
+    kept = layers * seq_len * batch_size * hidden * 2 * scale + per_layer if checkpointing else layers * per_layer
+    causal = type(model).__name__.endswith("ForCausalLM")
+    logits = batch_size * seq_len * config.vocab_size if causal else batch_size * config.num_labels
+    return int(kept + 2 * logits * 4)
+
+
+def label_names(data_args, task_type: str) -> list[str] | None:
+    """The classes of a ``seq_cls`` dataset (read from the data, not tokenized); None for ``causal_lm``."""
+    from .data import infer_label_names, load_raw_datasets
+
+    if task_type != "seq_cls":
+        return None
+    return infer_label_names(load_raw_datasets(data_args), data_args)
+
+
+def local_tokenizer(model_args):
+    """The tokenizer when it is on this machine (tiny and embedded models, directories, the cache); else None:
+    models the plan builds from a known or cached config need none."""
+    from .models import TINY_PREFIX, load_tokenizer
+
+    name = model_args.model_name_or_path
+    if name.startswith(TINY_PREFIX) or name.startswith("embedded:") or _found_locally(name):
+        return load_tokenizer(name, trust_remote_code=model_args.trust_remote_code)
+    return None
+
+
+# recipe: (module with ARGUMENT_TYPES and plan(args, launcher=, num_processes=, gpu_memory=)); tried in this order
+RECIPES = {
+    "warp.py": "hf_ext.warp.plan",
+    "lora_null.py": "hf_ext.lora_null.plan",
+    "seq_cls.py": "hf_ext.selective.plan",
+}
+
+
+def plan_config(
+    argv: list[str], *, launcher: str = "ddp", num_processes: int = 1, gpu_memory: float | None = None
+) -> Plan:
+    """The plan of ``config.json [key=value ...]`` for the recipe whose arguments it parses as."""
+    import importlib
+    from pathlib import Path
+
+    from .parsing import parse_config
+
+    check_launcher(launcher, num_processes)
+    if not Path(argv[0]).is_file():
+        raise ConfigError(f"config file {argv[0]} not found")
+    refusals = {}
+    for recipe, module_name in RECIPES.items():
+        module = importlib.import_module(module_name)
+        try:  # use_cpu: a bf16 config parses on a machine without a GPU (the plan reads no device)
+            args = parse_config(module.ARGUMENT_TYPES, [*argv, "use_cpu=true"], recipe=recipe)
+        except ConfigError as err:
+            refusals[recipe] = str(err)
+            continue
+        return module.plan(args, launcher=launcher, num_processes=num_processes, gpu_memory=gpu_memory)
+    recipe, reason = min(refusals.items(), key=lambda item: len(item[1]))  # the recipe it comes closest to
+    raise ConfigError(f"not a config hf-ext plan knows ({', '.join(RECIPES)}); as recipes/{recipe}: {reason}")
+
+
+def print_start_plan(module_name: str, run_args) -> None:
+    """What a recipe does before it loads anything: refuse a launcher it cannot run under (the plan module's
+    ``LAUNCHER_CHECK``, :func:`hf_ext.distributed.check_launcher`), then print its plan for this launcher, process
+    count and GPU on the main process."""
+    import importlib
+
+    from . import distributed
+
+    module = importlib.import_module(module_name)
+    training_args = run_args[-1]
+    if module.LAUNCHER_CHECK is not None:
+        distributed.check_launcher(training_args, *module.LAUNCHER_CHECK)
+    launcher = {None: "ddp", "FSDP": "fsdp2", "DeepSpeed ZeRO-2": "zero2"}.get(
+        distributed.sharded_launcher(training_args)
+    )
+    processes = training_args.world_size
+    if launcher is None or (launcher != "ddp" and processes == 1):
+        return  # a launcher the plan does not model (ZeRO-1, a sharded launcher on one process)
+    device = training_args.device
+    gpu_memory = torch.cuda.get_device_properties(device).total_memory / GIB if device.type == "cuda" else None
+    plan = module.plan(run_args, launcher=launcher, num_processes=processes, gpu_memory=gpu_memory)
+    if training_args.process_index == 0:
+        print(plan.format() + "\n(hf-ext plan CONFIG prints this for any launcher and process count)", flush=True)

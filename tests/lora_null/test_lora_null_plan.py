@@ -1,0 +1,56 @@
+"""The LoRA-Null memory plan against the tensors a run allocates (calibration statistics, gradients and AdamW state
+after a step, the verification's bases), on the MiniLM topic config."""
+
+from pathlib import Path
+
+import torch
+from peft import get_peft_model
+
+from hf_ext import DataArguments, HfExtTrainingArguments, LoraNullArguments, ModelArguments
+from hf_ext.activations import collect_input_statistics
+from hf_ext.lora_null.init import lora_layers
+from hf_ext.lora_null.plan import plan
+from hf_ext.lora_null.verify import _LayerSums
+from hf_ext.models import load_model, load_tokenizer
+from hf_ext.parsing import parse_config
+
+CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "lora_null_minilm_topic.json"
+
+
+def storage_bytes(tensors) -> int:
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def test_planned_static_bytes_equal_the_allocated_ones():
+    args = parse_config(
+        (ModelArguments, DataArguments, LoraNullArguments, HfExtTrainingArguments),
+        [str(CONFIG), "output_dir=unused", "report_to=[]"],
+    )
+    model_args, _, lora_args, _ = args
+    stages = {stage.name: stage for stage in plan(args, launcher="ddp", num_processes=1).stages}
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    model = get_peft_model(load_model(model_args, tokenizer, ["a", "b", "c", "d"]), lora_args.lora_config("seq_cls"))
+    layers = lora_layers(model)
+    batch = tokenizer(["a short sentence", "and another, a little longer one"], padding=True, return_tensors="pt")
+
+    with model.disable_adapter():
+        statistics = collect_input_statistics(
+            model, {n: layer.base_layer for n, layer in layers.items()}, [dict(batch)], compute_dtype=torch.float64
+        )
+    distinct = {id(s): s for s in statistics.values()}.values()
+    held = storage_bytes(t for s in distinct for t in (s.count, s.total, s.gram, s._buffer))
+    assert stages["calibration"].bytes_of("calibration statistics") == held
+    assert stages["calibration"].bytes_of("weights") == storage_bytes(model.parameters())
+
+    for layer in layers.values():  # null_frozen_A, after calibration (leaving disable_adapter() unfreezes adapters)
+        layer.lora_A["default"].weight.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3, fused=True)
+    model(**batch, labels=torch.tensor([0, 3])).loss.backward()
+    optimizer.step()
+    training = stages["training"]
+    assert training.bytes_of("gradients") == storage_bytes(p.grad for p in trainable)
+    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    assert training.bytes_of("optimizer state") == storage_bytes(state)
+    bases = [_LayerSums(layer, "default", 16).q for layer in layers.values()]
+    assert training.bytes_of("verification bases") == storage_bytes(bases)
