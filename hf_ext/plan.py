@@ -287,19 +287,24 @@ def local_tokenizer(model_args):
     return None
 
 
-# recipe: (module with ARGUMENT_TYPES and plan(args, launcher=, num_processes=, gpu_memory=)); tried in this order
+# recipe: the module with its ARGUMENT_TYPES, LAUNCHER_CHECK and plan(args, launcher=, num_processes=, gpu_memory=)
 RECIPES = {
     "warp.py": "hf_ext.warp.plan",
     "lora_null.py": "hf_ext.lora_null.plan",
     "seq_cls.py": "hf_ext.selective.plan",
+    "finetune.py": "hf_ext.finetune_plan",
 }
 
 
 def plan_config(
     argv: list[str], *, launcher: str = "ddp", num_processes: int = 1, gpu_memory: float | None = None
 ) -> Plan:
-    """The plan of ``config.json [key=value ...]`` for the recipe whose arguments it parses as."""
+    """The plan of ``config.json [key=value ...]`` for the recipe it belongs to: of the recipes whose arguments it
+    parses as, the one whose technique keys it sets most (then the one with the fewest argument classes, so a config
+    that sets none is recipes/finetune.py's)."""
+    import dataclasses
     import importlib
+    import json
     from pathlib import Path
 
     from .parsing import parse_config
@@ -307,7 +312,11 @@ def plan_config(
     check_launcher(launcher, num_processes)
     if not Path(argv[0]).is_file():
         raise ConfigError(f"config file {argv[0]} not found")
-    refusals = {}
+    try:
+        keys = set(json.loads(Path(argv[0]).read_text())) | {item.split("=", 1)[0] for item in argv[1:]}
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        keys = set()  # parse_config names the problem below
+    candidates, refusals = [], {}
     for recipe, module_name in RECIPES.items():
         module = importlib.import_module(module_name)
         try:  # use_cpu: a bf16 config parses on a machine without a GPU (the plan reads no device)
@@ -315,9 +324,14 @@ def plan_config(
         except ConfigError as err:
             refusals[recipe] = str(err)
             continue
-        return module.plan(args, launcher=launcher, num_processes=num_processes, gpu_memory=gpu_memory)
-    recipe, reason = min(refusals.items(), key=lambda item: len(item[1]))  # the recipe it comes closest to
-    raise ConfigError(f"not a config hf-ext plan knows ({', '.join(RECIPES)}); as recipes/{recipe}: {reason}")
+        own = module.ARGUMENT_TYPES[2:-1]  # between the model/data and the training arguments
+        technique = {f.name for cls in own for f in dataclasses.fields(cls)}
+        candidates.append((-len(keys & technique), len(module.ARGUMENT_TYPES), module, args))
+    if not candidates:
+        recipe, reason = min(refusals.items(), key=lambda item: len(item[1]))  # the recipe it comes closest to
+        raise ConfigError(f"not a config hf-ext plan knows ({', '.join(RECIPES)}); as recipes/{recipe}: {reason}")
+    _, _, module, args = min(candidates, key=lambda c: c[:2])
+    return module.plan(args, launcher=launcher, num_processes=num_processes, gpu_memory=gpu_memory)
 
 
 def print_start_plan(module_name: str, run_args) -> None:

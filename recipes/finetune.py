@@ -14,6 +14,7 @@ from hf_ext import (
     exit_on_user_error,
     load_model_and_data,
     parse_config,
+    print_start_plan,
 )
 
 ARGUMENT_TYPES = (ModelArguments, DataArguments, HfExtTrainingArguments)
@@ -21,6 +22,7 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, HfExtTrainingArguments)
 
 def main(argv=None):
     model_args, data_args, training_args = parse_config(ARGUMENT_TYPES, argv, recipe=__file__)
+    print_start_plan("hf_ext.finetune_plan", (model_args, data_args, training_args))
     training_args.check_output_dir(finished=["config.json", "train_results.json"])
     tokenizer, data, model = load_model_and_data(model_args, data_args, seed=training_args.seed)
     trainer = HfExtTrainer(model=model, args=training_args, processing_class=tokenizer, **data.trainer_kwargs())

@@ -57,3 +57,45 @@ def test_mistakes_get_one_line(capsys, argv, message):
     code, out, err = plan(capsys, CONFIGS / argv[0], *argv[1:])
     assert code == 2 and out == ""
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("config", "title"),
+    [
+        ("finetune_tiny_llama_safety.json", "full fine-tune, tiny:llama"),  # sets no technique key
+        ("warp_tiny_llama.json", "WaRP, tiny:llama"),
+        ("seq_cls_tiny_qwen2_last_block.json", "selective (full), tiny:qwen2"),
+    ],
+)
+def test_a_config_is_planned_as_the_recipe_whose_keys_it_sets(capsys, config, title):
+    code, out, _ = plan(capsys, CONFIGS / config)
+    assert code == 0 and out.startswith(f"memory plan: {title};")
+
+
+def test_full_fine_tune_static_bytes_equal_the_allocated_ones():
+    import torch
+
+    from hf_ext import DataArguments, HfExtTrainingArguments, ModelArguments
+    from hf_ext.finetune_plan import plan as finetune_plan
+    from hf_ext.models import load_model, load_tokenizer
+    from hf_ext.parsing import parse_config
+
+    args = parse_config(
+        (ModelArguments, DataArguments, HfExtTrainingArguments),
+        [str(CONFIGS / "finetune_tiny_llama_safety.json"), "output_dir=unused", "report_to=[]"],
+    )
+    (stage,) = finetune_plan(args, launcher="ddp", num_processes=1).stages
+    tokenizer = load_tokenizer("tiny:llama")
+    model = load_model(args[0], tokenizer, None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    batch = tokenizer(["a short sentence"], return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    optimizer.step()
+
+    def storage_bytes(tensors):
+        return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+    assert stage.bytes_of("weights") == storage_bytes(model.parameters())
+    assert stage.bytes_of("gradients") == storage_bytes(p.grad for p in model.parameters())
+    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    assert stage.bytes_of("optimizer state") == storage_bytes(state)
