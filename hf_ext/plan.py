@@ -221,18 +221,22 @@ def row_block_bytes(rows: int, cols: int, dtype: torch.dtype, launcher: str, num
 
 
 def statistics_bytes(modules: dict[str, nn.Module], outputs: set[str], compute_dtype: torch.dtype) -> int:
-    """What :class:`~hf_ext.activations.InputStatistics` allocates for ``modules`` (linear layers by name): per
-    distinct input, the float64 ``X^T X`` and sum, a count, and a ``compute_dtype`` buffer. Consecutive siblings of
-    one input width share an input (q/k/v, gate/up), except an attention output projection (``outputs``), whose
-    input is the heads' output."""
+    """What :class:`~hf_ext.activations.InputStatistics` allocates for ``modules`` (:func:`distinct_inputs`): per
+    distinct input, the float64 ``X^T X`` and sum, a count, and a ``compute_dtype`` buffer."""
+    return sum(w * w * (8 + compute_dtype.itemsize) + w * 8 + 8 for w in distinct_inputs(modules, outputs))
+
+
+def distinct_inputs(modules: dict[str, nn.Module], outputs: set[str]) -> list[int]:
+    """The input width of each distinct input of ``modules`` (linear layers by name, in model order): consecutive
+    siblings of one input width share an input (q/k/v, gate/up), except an attention output projection
+    (``outputs``), whose input is the heads' output."""
     from .activations import _sibling_runs
 
-    total = 0
+    widths = []
     for run in _sibling_runs(modules):
         starts = [i for i, (name, _) in enumerate(run) if i == 0 or name in outputs or run[i - 1][0] in outputs]
-        width = run[0][1].in_features
-        total += len(starts) * (width * width * (8 + compute_dtype.itemsize) + width * 8 + 8)
-    return total
+        widths += [run[0][1].in_features] * len(starts)
+    return widths
 
 
 def optimizer_state_bytes(params: Iterable[torch.Tensor], optim: str, launcher: str, num_processes: int) -> int:
@@ -252,7 +256,8 @@ def activation_estimate(
     """Activations of one micro-batch (Korthikanti et al. 2022, 16-bit: ``s b h (34 + 5 a s / h)`` bytes per layer,
     scaled to the model's dtype; the attention scores' ``5 a s / h`` only with eager attention, sdpa and flash
     attention keep none). Training keeps every layer's for the backward, or with gradient checkpointing each
-    layer's input and one layer at a time, plus the float32 logits and their gradient; a forward without gradients
+    layer's input and one layer at a time, plus the float32 logits (a causal LM's four copies: logits,
+    log-softmax and their gradients); a forward without gradients
     (phase 1's statistics) holds about one layer's."""
     config = model.config
     hidden, layers, heads = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
@@ -262,9 +267,9 @@ def activation_estimate(
     if not training:
         return int(per_layer)
     kept = layers * seq_len * batch_size * hidden * 2 * scale + per_layer if checkpointing else layers * per_layer
-    causal = type(model).__name__.endswith("ForCausalLM")
-    logits = batch_size * seq_len * config.vocab_size if causal else batch_size * config.num_labels
-    return int(kept + 2 * logits * 4)
+    if type(model).__name__.endswith("ForCausalLM"):  # float32 logits, their log-softmax, and both gradients
+        return int(kept + 4 * batch_size * seq_len * config.vocab_size * 4)
+    return int(kept + 2 * batch_size * config.num_labels * 4)
 
 
 def label_names(data_args, task_type: str) -> list[str] | None:

@@ -31,6 +31,7 @@ from ..plan import (
     Plan,
     Stage,
     activation_estimate,
+    distinct_inputs,
     label_names,
     local_tokenizer,
     meta_model,
@@ -159,6 +160,9 @@ def warp_plan(run_args, *, labels, tokenizer, launcher: str, num_processes: int,
     groups = group_by_memory(targets, None if warp.basis_memory_gb is None else warp.basis_memory_gb * 2**30)
     outputs = {attention.o for attention in find_attention(model)}
     phase1.add("phase-1 statistics", max(statistics_bytes(group, outputs, F32) for group in groups))
+    widths = distinct_inputs(targets, outputs)  # every group's bases and eigenvalues (float32) are kept to the end
+    phase1.add("bases U", sum(w * w * 4 + w * 4 for w in widths))
+    phase1.add("eigendecomposition", 5 * 8 * max(widths) ** 2, static=False)  # float64 copies of the largest
     phase1.add("activations", activations(training=False), static=False)
 
     phase2 = Stage("phase 2")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_ext import DataArguments, HfExtTrainingArguments, ModelArguments, WarpArguments
-from hf_ext.activations import InputRecorder
+from hf_ext.activations import InputRecorder, compute_bases
 from hf_ext.models import classifier_head, load_model, load_tokenizer
 from hf_ext.parsing import parse_config
 from hf_ext.targets import select_linear
@@ -82,14 +82,17 @@ def bases(targets):
     }
 
 
-def test_phase1_statistics_and_weights(setup):
+def test_phase1_statistics_bases_and_weights(setup):
     _, _, _, stages, batch = setup
     model, targets = fresh_model(setup)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     with InputRecorder(targets) as recorder:
-        model(**{k: v for k, v in batch.items() if k != "labels"})
+        model(**inputs)
     statistics = {id(s): s for s in recorder.statistics.values()}.values()
     held = storage_bytes(t for s in statistics for t in (s.count, s.total, s.gram, s._buffer))
     assert stages["phase 1"].bytes_of("phase-1 statistics") == held
+    bases, eigenvalues, _ = compute_bases(model, targets, [inputs], progress=False)
+    assert stages["phase 1"].bytes_of("bases U") == storage_bytes([*bases.values(), *eigenvalues.values()])
     assert stages["phase 1"].bytes_of("weights") == storage_bytes(model.parameters())
 
 
