@@ -20,6 +20,7 @@ from ..plan import (
 )
 from .config import SelectiveArguments
 from .selection import select_trainable
+from .study import require_seq_cls
 
 ARGUMENT_TYPES = (ModelArguments, DataArguments, SelectiveArguments, HfExtTrainingArguments)  # recipes/seq_cls.py's
 LAUNCHER_CHECK = None  # every launcher of the support matrix
@@ -28,6 +29,7 @@ LAUNCHER_CHECK = None  # every launcher of the support matrix
 def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | None = None) -> Plan:
     """The plan of recipes/seq_cls.py's arguments ``run_args`` (:data:`ARGUMENT_TYPES`)."""
     model_args, data_args, selective, training_args = run_args
+    require_seq_cls(model_args.task_type)
     labels = label_names(data_args, model_args.task_type)
     base = meta_model(model_args, local_tokenizer(model_args), labels)
     with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to change

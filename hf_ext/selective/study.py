@@ -31,10 +31,15 @@ logger = logging.getLogger(__name__)
 SEQ_CLS_ARGUMENT_TYPES = (ModelArguments, DataArguments, SelectiveArguments, HfExtTrainingArguments)
 
 
+def require_seq_cls(task_type: str) -> None:
+    """recipes/seq_cls.py trains classifiers: refuse another task type first, naming the key."""
+    if task_type != "seq_cls":
+        raise ConfigError(f"task_type={task_type!r}: the seq_cls recipe trains classifiers; set seq_cls")
+
+
 def prepare_seq_cls(model_args: ModelArguments, data_args: DataArguments, selective: SelectiveArguments, seed: int):
     """Tokenizer, data and the classifier with the selection applied: ``(model, tokenizer, data, selection)``."""
-    if model_args.task_type != "seq_cls":
-        raise ConfigError(f"task_type={model_args.task_type!r}: the seq_cls recipe trains classifiers; set seq_cls")
+    require_seq_cls(model_args.task_type)
     tokenizer, data, model = load_model_and_data(model_args, data_args, seed=seed)
     model, selection = select_trainable(model, selective, "seq_cls", seed=seed)
     if not selective.train_head:
