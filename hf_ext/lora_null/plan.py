@@ -43,6 +43,7 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
     refuse_if_unsupported(launcher, *LAUNCHER_CHECK)
     labels = label_names(data_args, model_args.task_type)
     base = meta_model(model_args, local_tokenizer(model_args), labels)
+    args.check_targets(base)  # the recipe's own line for targets that match nothing
     with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to change
         warnings.simplefilter("ignore", FutureWarning)
         model = get_peft_model(base, args.lora_config(model_args.task_type))
