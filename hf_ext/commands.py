@@ -84,15 +84,29 @@ def _fetch(args: argparse.Namespace) -> None:
 def _plan(args: argparse.Namespace) -> None:
     from .plan import plan_config
 
-    gpu_memory = args.gpu_memory
+    _, overrides = _plan_options().parse_known_args(args.rest, namespace=args)  # options may follow the overrides
+    stray = [item for item in overrides if item.startswith("-") or "=" not in item]
+    if stray:
+        raise ConfigError(f"{stray[0]!r} is neither an option of hf-ext plan nor a key=value override")
     plan = plan_config(
-        [args.config, *args.overrides], launcher=args.launcher, num_processes=args.num_processes, gpu_memory=gpu_memory
+        [args.config, *overrides], launcher=args.launcher, num_processes=args.num_processes, gpu_memory=args.gpu_memory
     )
     print(plan.format())
 
 
+def _plan_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(prog="hf-ext plan", add_help=False)
+    options.add_argument("--num-processes", type=integer_at_least(1, "positive"), default=1)
+    options.add_argument("--launcher", choices=["ddp", "fsdp2", "zero2"], default="ddp")
+    options.add_argument("--gpu-memory", type=_positive_float, default=None, help="GiB per GPU: says fits or not")
+    return options
+
+
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of GiB, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of GiB, got {text}")
     return value
@@ -101,12 +115,9 @@ def _positive_float(text: str) -> float:
 def add_parser(commands, name: str, help: str) -> None:
     """Add ``hf-ext targets``, ``hf-ext plan`` or ``hf-ext data`` to the ``commands`` subparsers."""
     if name == "plan":
-        plan = commands.add_parser(name, help=help)
+        plan = commands.add_parser(name, help=help, parents=[_plan_options()])
         plan.add_argument("config", help="a recipe's JSON config (recipes/configs/...)")
-        plan.add_argument("overrides", nargs="*", help="key=value overrides, as the recipe takes them")
-        plan.add_argument("--num-processes", type=integer_at_least(1, "--num-processes"), default=1)
-        plan.add_argument("--launcher", choices=["ddp", "fsdp2", "zero2"], default="ddp")
-        plan.add_argument("--gpu-memory", type=_positive_float, default=None, help="GiB per GPU: says fits or not")
+        plan.add_argument("rest", nargs=argparse.REMAINDER, help="key=value overrides, as the recipe takes them")
         plan.set_defaults(run_command=_plan)
         return
     if name == "targets":

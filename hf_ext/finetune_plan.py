@@ -8,6 +8,8 @@ from .plan import (
     Plan,
     Stage,
     activation_estimate,
+    add_launcher_items,
+    gradient_bytes,
     label_names,
     local_tokenizer,
     meta_model,
@@ -26,8 +28,9 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
     params = list(model.parameters())
     stage = Stage("training")
     stage.add("weights", sum(rank_bytes(p, launcher, num_processes) for p in params))
-    stage.add("gradients", sum(rank_bytes(p, launcher, num_processes, sharded_by="fsdp2|zero2") for p in params))
+    stage.add("gradients", gradient_bytes(params, launcher, num_processes))
     stage.add("optimizer state", optimizer_state_bytes(params, training_args.optim, launcher, num_processes))
+    add_launcher_items(stage, model, params, launcher, num_processes)
     batch, length = training_args.per_device_train_batch_size, data_args.max_seq_length
     checkpointing = training_args.gradient_checkpointing
     activations = activation_estimate(model, batch, length, training=True, checkpointing=checkpointing)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, HfExtError
 
 LAUNCHERS = ("ddp", "fsdp2", "zero2")
 _LAUNCHER_NAMES = {"fsdp2": "FSDP", "zero2": "DeepSpeed ZeRO-2"}  # as distributed.sharded_launcher names them
@@ -39,6 +39,7 @@ KNOWN_CONFIGS = {
         "num_key_value_heads": 8,
         "vocab_size": 128256,
         "tie_word_embeddings": False,
+        "dtype": "bfloat16",
     },
     "meta-llama/Llama-2-7b-hf": {
         "model_type": "llama",
@@ -49,6 +50,7 @@ KNOWN_CONFIGS = {
         "num_key_value_heads": 32,
         "vocab_size": 32000,
         "tie_word_embeddings": False,
+        "dtype": "float16",
     },
     "Qwen/Qwen1.5-4B": {
         "model_type": "qwen2",
@@ -59,6 +61,7 @@ KNOWN_CONFIGS = {
         "num_key_value_heads": 20,
         "vocab_size": 151936,
         "tie_word_embeddings": False,
+        "dtype": "bfloat16",
     },
 }
 
@@ -179,15 +182,27 @@ def meta_model(model_args, tokenizer, labels: list[str] | None) -> nn.Module:
         config = AutoConfig.for_model(known.pop("model_type"), **known, **extra)
     else:
         try:
-            config = AutoConfig.from_pretrained(resolve_model_path(name), local_files_only=True, **extra)
+            config = AutoConfig.from_pretrained(
+                resolve_model_path(name),
+                local_files_only=True,
+                trust_remote_code=model_args.trust_remote_code,
+                **extra,
+            )
         except OSError:
             raise ConfigError(
                 f"the config of {name} is not on this machine (no directory, not in the Hugging Face cache): "
                 "download its config.json into a directory and set model_name_or_path to it"
             ) from None
-    dtype = torch.float32 if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+    if model_args.dtype == "auto":  # the checkpoint's dtype, as from_pretrained(dtype="auto") loads it
+        saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+        dtype = getattr(torch, saved) if isinstance(saved, str) else saved
+    else:
+        dtype = getattr(torch, model_args.dtype)
+    extra = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     with torch.device("meta"):
-        return _auto_class(model_args.task_type).from_config(config, dtype=dtype)
+        return _auto_class(model_args.task_type).from_config(
+            config, dtype=dtype, trust_remote_code=model_args.trust_remote_code, **extra
+        )
 
 
 def _found_locally(name: str) -> bool:
@@ -239,15 +254,47 @@ def distinct_inputs(modules: dict[str, nn.Module], outputs: set[str]) -> list[in
     return widths
 
 
+def gradient_bytes(params: Iterable[torch.Tensor], launcher: str, num_processes: int) -> int:
+    """Gradients of ``params`` on rank 0: whole (DDP), sharded as the parameter (FSDP2), or a float32 partition of
+    the reduced gradient (ZeRO-2)."""
+    if launcher == "zero2" and num_processes > 1:
+        return sum(-(-p.numel() // num_processes) * 4 for p in params)
+    return sum(rank_bytes(p, launcher, num_processes) for p in params)
+
+
 def optimizer_state_bytes(params: Iterable[torch.Tensor], optim: str, launcher: str, num_processes: int) -> int:
-    """AdamW (every ``adamw*``): two moments of each parameter's shape and dtype and a float32 step per tensor;
-    plain SGD (``sgd``, momentum 0): none. Other optimizers are refused."""
+    """AdamW (every ``adamw*``): two moments of each parameter's shape and dtype and a float32 step per tensor
+    (ZeRO-2: float32 moments, and a float32 master copy of a 16-bit parameter, partitioned); plain SGD (``sgd``,
+    momentum 0): none. Other optimizers are refused."""
     optim = getattr(optim, "value", optim)
     if optim == "sgd":
         return 0
     if not optim.startswith("adamw"):
         raise ConfigError(f"optim {optim!r}: the plan knows adamw_* and sgd")
-    return sum(2 * rank_bytes(p, launcher, num_processes, sharded_by="fsdp2|zero2") + 4 for p in params)
+    total = 0
+    for p in params:
+        if launcher == "zero2" and num_processes > 1:
+            total += -(-p.numel() // num_processes) * 4 * (2 if p.dtype.itemsize >= 4 else 3) + 4
+        else:
+            total += 2 * rank_bytes(p, launcher, num_processes) + 4
+    return total
+
+
+def add_launcher_items(stage: Stage, model: nn.Module, reduced: list[torch.Tensor], launcher: str, n: int) -> None:
+    """What the launcher itself holds beyond the items: DDP's gradient buckets (a second copy of every gradient it
+    all-reduces, ``reduced``; accelerate leaves ``gradient_as_bucket_view`` off), or FSDP2's all-gathered weights
+    (the root's parameters, which FSDP2 keeps whole from forward to backward, and two blocks, the running and the
+    prefetched one; an estimate)."""
+    from .targets import find_blocks
+
+    if launcher == "ddp" and n > 1:
+        stage.add("DDP gradient buckets", sum(p.numel() * p.dtype.itemsize for p in reduced))
+    if launcher == "fsdp2":
+        blocks = find_blocks(model)[1]
+        inside = {id(p) for block in blocks for p in block.parameters()}
+        root = sum(p.numel() * p.dtype.itemsize for p in model.parameters() if id(p) not in inside)
+        largest = max(sum(p.numel() * p.dtype.itemsize for p in block.parameters()) for block in blocks)
+        stage.add("gathered weights", root + 2 * largest, static=False)
 
 
 def activation_estimate(
@@ -315,12 +362,18 @@ def plan_config(
     from .parsing import parse_config
 
     check_launcher(launcher, num_processes)
-    if not Path(argv[0]).is_file():
-        raise ConfigError(f"config file {argv[0]} not found")
+    path = Path(argv[0])
+    if not path.exists():
+        raise ConfigError(f"config file {path} not found")
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file: name a recipe's JSON config")
     try:
-        keys = set(json.loads(Path(argv[0]).read_text())) | {item.split("=", 1)[0] for item in argv[1:]}
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
-        keys = set()  # parse_config names the problem below
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(values, dict) or not values:
+        raise ConfigError(f"{path} holds no keys: a config is a JSON object of the recipe's keys")
+    keys = set(values) | {item.split("=", 1)[0] for item in argv[1:]}
     candidates, refusals = [], {}
     for recipe, module_name in RECIPES.items():
         module = importlib.import_module(module_name)
@@ -333,8 +386,20 @@ def plan_config(
         technique = {f.name for cls in own for f in dataclasses.fields(cls)}
         candidates.append((-len(keys & technique), len(module.ARGUMENT_TYPES), module, args))
     if not candidates:
-        recipe, reason = min(refusals.items(), key=lambda item: len(item[1]))  # the recipe it comes closest to
-        raise ConfigError(f"not a config hf-ext plan knows ({', '.join(RECIPES)}); as recipes/{recipe}: {reason}")
+        unknown = {
+            recipe: len(
+                keys
+                - {f.name for cls in importlib.import_module(name).ARGUMENT_TYPES for f in dataclasses.fields(cls)}
+            )
+            for recipe, name in RECIPES.items()
+        }
+        recipe = min(unknown, key=unknown.get)
+        if unknown[recipe] <= 2:  # a config of that recipe with a mistake in it
+            raise ConfigError(f"as a config of recipes/{recipe}: {refusals[recipe]}")
+        raise ConfigError(
+            f"{path} is not a config of a recipe hf-ext plan knows ({', '.join(RECIPES)}); the drift, head-study "
+            "and preservation recipes are not planned yet"
+        )
     _, _, module, args = min(candidates, key=lambda c: c[:2])
     return module.plan(args, launcher=launcher, num_processes=num_processes, gpu_memory=gpu_memory)
 
@@ -342,7 +407,8 @@ def plan_config(
 def print_start_plan(module_name: str, run_args) -> None:
     """What a recipe does before it loads anything: refuse a launcher it cannot run under (the plan module's
     ``LAUNCHER_CHECK``, :func:`hf_ext.distributed.check_launcher`), then print its plan for this launcher, process
-    count and GPU on the main process."""
+    count and GPU on the main process; a plan that cannot be made (a model whose config is not on this machine, an
+    optimizer the plan does not know) is one line, never an error."""
     import importlib
 
     from . import distributed
@@ -359,6 +425,10 @@ def print_start_plan(module_name: str, run_args) -> None:
         return  # a launcher the plan does not model (ZeRO-1, a sharded launcher on one process)
     device = training_args.device
     gpu_memory = torch.cuda.get_device_properties(device).total_memory / GIB if device.type == "cuda" else None
-    plan = module.plan(run_args, launcher=launcher, num_processes=processes, gpu_memory=gpu_memory)
+    try:
+        text = module.plan(run_args, launcher=launcher, num_processes=processes, gpu_memory=gpu_memory).format()
+        text += "\n(hf-ext plan CONFIG prints this for any launcher and process count)"
+    except (HfExtError, OSError, ValueError, RuntimeError) as err:  # the plan informs; it never stops a run
+        text = f"memory plan: not printed ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     if training_args.process_index == 0:
-        print(plan.format() + "\n(hf-ext plan CONFIG prints this for any launcher and process count)", flush=True)
+        print(text, flush=True)

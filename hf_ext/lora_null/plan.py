@@ -18,6 +18,9 @@ from ..plan import (
     Plan,
     Stage,
     activation_estimate,
+    add_launcher_items,
+    distinct_inputs,
+    gradient_bytes,
     label_names,
     local_tokenizer,
     meta_model,
@@ -67,14 +70,18 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
     outputs = {attention.o for attention in find_attention(model)}
     bases = {name: layer.base_layer for name, layer in layers.items()}
     calibration.add("calibration statistics", statistics_bytes(bases, outputs, torch.float64))
+    widest = max(distinct_inputs(bases, outputs))  # decomposed while every layer's statistics are alive
+    calibration.add("eigendecomposition", 5 * 8 * widest**2, static=False)
+    add_launcher_items(calibration, model, [], launcher, num_processes)
     calibration.add("activations", activations(training=False), static=False)
 
     training = Stage("training")
     training.add("weights", held(model.parameters()))
-    training.add("gradients", held(trainable))
+    training.add("gradients", gradient_bytes(trainable, launcher, num_processes))
     training.add("optimizer state", optimizer_state_bytes(trainable, training_args.optim, launcher, num_processes))
     verification = [(layer.base_layer.in_features, layer.r["default"]) for layer in layers.values()]
     training.add("verification bases", sum(tensor_bytes(shape, torch.float64) for shape in verification))
+    add_launcher_items(training, model, trainable, launcher, num_processes)
     training.add("activations", activations(training=True), static=False)
     result = Plan(f"LoRA-Null, {model_args.model_name_or_path}", launcher, num_processes, [calibration, training])
     result.gpu_memory = gpu_memory

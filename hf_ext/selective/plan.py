@@ -12,6 +12,8 @@ from ..plan import (
     Plan,
     Stage,
     activation_estimate,
+    add_launcher_items,
+    gradient_bytes,
     label_names,
     local_tokenizer,
     meta_model,
@@ -38,8 +40,9 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
     trainable = [p for p in model.parameters() if p.requires_grad]
     stage = Stage("training")
     stage.add("weights", sum(rank_bytes(p, launcher, num_processes) for p in model.parameters()))
-    stage.add("gradients", sum(rank_bytes(p, launcher, num_processes, sharded_by="fsdp2|zero2") for p in trainable))
+    stage.add("gradients", gradient_bytes(trainable, launcher, num_processes))
     stage.add("optimizer state", optimizer_state_bytes(trainable, training_args.optim, launcher, num_processes))
+    add_launcher_items(stage, model, trainable, launcher, num_processes)
     every = activation_estimate(
         model,
         training_args.per_device_train_batch_size,

@@ -210,6 +210,7 @@ class ImportanceAccumulator:
     def gather_(self) -> None:
         """Sum the micro-batch sums across ranks into rank 0 (the others keep zero), so rank 0 can save the
         whole state; every rank must call it. A no-op for ``statistic="step"`` (the ranks agree)."""
+        self._refuse_sharded("gathered onto rank 0")
         if self.statistic != "micro_batch" or distributed.world_size() == 1:
             return
         device = next(iter(self.sums.values())).device
@@ -228,7 +229,15 @@ class ImportanceAccumulator:
             hook.remove()
         self._hooks.clear()
 
+    def _refuse_sharded(self, what: str) -> None:
+        if self._group is not None:
+            raise ValueError(
+                f"sharded importance sums cannot be {what}: each rank holds its own rows (checkpointing importance "
+                "under FSDP2 is not supported yet; train the phase without resuming)"
+            )
+
     def state_dict(self) -> dict[str, torch.Tensor]:
+        self._refuse_sharded("saved from one rank")
         state = {f"{name}.sum": total for name, total in self.sums.items()}
         state["steps"] = torch.tensor(self.steps)
         state["skipped_steps"] = torch.tensor(self.skipped_steps)

@@ -79,8 +79,10 @@ def top_k_masks(scores: Mapping[str, torch.Tensor], k: int) -> tuple[dict[str, t
     if not 0 <= k <= n:
         raise ValueError(f"k must be in 0..{n}, got {k}")
 
+    device = next(iter(keys.values())).device  # NCCL reduces tensors on the GPU only
+
     def count(compare, bits: int) -> int:
-        counts = torch.zeros(2, dtype=torch.int64)  # sharded tensors' entries (summed over ranks), whole ones'
+        counts = torch.zeros(2, dtype=torch.int64, device=device)  # sharded tensors' entries, summed; whole ones'
         for name, key in keys.items():
             counts[0 if name in split else 1] += int(compare(key, bits).sum())
         sharding.all_reduce_([counts[:1]], process_group)
@@ -98,7 +100,7 @@ def top_k_masks(scores: Mapping[str, torch.Tensor], k: int) -> tuple[dict[str, t
             hi = mid - 1
     ties = {name: key == lo for name, key in keys.items()}
     ties_before = _ties_on_lower_ranks(
-        {name: int(tie.sum()) for name, tie in ties.items() if name in split}, process_group
+        {name: int(tie.sum()) for name, tie in ties.items() if name in split}, process_group, device
     )
     masks, ties_left = {}, k - count(torch.gt, lo)
     for name, key in keys.items():
@@ -110,11 +112,11 @@ def top_k_masks(scores: Mapping[str, torch.Tensor], k: int) -> tuple[dict[str, t
     return masks, threshold
 
 
-def _ties_on_lower_ranks(ties: dict[str, int], process_group) -> dict[str, tuple[int, int]]:
+def _ties_on_lower_ranks(ties: dict[str, int], process_group, device) -> dict[str, tuple[int, int]]:
     """``{name: (ties on the ranks before this one, ties on every rank)}`` of each sharded tensor."""
     if process_group is None or not ties:
         return {name: (0, count) for name, count in ties.items()}
-    mine = torch.tensor(list(ties.values()), dtype=torch.int64)
+    mine = torch.tensor(list(ties.values()), dtype=torch.int64, device=device)
     every = [torch.zeros_like(mine) for _ in range(dist.get_world_size(process_group))]
     dist.all_gather(every, mine, group=process_group)
     table, rank = torch.stack(every), dist.get_rank(process_group)
@@ -133,10 +135,7 @@ def build_masks(
     if not 0 < keep_ratio < 1:
         raise ValueError(f"keep_ratio must be in (0, 1) (the share of coefficients to freeze), got {keep_ratio}")
     _check_choice("threshold", threshold, THRESHOLDS)
-    for name, s in scores.items():
-        s = sharding.local(s)
-        if not torch.isfinite(s).all() or (s < 0).any():
-            raise ValueError(f"importance of {name!r} has negative or non-finite entries")
+    _check_scores(scores)
     if threshold == "per_layer":
         masks, thresholds = {}, {}
         for name, s in scores.items():
@@ -154,6 +153,20 @@ def build_masks(
         thresholds,
     )
     return masks, info
+
+
+def _check_scores(scores: Mapping[str, torch.Tensor]) -> None:
+    """Refuse negative or non-finite importance on every rank at once (a rank raising alone leaves the others
+    waiting in the threshold's all-reduces)."""
+    local = {name: sharding.local(s) for name, s in scores.items()}
+    bad = [name for name, s in local.items() if not torch.isfinite(s).all() or (s < 0).any()]
+    if not local:
+        return
+    flags = torch.tensor([len(bad)], device=next(iter(local.values())).device)
+    sharding.all_reduce_([flags], sharding.group(scores.values()))
+    if flags.item():
+        where = repr(bad[0]) if bad else "a layer on another rank"
+        raise ValueError(f"importance of {where} has negative or non-finite entries")
 
 
 def mask_overlap(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:

@@ -26,12 +26,15 @@ from torch import nn
 
 from ..activations import group_by_memory
 from ..config import DataArguments, HfExtTrainingArguments, ModelArguments
+from ..errors import ConfigError
 from ..models import classifier_head
 from ..plan import (
     Plan,
     Stage,
     activation_estimate,
+    add_launcher_items,
     distinct_inputs,
+    gradient_bytes,
     label_names,
     local_tokenizer,
     meta_model,
@@ -42,7 +45,7 @@ from ..plan import (
     statistics_bytes,
     tensor_bytes,
 )
-from ..targets import find_attention, select_linear
+from ..targets import find_attention, match_modules, select_linear
 from .config import WarpArguments
 
 F32 = torch.float32
@@ -105,6 +108,12 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
     model_args, data_args, warp, _ = run_args
     if launcher == "zero2":
         refuse_if_unsupported(launcher, *LAUNCHER_CHECK)
+    if launcher == "fsdp2" and (warp.importance_statistic != "step" or warp.importance == "empirical_fisher"):
+        raise ConfigError(
+            f"importance {warp.importance!r} with importance_statistic {warp.importance_statistic!r} reads each "
+            "rank's gradient of every backward, which FSDP2 reduce-scatters at once: on shards set "
+            "importance_statistic: step (and importance abs or squared)"
+        )
     labels = None
     if model_args.task_type == "seq_cls":
         safety = dataclasses.replace(
@@ -143,6 +152,8 @@ def warp_plan(run_args, *, labels, tokenizer, launcher: str, num_processes: int,
     )
     head = classifier_head(model) if model_args.task_type == "seq_cls" and warp.head == "prototypes" else None
     head_params = list(head.parameters()) if head is not None else []
+    extra_modules = match_modules(model, warp.extra_trainable) if warp.extra_trainable else {}
+    extra = [p for module in extra_modules.values() for p in module.parameters()]
     target_weights = [m.weight for m in targets.values()]
 
     def optimizer(params, optim) -> int:
@@ -163,11 +174,14 @@ def warp_plan(run_args, *, labels, tokenizer, launcher: str, num_processes: int,
     widths = distinct_inputs(targets, outputs)  # every group's bases and eigenvalues (float32) are kept to the end
     phase1.add("bases U", sum(w * w * 4 + w * 4 for w in widths))
     phase1.add("eigendecomposition", 5 * 8 * max(widths) ** 2, static=False)  # float64 copies of the largest
+    add_launcher_items(phase1, model, [], launcher, num_processes)
     phase1.add("activations", activations(training=False), static=False)
 
     phase2 = Stage("phase 2")
+    trained_with_c = [*head_params, *extra]  # phase 2 trains the head's safety rows (prototypes) and extra_trainable
     if launcher == "fsdp2":
         planner.leaf(phase2, None, "input")
+        phase2.add("gradients", planner.held(trained_with_c))
     else:
         ids = {id(w) for w in target_weights}
         phase2.add("weights", planner.held(p for p in model.parameters() if id(p) not in ids))
@@ -177,8 +191,8 @@ def warp_plan(run_args, *, labels, tokenizer, launcher: str, num_processes: int,
             planner.rows(n, m.in_features, F32) for n, m in targets.items() if planner.rank_of[n] < m.in_features
         ]
         phase2.add("basis residual", sum(residual))
-        phase2.add("gradients", planner.held([*planner.coefficients, *head_params]))
-    phase2.add("optimizer state", optimizer([*planner.coefficients, *head_params], training_args.optim))
+        phase2.add("gradients", planner.held([*planner.coefficients, *trained_with_c]))
+    phase2.add("optimizer state", optimizer([*planner.coefficients, *trained_with_c], training_args.optim))
     copies = 2 if warp.importance_statistic == "micro_batch" else 1  # the running sums and one step's pending sums
     element = warp.importance_granularity == "element"
     importance = [
@@ -186,6 +200,8 @@ def warp_plan(run_args, *, labels, tokenizer, launcher: str, num_processes: int,
         for n in targets
     ]
     phase2.add("importance", copies * sum(importance))
+    reduced = [*target_weights, *trained_with_c] if launcher == "fsdp2" else [*planner.coefficients, *trained_with_c]
+    add_launcher_items(phase2, model, reduced, launcher, num_processes)
     phase2.add("activations", activations(), static=False)
 
     arms = []
@@ -193,22 +209,27 @@ def warp_plan(run_args, *, labels, tokenizer, launcher: str, num_processes: int,
         for layout in warp.sweep_layouts:
             arm = Stage("phase 3")
             planner.leaf(arm, keep, layout.split("/")[0])
-            arm.add("optimizer state", optimizer(planner.coefficients, warp.arm_optim or training_args.optim))
+            arm.add("gradients", planner.held(extra))
+            arm.add(
+                "optimizer state", optimizer([*planner.coefficients, *extra], warp.arm_optim or training_args.optim)
+            )
             arms.append(arm)
     masked = max(arms, key=lambda stage: stage.total)
+    add_launcher_items(masked, model, [*target_weights, *extra], launcher, num_processes)  # C stays out of DDP
     masked.add("activations", activations(), static=False)
     stages = [phase1, phase2, masked]
 
     optim = warp.arm_optim or training_args.optim
-    unmasked = [("plain", target_weights)]
+    unmasked = [("plain", list({id(p): p for p in [*target_weights, *extra]}.values()))]
     if warp.full_learning_rates:
         head_ids = {id(h) for h in head_params}
         unmasked.append(("full", [p for p in model.parameters() if id(p) not in head_ids]))
     for name, trained in unmasked:
         stage = Stage(name)
         stage.add("weights", planner.held(model.parameters()))
-        stage.add("gradients", planner.held(trained))
+        stage.add("gradients", gradient_bytes(trained, launcher, num_processes))
         stage.add("optimizer state", optimizer(trained, optim))
+        add_launcher_items(stage, model, trained, launcher, num_processes)
         stage.add("activations", activations(), static=False)
         stages.append(stage)
     plan = Plan(f"WaRP, {model_args.model_name_or_path}", launcher, num_processes, stages, gpu_memory)

@@ -105,7 +105,8 @@ def readers(model, rank: int) -> None:
     CALLS.clear()
     masks, _ = layout_masks(importance, 0.1, "element/global")
     counts = [size for kind, size in CALLS if kind == "all_reduce"]
-    assert set(counts) == {1} and len(counts) == 31 + 1 + len(names), CALLS  # bisection, above, frozen counts
+    # one each: the scores' check, the 31 bisection steps, the count above the threshold, and each layer's frozen count
+    assert set(counts) == {1} and len(counts) == 1 + 31 + 1 + len(names), CALLS
     assert [size for kind, size in CALLS if kind == "all_gather"] == [len(names)]  # ties per layer, once
     masked = MaskedUpdate(leaf.coefficients, masks)
     for name in names:

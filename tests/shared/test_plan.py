@@ -29,11 +29,21 @@ def test_warp_8b_plan_counts_the_phase1_statistics_of_its_four_down_proj_layers(
 
 def test_fsdp2_divides_what_is_sharded_and_says_the_recipe_refuses_it(capsys):
     _, one, _ = plan(capsys, CONFIGS / "warp_llama31_8b.json")
-    code, eight, _ = plan(capsys, CONFIGS / "warp_llama31_8b.json", "--launcher", "fsdp2", "--num-processes", "8")
+    argv = ["importance_statistic=step", "--launcher", "fsdp2", "--num-processes", "8"]
+    code, eight, _ = plan(capsys, CONFIGS / "warp_llama31_8b.json", *argv)
     assert code == 0
     weights = [float(next(li for li in t.splitlines() if li.startswith("weights")).split()[1]) for t in (one, eight)]
     assert weights[1] == pytest.approx(weights[0] / 8, rel=1e-3)
     assert "recipes/warp.py refuses FSDP2 today" in eight
+
+
+def test_ddp_on_several_processes_adds_the_gradient_buckets(capsys):
+    _, one, _ = plan(capsys, CONFIGS / "warp_minilm.json")
+    _, two, _ = plan(capsys, CONFIGS / "warp_minilm.json", "--num-processes", "2")
+    assert "DDP gradient buckets" not in one
+    buckets = next(line for line in two.splitlines() if line.startswith("DDP gradient buckets")).split()
+    gradients = next(line for line in two.splitlines() if line.startswith("gradients")).split()
+    assert buckets[-1] == gradients[-1]  # the full fine-tune: a second copy of every gradient
 
 
 def test_lora_null_7b_calibration_does_not_fit_80_gib_and_says_what_to_change(capsys):
@@ -49,6 +59,10 @@ def test_lora_null_7b_calibration_does_not_fit_80_gib_and_says_what_to_change(ca
         (["warp_llama31_8b.json", "--launcher", "zero2", "--num-processes", "2"], "cannot run under DeepSpeed ZeRO-2"),
         (["lora_null_llama2_7b.json", "--launcher", "fsdp2", "--num-processes", "2"], "cannot run under FSDP"),
         (["warp_minilm.json", "--launcher", "fsdp2"], "with --num-processes 1 use ddp"),
+        (["warp_minilm.json", "--launcher", "fsdp2", "--num-processes", "2"], "set importance_statistic: step"),
+        (["warp_minilm.json", "--num-processes", "2", "--bogus"], "'--bogus' is neither an option"),
+        (["drift_minilm_sentiment.json"], "the drift, head-study and preservation recipes are not planned yet"),
+        (["."], "is not a file"),
         (["warp_minilm.json", "bad_key=1"], "unknown key(s) on the command line: 'bad_key'"),
         (["missing.json"], "missing.json not found"),
     ],
