@@ -47,6 +47,7 @@ from ..plan import (
 )
 from ..targets import find_attention, match_modules, select_linear
 from .config import WarpArguments
+from .run import safety_data_args
 
 F32 = torch.float32
 ARGUMENT_TYPES = (ModelArguments, DataArguments, WarpArguments, HfExtTrainingArguments)  # recipes/warp.py's
@@ -103,8 +104,6 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
     """The plan of recipes/warp.py's arguments ``run_args`` (:data:`ARGUMENT_TYPES`): the classes of the safety and
     the utility data are read (not tokenized) to size a ``seq_cls`` head; the launcher is checked as the recipe
     checks it (FSDP2 is planned with a note: the recipe refuses it, the readers run on shards)."""
-    import dataclasses
-
     model_args, data_args, warp, _ = run_args
     if launcher == "zero2":
         refuse_if_unsupported(launcher, *LAUNCHER_CHECK)
@@ -116,15 +115,7 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
         )
     labels = None
     if model_args.task_type == "seq_cls":
-        safety = dataclasses.replace(
-            data_args,
-            dataset_name=warp.safety_dataset_name,
-            dataset_config_name=None,
-            train_file=warp.safety_train_file,
-            validation_file=warp.safety_validation_file,
-            test_file=warp.safety_test_file,
-        )
-        labels = label_names(safety, "seq_cls") + label_names(data_args, "seq_cls")
+        labels = label_names(safety_data_args(data_args, warp), "seq_cls") + label_names(data_args, "seq_cls")
     result = warp_plan(
         run_args,
         labels=labels,

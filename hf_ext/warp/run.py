@@ -81,14 +81,7 @@ class WarpRun:
                     resuming=bool(training_args.resume_from_checkpoint),
                 )
         tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-        safety_args = dataclasses.replace(
-            data_args,
-            dataset_name=warp_args.safety_dataset_name,
-            dataset_config_name=None,
-            train_file=warp_args.safety_train_file,
-            validation_file=warp_args.safety_validation_file,
-            test_file=warp_args.safety_test_file,
-        )
+        safety_args = safety_data_args(data_args, warp_args)
         safety = prepare_data(safety_args, tokenizer, model_args.task_type)
         utility = prepare_data(data_args, tokenizer, model_args.task_type)
         labels = safety_classes = utility_classes = ood = None
@@ -207,6 +200,18 @@ class WarpRun:
 
     def targets(self, model) -> dict[str, torch.nn.Linear]:
         return select_linear(model, self.warp_args.targets, layers=self.warp_args.layers)
+
+
+def safety_data_args(data_args: DataArguments, warp_args: WarpArguments) -> DataArguments:
+    """The data arguments of the safety task: the utility task's, with the safety dataset or files."""
+    return dataclasses.replace(
+        data_args,
+        dataset_name=warp_args.safety_dataset_name,
+        dataset_config_name=None,
+        train_file=warp_args.safety_train_file,
+        validation_file=warp_args.safety_validation_file,
+        test_file=warp_args.safety_test_file,
+    )
 
 
 def seed_roots(warp_args: WarpArguments, training_args: TrainingArguments) -> dict[int, Path]:
