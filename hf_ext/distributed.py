@@ -84,15 +84,34 @@ def barrier() -> None:
 
 
 def release() -> None:
-    """End a successful multi-process run: collect what still holds the group (a DDP reducer in a reference
-    cycle), wait for every rank, destroy the default group. A process that exits with a live gloo group can
-    abort in its destructor and turn a finished run into a failed one. A no-op without a group."""
+    """End a successful multi-process run: drop what still holds the group (a DDP reducer in a reference cycle,
+    DTensor's plan caches, which keep every device mesh they saw), wait for every rank, destroy the default
+    group. A process that exits with a live gloo group can abort in its destructor (a gloo thread freeing a
+    tensor after the interpreter is gone) and turn a finished run into a failed one. A no-op without a group."""
     if not _initialized():
         return
+    _clear_dtensor_cache()
     gc.collect()
     barrier()
     # torch, not PartialState.destroy_process_group: that one leaves the group alive under notebook_launcher.
     dist.destroy_process_group()
+
+
+def _clear_dtensor_cache() -> None:
+    """Empty DTensor's module-level caches of sharding and redistribution plans: their entries hold device
+    meshes, and a mesh holds its process group. Private and version-dependent, so each is cleared only if
+    present."""
+    try:
+        from torch.distributed.tensor import _redistribute, debug
+    except ImportError:  # torch before 2.5: DTensor under another path, no FSDP2 without the Trainer there
+        return
+    for clear in (
+        getattr(debug, "_clear_sharding_prop_cache", None),
+        getattr(_redistribute, "clear_redistribute_planner_cache", None),
+        getattr(getattr(_redistribute, "_gen_transform_infos", None), "cache_clear", None),
+    ):
+        if clear is not None:
+            clear()
 
 
 def broadcast_(tensor: torch.Tensor, src: int) -> None:

@@ -50,9 +50,12 @@ def assert_only_rank0_writes(writes: Path, under: Path, own_files: str | None = 
 
 
 def failure(result: subprocess.CompletedProcess) -> str:
-    """The first traceback of a failed run (progress bars would push it out of a plain tail)."""
+    """The first traceback of a failed run (progress bars would push it out of a plain tail), with what came just
+    before it: a rank aborted from C++ prints one line and no traceback, and torchrun's own comes next."""
     start = result.stderr.find("Traceback")
-    return result.stderr[start : start + 6000] if start >= 0 else result.stdout[-3000:] + result.stderr[-3000:]
+    if start < 0:
+        return result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stderr[max(0, start - 1500) : start + 6000]
 
 
 def run_script(script: str, *args: str) -> None:

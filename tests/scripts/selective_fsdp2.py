@@ -28,6 +28,11 @@ def main(out: str) -> None:
     sharded = "WORLD_SIZE" in os.environ
     if sharded:
         dist.init_process_group("gloo")
+    train_and_save(out, sharded)
+    distributed.release()  # once the sharded model is gone: see release()
+
+
+def train_and_save(out: str, sharded: bool) -> None:
     model, tokenizer = tiny_model("llama", "seq_cls", seed=1, num_hidden_layers=3)
     data = prepare_data(DataArguments(max_train_samples=48, max_eval_samples=8), tokenizer, "seq_cls")
     model, _ = select_trainable(model, SelectiveArguments(train_layers="last:1"))
@@ -53,9 +58,6 @@ def main(out: str) -> None:
         trained = [k for k in after if k.startswith("model.layers.2.")]
         record = {"prefix_moved": moved(prefix), "trained_moved": moved(trained)}
         save_tensors(f"{out}.safetensors", {k: v.contiguous() for k, v in after.items()}, record)
-    if sharded:
-        distributed.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -59,6 +59,11 @@ def main(out: str) -> None:
     sharded = "WORLD_SIZE" in os.environ
     if sharded:
         dist.init_process_group("gloo")
+    fit_and_save(out, sharded)
+    distributed.release()  # once the sharded model is gone: see release()
+
+
+def fit_and_save(out: str, sharded: bool) -> None:
     model, tokenizer = tiny_model("llama", "seq_cls", seed=1, num_hidden_layers=2, intermediate_size=91)
     data = prepare_data(DataArguments(max_train_samples=96, max_eval_samples=8), tokenizer, "seq_cls")
     names = [f"model.layers.{i}.{t}" for i in range(2) for t in TARGETS]
@@ -119,9 +124,6 @@ def main(out: str) -> None:
     if distributed.is_main_process():
         record = {"rows": every_rows, "frozen_unchanged": bool(unchanged.item())}
         save_tensors(f"{out}.safetensors", {k: v.contiguous() for k, v in tensors.items()}, record)
-    if sharded:
-        distributed.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
