@@ -8,6 +8,7 @@ torchrun --standalone --nproc_per_node 2 selective_fsdp2.py OUT  # two ranks, 8 
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -30,6 +31,14 @@ def main(out: str) -> None:
         dist.init_process_group("gloo")
     train_and_save(out, sharded)
     distributed.release()  # once the sharded model is gone: see release()
+    assert not gloo_threads(), f"the gloo group outlived release(): {gloo_threads()}"
+
+
+def gloo_threads() -> list[str]:
+    """This process's gloo threads (Linux names them in /proc); a group freed at interpreter exit instead of in
+    release() can abort the process from one of them."""
+    names = (Path(task, "comm").read_text().strip() for task in Path("/proc/self/task").iterdir())
+    return [name for name in names if "gloo" in name]
 
 
 def train_and_save(out: str, sharded: bool) -> None:
