@@ -2,8 +2,9 @@
 training steps on full-length batches of the config's size, as the recipe's stage holds them), and its peak
 resident set above the process's resident set before the model is built (VmHWM - VmRSS, benchmarks/machine.py) is
 compared with the plan's total for that stage (static items plus the estimates). A tiny model of the same architecture
-trains one step first, so that code, kernels and thread pools are loaded before the baseline. The target: within
-15%.
+trains one step first, so that code, kernels and thread pools are loaded before the baseline; the model trains in
+train mode, as under the Trainer; glibc's allocator is held to a fixed mmap threshold (see ALLOCATOR). The target:
+within 15%.
 
 python benchmarks/plan_memory.py            # every stage, one process each
 python benchmarks/plan_memory.py --stage warp_minilm.json:plain   # one stage, prints its JSON line
@@ -35,6 +36,11 @@ STAGES = [
     "seq_cls_minilm_lora_last2.json:training",
 ]
 TOLERANCE = 0.15
+# glibc serves a freed block's size from its heap from then on (its mmap threshold rises to it) and keeps freed heap
+# memory: the resident peak would then measure the allocator's high-water mark, run to run different by up to 40%,
+# not the tensors' (a GPU's caching allocator keeps its own reserve, which no plan counts). A fixed threshold puts
+# every tensor over 128 KiB in its own mapping, returned when freed, so the resident set follows the live tensors.
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def _args(config: str):
@@ -99,6 +105,7 @@ def measure(spec: str) -> dict:
     how = reset_peak()
     before = status_kib()["VmRSS"]
     model = load_model(model_args, tokenizer, labels)
+    model.train(stage_name != "phase 1")  # as the Trainer trains (dropout); phase 1 reads statistics in eval mode
     if stage_name == "training":
         run = _lora_null if module.__name__.endswith("lora_null.plan") else _selective
     else:
@@ -248,7 +255,7 @@ def main() -> int:
         runs = []
         for _ in range(options.repeats):
             command = [sys.executable, __file__, "--stage", spec]
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            env = {**os.environ, "OMP_NUM_THREADS": "1", **ALLOCATOR}
             result = subprocess.run(command, capture_output=True, text=True, env=env)
             if result.returncode:
                 print(f"{spec}: failed\n{result.stderr[-2000:]}", file=sys.stderr)

@@ -5,7 +5,9 @@ A plan is a list of :class:`Stage` (a phase or an arm), each a list of :class:`I
 parameters, gradients, optimizer state, and what a technique adds: bases, statistics, importance, frozen
 values). Every item but the activation estimate is *static*: its bytes are the ``nbytes`` of tensors the run
 allocates, computed from shapes and dtypes, and the tests check them against the allocated tensors. The
-activation estimate is an order of magnitude (Korthikanti et al. 2022's per-layer count), not a measurement.
+activations of a training step are what autograd saves, counted by running the forward on the meta device (exact
+for the saved tensors; the backward's transients are not counted); with gradient checkpointing, and for
+forwards without gradients, they are an order of magnitude (Korthikanti et al. 2022's per-layer count).
 
 Per rank, by launcher: ``ddp`` holds everything whole; ``fsdp2`` shards every parameter, its gradient and its
 optimizer state along dim 0 (the largest shard, rank 0's, is counted); ``zero2`` shards gradients and optimizer
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .errors import ConfigError, HfExtError
 
@@ -116,17 +119,24 @@ class Plan:
 
     def format(self) -> str:
         names = list(dict.fromkeys(item.name for stage in self.stages for item in stage.items))
-        width = max(len(name) for name in [*names, "total"])
+        labels = {
+            name: name + (" ~" if any(not i.static for s in self.stages for i in s.items if i.name == name) else "")
+            for name in names
+        }
+        width = max(len(label) for label in [*labels.values(), "total"])
+        columns = [max(12, len(stage.name)) for stage in self.stages]
         unit, unit_name = (GIB, "GiB") if self.peak.total >= GIB else (2**20, "MiB")
+
+        def row(label: str, cells: list[str]) -> str:
+            return f"{label:{width}}  " + "  ".join(f"{cell:>{column}}" for cell, column in zip(cells, columns))
+
         lines = [
             f"memory plan: {self.title}; {self.num_processes} process(es), {self.launcher}; {unit_name} per rank",
-            f"{'':{width}}  " + "  ".join(f"{stage.name:>12}" for stage in self.stages),
+            row("", [stage.name for stage in self.stages]),
         ]
         for name in names:
-            estimate = any(not i.static for s in self.stages for i in s.items if i.name == name)
-            cells = "  ".join(f"{_amount(stage.bytes_of(name), unit):>12}" for stage in self.stages)
-            lines.append(f"{name + (' ~' if estimate else ''):{width}}  {cells}")
-        lines.append(f"{'total':{width}}  " + "  ".join(f"{_amount(s.total, unit):>12}" for s in self.stages))
+            lines.append(row(labels[name], [_amount(stage.bytes_of(name), unit) for stage in self.stages]))
+        lines.append(row("total", [_amount(stage.total, unit) for stage in self.stages]))
         peak = self.peak
         verdict = f"peak {peak.total / unit:.2f} {unit_name} per rank ({peak.name})"
         if self.fits is not None:
@@ -300,12 +310,23 @@ def add_launcher_items(stage: Stage, model: nn.Module, reduced: list[torch.Tenso
 def activation_estimate(
     model: nn.Module, batch_size: int, seq_len: int, *, training: bool, checkpointing: bool
 ) -> int:
-    """Activations of one micro-batch (Korthikanti et al. 2022, 16-bit: ``s b h (34 + 5 a s / h)`` bytes per layer,
-    scaled to the model's dtype; the attention scores' ``5 a s / h`` only with eager attention, sdpa and flash
-    attention keep none). Training keeps every layer's for the backward, or with gradient checkpointing each
-    layer's input and one layer at a time, plus the float32 logits (a causal LM's four copies: logits,
-    log-softmax and their gradients); a forward without gradients
-    (phase 1's statistics) holds about one layer's."""
+    """Activations of one micro-batch. A training step without gradient checkpointing: what autograd saves for the
+    backward, counted by running the forward on the meta device (:func:`saved_activation_bytes`), plus a causal
+    LM's three further float32 copies of the logits (their log-softmax's gradient, the logits' and its cast). Else,
+    or when the forward cannot run on meta, Korthikanti et al. 2022's count (16-bit: ``s b h (34 + 5 a s / h)``
+    bytes per layer, scaled to the model's dtype; the attention scores' ``5 a s / h`` only with eager attention):
+    with gradient checkpointing each layer's input and one layer at a time; a forward without gradients (phase 1's
+    statistics, evaluation) about one layer's."""
+    causal_lm = type(model).__name__.endswith("ForCausalLM")
+    logits = (
+        batch_size * seq_len * model.config.vocab_size * 4
+        if causal_lm
+        else 2 * batch_size * model.config.num_labels * 4
+    )
+    if training and not checkpointing:
+        saved = saved_activation_bytes(model, batch_size, seq_len)
+        if saved is not None:
+            return saved + (3 * logits if causal_lm else 0)
     config = model.config
     hidden, layers, heads = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
     scale = next(model.parameters()).dtype.itemsize / 2
@@ -314,9 +335,83 @@ def activation_estimate(
     if not training:
         return int(per_layer)
     kept = layers * seq_len * batch_size * hidden * 2 * scale + per_layer if checkpointing else layers * per_layer
-    if type(model).__name__.endswith("ForCausalLM"):  # float32 logits, their log-softmax, and both gradients
-        return int(kept + 4 * batch_size * seq_len * config.vocab_size * 4)
-    return int(kept + 2 * batch_size * config.num_labels * 4)
+    return int(kept + (4 if causal_lm else 1) * logits)
+
+
+def saved_activation_bytes(model: nn.Module, batch_size: int, seq_len: int) -> int | None:
+    """Bytes of the tensors autograd saves for the backward of one training micro-batch of ``model`` (on the meta
+    device, with the ``requires_grad`` flags of what trains), counted while its forward runs on meta in train mode:
+    exact for the model's own code path (frozen layers that save no input, dropout masks, LoRA's extra inputs, the
+    attention implementation's choices), without memory. None when the forward cannot run on meta."""
+    was_training = model.training
+    model.train()
+    try:
+        return saved_bytes(lambda: model(**meta_batch(model, batch_size, seq_len)), model)
+    finally:
+        model.train(was_training)
+
+
+def saved_bytes(forward, model: nn.Module) -> int | None:
+    """Bytes of the distinct storages autograd saves while ``forward()`` runs (on the meta device: no memory used),
+    ``model``'s parameters and buffers not counted. None when the forward cannot run on meta (an op without a meta
+    kernel, remote code that reads tensor values).
+
+    ``scaled_dot_product_attention`` without dropout is counted as the fused kernels the real devices run save
+    (query, key, value, output and the float32 log-sum-exp of each query; flash attention on CUDA and on the CPU
+    alike), not as the math path meta tensors take, which would keep every layer's ``batch x heads x length x
+    length`` probabilities. With attention dropout (BERT-like models in training) the math path is counted: the
+    CPU takes it; CUDA's flash attention would save less."""
+    own = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers())}
+    saved: dict[int, int] = {}
+    counting, alive = [True], []  # alive: what the fused kernels would save, held so no storage is reused
+
+    def keep(tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in own:
+            saved[storage._cdata] = storage.nbytes()
+            alive.append(tensor)
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if counting[0]:
+            keep(tensor)
+        return tensor
+
+    class FusedAttention(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            dropout = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
+            if func is not torch.nn.functional.scaled_dot_product_attention or dropout:
+                return func(*args, **kwargs)
+            counting[0] = False
+            try:  # laid out as the fused kernels lay theirs out, batch x length x heads x dim, so that the
+                # attention layer's transpose back is a view of it, as on the real devices
+                output = func(*args, **kwargs).transpose(1, 2).contiguous().transpose(1, 2)
+            finally:
+                counting[0] = True
+            query, key, value = args[:3]
+            if not output.requires_grad:  # nothing before it trains: the kernel saves nothing
+                return output
+            for tensor in (query, key, value, output):
+                keep(tensor)
+            log_sum_exp = torch.empty(query.shape[:-1], dtype=torch.float32, device="meta")
+            keep(log_sum_exp)
+            return output
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), FusedAttention():
+            forward()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return None
+    return sum(saved.values())
+
+
+def meta_batch(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+    """A full-length batch on the meta device: token ids and labels (a class per example, or the tokens themselves
+    for a causal LM). No attention mask: a full batch needs none, and building one reads values meta has not."""
+    tokens = torch.zeros(batch_size, seq_len, dtype=torch.long, device="meta")
+    causal_lm = type(model).__name__.endswith("ForCausalLM")
+    labels = tokens if causal_lm else torch.zeros(batch_size, dtype=torch.long, device="meta")
+    return {"input_ids": tokens, "labels": labels}
 
 
 def label_names(data_args, task_type: str) -> list[str] | None:
@@ -345,6 +440,9 @@ RECIPES = {
     "lora_null.py": "hf_ext.lora_null.plan",
     "seq_cls.py": "hf_ext.selective.plan",
     "finetune.py": "hf_ext.finetune_plan",
+    "drift.py": "hf_ext.drift.plan",
+    "head_plasticity.py": "hf_ext.heads.plan",
+    "lora_null_preservation.py": "hf_ext.lora_null.preservation_plan",
 }
 
 
@@ -396,12 +494,19 @@ def plan_config(
         recipe = min(unknown, key=unknown.get)
         if unknown[recipe] <= 2:  # a config of that recipe with a mistake in it
             raise ConfigError(f"as a config of recipes/{recipe}: {refusals[recipe]}")
-        raise ConfigError(
-            f"{path} is not a config of a recipe hf-ext plan knows ({', '.join(RECIPES)}); the drift, head-study "
-            "and preservation recipes are not planned yet"
-        )
+        raise ConfigError(f"{path} is not a config of a recipe hf-ext plan knows ({', '.join(RECIPES)})")
     _, _, module, args = min(candidates, key=lambda c: c[:2])
+    args[-1].use_cpu = _wants_cpu(values, argv[1:])  # the plans that count host memory read the user's own setting
     return module.plan(args, launcher=launcher, num_processes=num_processes, gpu_memory=gpu_memory)
+
+
+def _wants_cpu(values: dict, overrides: list[str]) -> bool:
+    wanted = values.get("use_cpu", False)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "use_cpu":
+            wanted = value.strip().lower() in ("true", "1", "yes")
+    return bool(wanted)
 
 
 def print_start_plan(module_name: str, run_args) -> None:

@@ -17,6 +17,7 @@ from hf_ext import (
     ModelArguments,
     exit_on_user_error,
     parse_config,
+    print_start_plan,
     run_drift_study,
 )
 
@@ -24,7 +25,9 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, DriftArguments, HfExtTrainingAr
 
 
 def main(argv=None):
-    return run_drift_study(*parse_config(ARGUMENT_TYPES, argv, recipe=__file__))
+    args = parse_config(ARGUMENT_TYPES, argv, recipe=__file__)
+    print_start_plan("hf_ext.drift.plan", args)  # refuses a launcher the study cannot run under, before loading
+    return run_drift_study(*args)
 
 
 if __name__ == "__main__":

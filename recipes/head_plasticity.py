@@ -17,6 +17,7 @@ from hf_ext import (
     ModelArguments,
     exit_on_user_error,
     parse_config,
+    print_start_plan,
     run_head_study,
 )
 
@@ -24,7 +25,9 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, HeadStudyArguments, HfExtTraini
 
 
 def main(argv=None):
-    return run_head_study(*parse_config(ARGUMENT_TYPES, argv, recipe=__file__))
+    args = parse_config(ARGUMENT_TYPES, argv, recipe=__file__)
+    print_start_plan("hf_ext.heads.plan", args)  # refuses a launcher the study cannot run under, before loading
+    return run_head_study(*args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from hf_ext import (
     PreservationArguments,
     exit_on_user_error,
     parse_config,
+    print_start_plan,
     run_preservation_study,
 )
 
@@ -24,7 +25,9 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, LoraNullArguments, Preservation
 
 
 def main(argv=None):
-    return run_preservation_study(*parse_config(ARGUMENT_TYPES, argv, recipe=__file__))
+    model_args, data_args, args, study, training_args = parse_config(ARGUMENT_TYPES, argv, recipe=__file__)
+    print_start_plan("hf_ext.lora_null.preservation_plan", (model_args, data_args, args, study, training_args))
+    return run_preservation_study(model_args, data_args, args, study, training_args)
 
 
 if __name__ == "__main__":

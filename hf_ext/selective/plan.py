@@ -1,7 +1,7 @@
 """The memory plan of a selective fine-tune (recipes/seq_cls.py, :mod:`hf_ext.plan`), from the model on the meta
 device with the selection applied (:func:`~hf_ext.selective.selection.select_trainable`): the weights (with
 LoRA adapters when ``finetuning`` is ``lora``), gradients and optimizer state of what trains, and the activations
-of the trained blocks only (the no-grad prefix keeps none for the backward)."""
+autograd saves (counted on the meta device: the frozen prefix keeps none for the backward)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ..plan import (
     meta_model,
     optimizer_state_bytes,
     rank_bytes,
+    saved_activation_bytes,
 )
 from .config import SelectiveArguments
 from .selection import select_trainable
@@ -43,15 +44,15 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
     stage.add("gradients", gradient_bytes(trainable, launcher, num_processes))
     stage.add("optimizer state", optimizer_state_bytes(trainable, training_args.optim, launcher, num_processes))
     add_launcher_items(stage, model, trainable, launcher, num_processes)
-    every = activation_estimate(
-        model,
-        training_args.per_device_train_batch_size,
-        data_args.max_seq_length,
-        training=True,
-        checkpointing=training_args.gradient_checkpointing,
-    )
-    share = (selection.num_blocks - selection.prefix_blocks) / selection.num_blocks
-    stage.add("activations", int(every * max(share, 1 / selection.num_blocks)), static=False)
+    batch, length = training_args.per_device_train_batch_size, data_args.max_seq_length
+    counted = None if training_args.gradient_checkpointing else saved_activation_bytes(model, batch, length)
+    if counted is None:  # the estimate of every block, scaled to the trained ones (the prefix keeps none)
+        every = activation_estimate(
+            model, batch, length, training=True, checkpointing=training_args.gradient_checkpointing
+        )
+        share = (selection.num_blocks - selection.prefix_blocks) / selection.num_blocks
+        counted = int(every * max(share, 1 / selection.num_blocks))
+    stage.add("activations", counted, static=False)
     result = Plan(
         f"selective ({selection.finetuning}), {model_args.model_name_or_path}", launcher, num_processes, [stage]
     )

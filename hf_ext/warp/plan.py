@@ -150,12 +150,27 @@ def warp_plan(run_args, *, labels, tokenizer, launcher: str, num_processes: int,
     def optimizer(params, optim) -> int:
         return optimizer_state_bytes(list(params), optim, launcher, num_processes)
 
-    def activations(training: bool = True) -> int:
-        batch = training_args.per_device_train_batch_size if training else training_args.per_device_eval_batch_size
-        checkpointing = training_args.gradient_checkpointing
-        return activation_estimate(
-            model, batch, data_args.max_seq_length, training=training, checkpointing=checkpointing
-        )
+    def activations(trained=None) -> int:
+        """Phase 1's forward without gradients (``trained`` None), or a training step of ``trained`` (what autograd
+        saves depends on what requires grad; the coefficients are counted as their weights)."""
+        if trained is None:
+            batch = training_args.per_device_eval_batch_size
+            return activation_estimate(model, batch, data_args.max_seq_length, training=False, checkpointing=False)
+        flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
+        ids = {id(parameter) for parameter in trained}
+        for parameter in model.parameters():
+            parameter.requires_grad_(id(parameter) in ids)
+        try:
+            return activation_estimate(
+                model,
+                training_args.per_device_train_batch_size,
+                data_args.max_seq_length,
+                training=True,
+                checkpointing=training_args.gradient_checkpointing,
+            )
+        finally:
+            for parameter, flag in flags.items():
+                parameter.requires_grad_(flag)
 
     phase1 = Stage("phase 1")
     phase1.add("weights", planner.held(model.parameters()))
@@ -164,9 +179,10 @@ def warp_plan(run_args, *, labels, tokenizer, launcher: str, num_processes: int,
     phase1.add("phase-1 statistics", max(statistics_bytes(group, outputs, F32) for group in groups))
     widths = distinct_inputs(targets, outputs)  # every group's bases and eigenvalues (float32) are kept to the end
     phase1.add("bases U", sum(w * w * 4 + w * 4 for w in widths))
-    phase1.add("eigendecomposition", 5 * 8 * max(widths) ** 2, static=False)  # float64 copies of the largest
     add_launcher_items(phase1, model, [], launcher, num_processes)
-    phase1.add("activations", activations(training=False), static=False)
+    # the forwards that collect the statistics end before the eigendecomposition (float64 copies of the widest
+    # moment) starts: the stage holds the larger of the two
+    phase1.add("forward or eigendecomposition", max(activations(), 5 * 8 * max(widths) ** 2), static=False)
 
     phase2 = Stage("phase 2")
     trained_with_c = [*head_params, *extra]  # phase 2 trains the head's safety rows (prototypes) and extra_trainable
@@ -193,7 +209,7 @@ def warp_plan(run_args, *, labels, tokenizer, launcher: str, num_processes: int,
     phase2.add("importance", copies * sum(importance))
     reduced = [*target_weights, *trained_with_c] if launcher == "fsdp2" else [*planner.coefficients, *trained_with_c]
     add_launcher_items(phase2, model, reduced, launcher, num_processes)
-    phase2.add("activations", activations(), static=False)
+    phase2.add("activations", activations([*target_weights, *trained_with_c]), static=False)
 
     arms = []
     for keep in warp.sweep_keep_ratios:
@@ -207,7 +223,7 @@ def warp_plan(run_args, *, labels, tokenizer, launcher: str, num_processes: int,
             arms.append(arm)
     masked = max(arms, key=lambda stage: stage.total)
     add_launcher_items(masked, model, [*target_weights, *extra], launcher, num_processes)  # C stays out of DDP
-    masked.add("activations", activations(), static=False)
+    masked.add("activations", activations([*target_weights, *extra]), static=False)
     stages = [phase1, phase2, masked]
 
     optim = warp.arm_optim or training_args.optim
@@ -221,7 +237,7 @@ def warp_plan(run_args, *, labels, tokenizer, launcher: str, num_processes: int,
         stage.add("gradients", gradient_bytes(trained, launcher, num_processes))
         stage.add("optimizer state", optimizer(trained, optim))
         add_launcher_items(stage, model, trained, launcher, num_processes)
-        stage.add("activations", activations(), static=False)
+        stage.add("activations", activations(trained), static=False)
         stages.append(stage)
     plan = Plan(f"WaRP, {model_args.model_name_or_path}", launcher, num_processes, stages, gpu_memory)
     plan.advice = _advice(plan, training_args, launcher)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model
+from plan_util import storage_bytes
 
 from hf_ext import DataArguments, HfExtTrainingArguments, LoraNullArguments, ModelArguments
 from hf_ext.activations import collect_input_statistics
@@ -15,10 +16,6 @@ from hf_ext.models import load_model, load_tokenizer
 from hf_ext.parsing import parse_config
 
 CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "lora_null_minilm_topic.json"
-
-
-def storage_bytes(tensors) -> int:
-    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
 
 
 def test_planned_static_bytes_equal_the_allocated_ones():

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from plan_util import storage_bytes
 
 from hf_ext import DataArguments, HfExtTrainingArguments, ModelArguments, SelectiveArguments
 from hf_ext.models import load_model, load_tokenizer
@@ -14,10 +15,6 @@ from hf_ext.selective.plan import plan
 from hf_ext.selective.selection import select_trainable
 
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
-
-
-def storage_bytes(tensors) -> int:
-    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
 
 
 @pytest.mark.parametrize("config", ["seq_cls_minilm_lora_last2.json", "seq_cls_tiny_qwen2_last_block.json"])

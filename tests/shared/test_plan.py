@@ -4,6 +4,7 @@ downloaded), its verdicts, and one clear line for every mistake."""
 from pathlib import Path
 
 import pytest
+from plan_util import storage_bytes
 
 from hf_ext.cli import main as cli
 
@@ -61,7 +62,7 @@ def test_lora_null_7b_calibration_does_not_fit_80_gib_and_says_what_to_change(ca
         (["warp_minilm.json", "--launcher", "fsdp2"], "with --num-processes 1 use ddp"),
         (["warp_minilm.json", "--launcher", "fsdp2", "--num-processes", "2"], "set importance_statistic: step"),
         (["warp_minilm.json", "--num-processes", "2", "--bogus"], "'--bogus' is neither an option"),
-        (["drift_minilm_sentiment.json"], "the drift, head-study and preservation recipes are not planned yet"),
+        (["drift_minilm_sentiment.json", "--launcher", "fsdp2", "--num-processes", "2"], "drift study cannot run"),
         (["."], "is not a file"),
         (["warp_minilm.json", "bad_key=1"], "unknown key(s) on the command line: 'bad_key'"),
         (["missing.json"], "missing.json not found"),
@@ -71,6 +72,14 @@ def test_mistakes_get_one_line(capsys, argv, message):
     code, out, err = plan(capsys, CONFIGS / argv[0], *argv[1:])
     assert code == 2 and out == ""
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_config_of_no_recipe_names_the_recipes_it_knows(capsys, tmp_path):
+    config = tmp_path / "other.json"
+    config.write_text('{"colour": "blue", "size": 3, "shape": "round"}')
+    code, _, err = plan(capsys, config)
+    assert code == 2
+    assert "is not a config of a recipe hf-ext plan knows (warp.py" in err and "drift.py" in err, err
 
 
 @pytest.mark.parametrize(
@@ -105,9 +114,6 @@ def test_full_fine_tune_static_bytes_equal_the_allocated_ones():
     batch = tokenizer(["a short sentence"], return_tensors="pt")
     model(**batch, labels=batch["input_ids"]).loss.backward()
     optimizer.step()
-
-    def storage_bytes(tensors):
-        return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
 
     assert stage.bytes_of("weights") == storage_bytes(model.parameters())
     assert stage.bytes_of("gradients") == storage_bytes(p.grad for p in model.parameters())

@@ -4,6 +4,7 @@ after a step, a masked arm's leaf weight and masked update, the plain arm), on t
 
 import pytest
 import torch
+from plan_util import optimizer_bytes, storage_bytes
 
 from hf_ext import DataArguments, HfExtTrainingArguments, ModelArguments, WarpArguments
 from hf_ext.activations import InputRecorder, compute_bases
@@ -27,19 +28,6 @@ CONFIGS = {
         ['mask_layouts=["input/per_layer", "element/per_layer"]', "max_seq_length=16"],
     ),
 }
-
-
-def storage_bytes(tensors) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (a view counts its whole storage)."""
-    seen = {}
-    for t in tensors:
-        if t is not None:
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    return sum(seen.values())
-
-
-def optimizer_bytes(optimizer) -> int:
-    return storage_bytes(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
 
 
 def step(model, batch, params):
