@@ -15,7 +15,8 @@ Sharing is detected at run time by tensor identity, not by names (see :class:`In
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .errors import ConfigError
 from .models import eval_mode, model_device, model_inputs
 
 
@@ -430,9 +432,10 @@ def group_by_memory(
         sizes = [statistics_bytes(module, compute_dtype) for _, module in run]
         for (name, _), size in zip(run, sizes):
             if size > budget_bytes:
-                raise ValueError(
+                raise ConfigError(
                     f"the input statistics of {name} take {size / 2**30:.2f} GiB, more than the memory budget of "
-                    f"{budget_bytes / 2**30:.2f} GiB; raise the budget (basis_memory_gb)"
+                    f"{budget_bytes / 2**30:.2f} GiB; raise the budget (WaRP's basis_memory_gb, LoRA-Null's "
+                    "calib_memory_gb)"
                 )
         if groups[-1] and used + sum(sizes) > budget_bytes >= sum(sizes):
             groups.append({})
@@ -479,13 +482,45 @@ def compute_bases(
         ``(bases, eigenvalues, token_counts)``; ``bases[name]`` is float32 of shape (d_in, d_in),
         columns sorted by decreasing eigenvalue.
     """
+    bases, eigenvalues, counts = {}, {}, {}
+    for name, basis, values, count in iter_bases(
+        model,
+        modules,
+        batches,
+        centered=centered,
+        compute_dtype=compute_dtype,
+        eigh_dtype=eigh_dtype,
+        memory_gb=memory_gb,
+        progress=progress,
+        total=total,
+    ):
+        bases[name], eigenvalues[name], counts[name] = basis, values, count
+    return bases, eigenvalues, counts
+
+
+def iter_bases(
+    model: nn.Module,
+    modules: Mapping[str, nn.Linear],
+    batches: Iterable[Mapping[str, Any]] | Callable[[], Iterable[Mapping[str, Any]]],
+    *,
+    centered: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
+    eigh_dtype: torch.dtype = torch.float64,
+    memory_gb: float | None = None,
+    progress: bool = True,
+    total: int | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, int]]:
+    """:func:`compute_bases` one module at a time: ``(name, basis, eigenvalues, token_count)`` in ``out_dtype``,
+    group by group. A statistics object and its basis are released once every module sharing them has been
+    yielded, so a consumer that keeps only what it needs of each basis (LoRA-Null keeps ``r`` columns) holds one
+    basis at a time beside the group's remaining statistics. Every rank must iterate to the end."""
     groups = group_by_memory(modules, None if memory_gb is None else memory_gb * 2**30, compute_dtype)
     if len(groups) > 1 and not callable(batches) and iter(batches) is batches:
         raise ValueError(
             f"{len(groups)} groups of modules need {len(groups)} passes over the data, but batches is a one-pass "
             "iterator; give a list, a DataLoader or a function returning the batches"
         )
-    bases, eigenvalues, counts = {}, {}, {}
     rank, world = distributed.rank(), distributed.world_size()
     index = 0
     for group in groups:
@@ -499,22 +534,24 @@ def compute_bases(
             stop_after=list(group.values())[-1] if len(groups) > 1 else None,
         )
         decomposed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(statistics) -> (basis, eigenvalues)
-        for name, stats in statistics.items():
+        names_left = Counter(id(stats) for stats in statistics.values())
+        for name in list(statistics):
+            stats = statistics.pop(name)  # freed with its last name: what a consumer drops is not held here
             if id(stats) not in decomposed:  # the ranks agree on the sharing, so on this order
                 moment = stats.second_moment(centered=centered)
                 owner = index % world
                 index += 1
                 if owner == rank:
                     u, values = eigenbasis(moment, dtype=eigh_dtype)
-                    u, values = u.float(), values.float()
+                    u, values = u.to(out_dtype), values.to(out_dtype)
                 else:
-                    u = moment.new_empty(moment.shape, dtype=torch.float32)
-                    values = moment.new_empty(moment.shape[:1], dtype=torch.float32)
+                    u = moment.new_empty(moment.shape, dtype=out_dtype)
+                    values = moment.new_empty(moment.shape[:1], dtype=out_dtype)
                 distributed.broadcast_(u, owner)
                 distributed.broadcast_(values, owner)
                 decomposed[id(stats)] = u, values
                 del moment
-            bases[name], eigenvalues[name] = decomposed[id(stats)]
-            counts[name] = int(stats.count.item())
-        del statistics, decomposed
-    return bases, eigenvalues, counts
+            yield name, *decomposed[id(stats)], int(stats.count.item())
+            names_left[id(stats)] -= 1
+            if not names_left[id(stats)]:
+                del decomposed[id(stats)]

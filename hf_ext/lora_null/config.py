@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from ..config import AT_LEAST_ONE, Bounds, LoraArguments, check_bounds
+from ..config import AT_LEAST_ONE, POSITIVE, Bounds, LoraArguments, check_bounds
 from ..errors import ConfigError
 
 
@@ -17,6 +17,7 @@ class LoraNullArguments(LoraArguments):
         **LoraArguments.BOUNDS,
         "calib_samples": AT_LEAST_ONE,
         "calib_max_length": AT_LEAST_ONE,
+        "calib_memory_gb": POSITIVE,
         "max_activation_samples": AT_LEAST_ONE,
         "verify_samples": AT_LEAST_ONE,
     }
@@ -42,6 +43,13 @@ class LoraNullArguments(LoraArguments):
     calib_samples: int = field(default=16, metadata={"help": "Calibration sequences (the research code's default)."})
     calib_max_length: int | None = field(
         default=None, metadata={"help": "Tokens per calibration sequence; None: max_seq_length."}
+    )
+    calib_memory_gb: float | None = field(
+        default=None,
+        metadata={
+            "help": "Memory the float64 input statistics may take at once, in GiB: the targets are calibrated in "
+            "groups that fit, one pass over the calibration texts per group; None: every target in one pass."
+        },
     )
     verify_samples: int = field(
         default=256, metadata={"help": "Validation examples the verification runs on (at init, evaluations, end)."}

@@ -3,8 +3,8 @@
 Naming follows peft: ``lora_A`` is ``r x d_in`` and applied first, ``lora_B`` is ``d_out x r``, and the
 adapter adds ``scaling * B @ A @ x``. Calibration streams each target layer's uncentred input second
 moment ``E[x x^T]`` in float64 (padding excluded, any batch size, summed across ranks) through
-:func:`hf_ext.activations.collect_input_statistics` and takes its eigenbasis; ``U_min`` are the ``r``
-eigenvectors with the smallest eigenvalues.
+:func:`hf_ext.activations.iter_bases` and takes its eigenbasis (in groups of layers under a memory budget);
+``U_min`` are the ``r`` eigenvectors with the smallest eigenvalues.
 
 - ``null_frozen_A`` (default): ``A = U_min^T``, frozen; ``B = 0``, trained. The base weight is untouched, so
   the model is unchanged at init and the adapter can only respond to input directions the calibration
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..activations import collect_input_statistics, eigenbasis
+from ..activations import iter_bases
 from ..errors import ConfigError
 from ..io import write_json
 
@@ -135,6 +135,7 @@ def initialize_lora_null_weights(
     mode: str = "null_frozen_A",
     freeze_A: bool | None = None,
     adapter_name: str = "default",
+    memory_gb: float | None = None,
     progress: bool = True,
 ) -> LoraNullInit:
     """Initialise every LoRA layer of the peft ``model`` in the null space of its inputs over ``dataloader``.
@@ -147,6 +148,9 @@ def initialize_lora_null_weights(
         freeze_A: keep ``lora_A`` frozen; default ``True`` for ``null_frozen_A`` (which requires it) and
             ``False`` for ``null_projection``.
         adapter_name: the peft adapter to initialise.
+        memory_gb: bound on the float64 input statistics held at once (GiB): the layers are calibrated in groups
+            (:func:`hf_ext.activations.group_by_memory`), one pass over ``dataloader`` per group, so it must be
+            re-iterable (a list, a DataLoader); None: one pass for every layer.
 
     Returns the per-layer calibration results (token counts, null-space energy, theoretical ratio).
     Every rank of a process group must call this.
@@ -158,34 +162,36 @@ def initialize_lora_null_weights(
         raise ConfigError("null_frozen_A keeps lora_A frozen by definition; use freeze_A=True or mode null_projection")
     layers = lora_layers(model, adapter_name)
     _check_ranks(layers, adapter_name, mode)
+    results = {}
     with model.disable_adapter():
         # float64 products: the smallest eigenvalues, which choose the null space, drown in float32 rounding
-        statistics = collect_input_statistics(
+        bases = iter_bases(
             model,
             {name: layer.base_layer for name, layer in layers.items()},
             dataloader,
             compute_dtype=torch.float64,
+            memory_gb=memory_gb,
             progress=progress,
+            out_dtype=torch.float64,
         )
-    counts = {name: int(s.count.item()) for name, s in statistics.items()}
-    check_calibration_tokens(counts, {name: layer.base_layer.in_features for name, layer in layers.items()})
-    results = {}
-    for name, layer in layers.items():
-        moment = statistics[name].second_moment()
-        basis, eigenvalues = eigenbasis(moment)
-        r = layer.r[adapter_name]
-        u_min = basis[:, -r:]  # eigenvalues are sorted in decreasing order
-        _set_weights(layer, adapter_name, u_min, mode)
+        null_spaces = {}  # the r columns kept of each basis: one group's whole bases are alive at a time
+        for name, basis, eigenvalues, count in bases:
+            check_calibration_tokens({name: count}, {name: basis.shape[0]})
+            r = layers[name].r[adapter_name]
+            null_spaces[name] = basis[:, -r:].clone()  # eigenvalues are sorted in decreasing order
+            tail = eigenvalues[-r:].clamp(min=0)
+            results[name] = LayerInit(
+                tokens=count,
+                d_in=basis.shape[0],
+                rank=r,
+                null_energy=float(tail.sum() / eigenvalues.clamp(min=0).sum()),
+                smallest_eigenvalues=[float(v) for v in tail.flip(0)[:8]],
+            )
+    for name, layer in layers.items():  # after disable_adapter(), which leaves the adapters trainable on exit
+        _set_weights(layer, adapter_name, null_spaces[name], mode)
         layer.lora_A[adapter_name].weight.requires_grad_(not freeze_A)
         layer.lora_B[adapter_name].weight.requires_grad_(True)
-        tail = eigenvalues[-r:].clamp(min=0)
-        results[name] = LayerInit(
-            tokens=counts[name],
-            d_in=basis.shape[0],
-            rank=r,
-            null_energy=float(tail.sum() / eigenvalues.clamp(min=0).sum()),
-            smallest_eigenvalues=[float(v) for v in tail.flip(0)[:8]],
-        )
+    results = {name: results[name] for name in layers}  # model order, whatever order the groups came in
     return LoraNullInit(mode, freeze_A, results)
 
 

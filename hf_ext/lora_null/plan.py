@@ -14,6 +14,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..activations import group_by_memory
 from ..config import DataArguments, HfExtTrainingArguments, ModelArguments
 from ..plan import (
     Plan,
@@ -51,6 +52,7 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
         length=args.calib_max_length or data_args.max_seq_length,
         launcher=launcher,
         num_processes=num_processes,
+        memory_gb=args.calib_memory_gb,
     )
     freeze_a = args.mode == "null_frozen_A" if args.freeze_A is None else args.freeze_A
     training = training_stage(
@@ -66,7 +68,7 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
     result = Plan(f"LoRA-Null, {model_args.model_name_or_path}", launcher, num_processes, [calibration, training])
     result.gpu_memory = gpu_memory
     if result.peak.name == "calibration":
-        result.advice.append("fewer lora_target_modules (calibration holds every target's statistics at once)")
+        result.advice.append("calib_memory_gb (calibrate in groups of targets that fit), or fewer lora_target_modules")
     elif not training_args.gradient_checkpointing:
         result.advice.append("gradient_checkpointing: true, or a smaller per_device_train_batch_size")
     return result
@@ -87,18 +89,26 @@ def peft_meta_model(model_args, data_args, args: LoraNullArguments) -> tuple[nn.
 
 
 def calibration_stage(
-    model: nn.Module, layers: dict[str, nn.Module], *, batch: int, length: int, launcher: str, num_processes: int
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    *,
+    batch: int,
+    length: int,
+    launcher: str,
+    num_processes: int,
+    memory_gb: float | None = None,
 ) -> Stage:
     """What calibrating ``model`` (the peft model of :func:`peft_meta_model`) holds: its weights, the float64 input
-    statistics of every LoRA layer at once, the launcher's items, and the larger of two estimates that never
-    coexist: the activations of a forward of ``batch`` sequences of ``length`` tokens without gradients, and the
-    eigendecomposition of the widest input."""
+    statistics of the largest group ``memory_gb`` makes (every LoRA layer at once without one), the launcher's
+    items, and the larger of two estimates that never coexist: the activations of a forward of ``batch`` sequences
+    of ``length`` tokens without gradients, and the eigendecomposition of the widest input."""
     stage = Stage("calibration")
     stage.add("weights", sum(rank_bytes(p, launcher, num_processes) for p in model.parameters()))
     outputs = {attention.o for attention in find_attention(model)}
     bases = {name: layer.base_layer for name, layer in layers.items()}
-    stage.add("calibration statistics", statistics_bytes(bases, outputs, torch.float64))
-    widest = max(distinct_inputs(bases, outputs))  # decomposed while every layer's statistics are alive
+    groups = group_by_memory(bases, None if memory_gb is None else memory_gb * 2**30, torch.float64)
+    stage.add("calibration statistics", max(statistics_bytes(group, outputs, torch.float64) for group in groups))
+    widest = max(distinct_inputs(bases, outputs))  # decomposed while its group's statistics are alive
     add_launcher_items(stage, model, [], launcher, num_processes)
     # the forwards that collect the statistics end before the eigendecompositions start: the larger of the two
     forward = activation_estimate(model, batch, length, training=False, checkpointing=False)

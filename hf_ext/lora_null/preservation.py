@@ -419,7 +419,7 @@ def _initialised(method, model_args, args: LoraNullArguments, tokenizer, data, c
             if "lora_" in name:
                 parameter.requires_grad_(False)
     elif method != "lora":
-        initialize_lora_null_weights(model, calibration, mode=method, progress=False)
+        initialize_lora_null_weights(model, calibration, mode=method, memory_gb=args.calib_memory_gb, progress=False)
     return model
 
 

@@ -77,7 +77,13 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
     nulls = [m for m in methods if m in MODES]
     if nulls:  # on the host, outside any launcher: whole weights, no launcher items
         calibration = calibration_stage(
-            model, layers, batch=CALIBRATION_BATCH, length=length, launcher="ddp", num_processes=1
+            model,
+            layers,
+            batch=CALIBRATION_BATCH,
+            length=length,
+            launcher="ddp",
+            num_processes=1,
+            memory_gb=args.calib_memory_gb,
         )
         calibration.items = [Item(item.name + HOST, item.bytes, item.static) for item in calibration.items]
         held_besides(calibration, cached.index(nulls[-1]))

@@ -53,6 +53,27 @@ def test_the_model_is_unchanged_at_init(mode):
         assert layer.lora_B["default"].weight.abs().max() > 0
 
 
+def test_calibration_in_groups_under_a_memory_budget_gives_the_same_adapters():
+    """calib_memory_gb: one pass over the texts per group of layers, each group's statistics freed before the next;
+    the null spaces and the calibration record equal one pass's."""
+    from hf_ext.activations import group_by_memory, statistics_bytes
+    from hf_ext.lora_null.init import lora_layers
+
+    model, tokenizer = _model()
+    batches = _batches(tokenizer)
+    one = _peft(model)
+    whole = initialize_lora_null_weights(one, batches, progress=False)
+    grouped_model = _peft(_model()[0])
+    layers = {name: layer.base_layer for name, layer in lora_layers(grouped_model).items()}
+    budget_gb = 1.2 * max(statistics_bytes(layer, torch.float64) for layer in layers.values()) / 2**30
+    assert len(group_by_memory(layers, budget_gb * 2**30, torch.float64)) > 2
+    grouped = initialize_lora_null_weights(grouped_model, batches, memory_gb=budget_gb, progress=False)
+    assert grouped.to_dict() == whole.to_dict()
+    for (name, a), (_, b) in zip(one.named_parameters(), grouped_model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+        assert a.requires_grad == b.requires_grad, name
+
+
 def test_measured_null_ratio_on_the_calibration_data_equals_the_theoretical_value():
     model, tokenizer = _model()
     batches = _batches(tokenizer, n=160)

@@ -51,3 +51,32 @@ def test_planned_static_bytes_equal_the_allocated_ones():
     assert training.bytes_of("optimizer state") == storage_bytes(state)
     bases = [_LayerSums(layer, "default", 16).q for layer in layers.values()]
     assert training.bytes_of("verification bases") == storage_bytes(bases)
+
+
+def test_with_calib_memory_gb_the_plan_holds_the_largest_group_the_calibration_holds(monkeypatch):
+    import hf_ext.activations as activations
+    from hf_ext.lora_null.init import initialize_lora_null_weights
+
+    args = parse_config(
+        (ModelArguments, DataArguments, LoraNullArguments, HfExtTrainingArguments),
+        [str(CONFIG), "output_dir=unused", "report_to=[]", "calib_memory_gb=0.05"],
+    )
+    model_args, _, lora_args, _ = args
+    planned = next(s for s in plan(args, launcher="ddp", num_processes=1).stages if s.name == "calibration")
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    model = get_peft_model(load_model(model_args, tokenizer, ["a", "b", "c", "d"]), lora_args.lora_config("seq_cls"))
+    batch = dict(
+        tokenizer(["a short sentence", "and another, a little longer one"], padding=True, return_tensors="pt")
+    )
+    held, collect = [], activations.collect_input_statistics
+
+    def recorded(*args, **kwargs):
+        statistics = collect(*args, **kwargs)
+        distinct = {id(s): s for s in statistics.values()}.values()
+        held.append(storage_bytes(t for s in distinct for t in (s.count, s.total, s.gram, s._buffer)))
+        return statistics
+
+    monkeypatch.setattr(activations, "collect_input_statistics", recorded)
+    initialize_lora_null_weights(model, [batch] * 120, memory_gb=lora_args.calib_memory_gb, progress=False)
+    assert len(held) > 2  # one pass per group
+    assert planned.bytes_of("calibration statistics") == max(held)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from plan_util import optimizer_bytes, storage_bytes
 
-import hf_ext.lora_null.init as lora_null_init
+import hf_ext.activations as activations
 from hf_ext.errors import ConfigError
 from hf_ext.lora_null.preservation import _initialised, sentence_embeddings
 from hf_ext.lora_null.preservation_plan import ARGUMENT_TYPES, HOST, plan
@@ -72,13 +72,14 @@ def test_planned_static_bytes_equal_the_allocated_ones(monkeypatch, one_thread):
     assert training.bytes_of(f"base embeddings{HOST}") == storage_bytes(embeddings)
 
     statistics = []  # LoRA-Null's calibration: every target's statistics at once, on the host
-    collect = lora_null_init.collect_input_statistics
+    collect = activations.collect_input_statistics
 
     def kept_statistics(*args, **kwargs):
-        statistics.append(collect(*args, **kwargs))
-        return statistics[-1]
+        result = collect(*args, **kwargs)
+        statistics.append(dict(result))  # a copy: iter_bases releases each entry of the one it is given
+        return result
 
-    monkeypatch.setattr(lora_null_init, "collect_input_statistics", kept_statistics)
+    monkeypatch.setattr(activations, "collect_input_statistics", kept_statistics)
     null = initialised("null_frozen_A")
     distinct = {id(s): s for s in statistics[0].values()}.values()
     held = storage_bytes(t for s in distinct for t in (s.count, s.total, s.gram, s._buffer))

@@ -47,11 +47,15 @@ def test_ddp_on_several_processes_adds_the_gradient_buckets(capsys):
     assert buckets[-1] == gradients[-1]  # the full fine-tune: a second copy of every gradient
 
 
-def test_lora_null_7b_calibration_does_not_fit_80_gib_and_says_what_to_change(capsys):
+def test_lora_null_7b_calibrates_in_groups_to_fit_80_gib_and_without_them_says_what_to_change(capsys):
     code, out, _ = plan(capsys, CONFIGS / "lora_null_llama2_7b.json", "--gpu-memory", "80")
+    assert code == 0 and "(calibration): fits in 80 GiB" in out  # calib_memory_gb 40, as shipped
+    statistics = float(next(line for line in out.splitlines() if line.startswith("calibration statistics")).split()[2])
+    assert statistics <= 40
+    code, out, _ = plan(capsys, CONFIGS / "lora_null_llama2_7b.json", "calib_memory_gb=null", "--gpu-memory", "80")
     assert code == 0
     assert "(calibration): does not fit in 80 GiB" in out
-    assert "fewer lora_target_modules" in out
+    assert "calib_memory_gb (calibrate in groups of targets that fit)" in out
 
 
 @pytest.mark.parametrize(
