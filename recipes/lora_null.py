@@ -41,14 +41,8 @@ def main(argv=None):
     root, tokenizer, data, model = prepare_run(model_args, data_args, args, training_args, "verify_trained.json")
     model = get_peft_model(model, args.lora_config(model_args.task_type)).to(training_args.device)
     calibration = calibration_batches(args, data_args, tokenizer, data)
-    init = initialize_lora_null_weights(
-        model,
-        calibration,
-        mode=args.mode,
-        freeze_A=args.freeze_A,
-        memory_gb=args.calib_memory_gb,
-        progress=training_args.process_index == 0,
-    )
+    options = {"mode": args.mode, "freeze_A": args.freeze_A, "memory_gb": args.calib_memory_gb}
+    init = initialize_lora_null_weights(model, calibration, **options, progress=training_args.process_index == 0)
     save_initial_adapter(model, init, root)
     verify = LoraNullCallback(
         verification_batches(data, args.verify_samples),
