@@ -117,7 +117,7 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
         )
     peak = result.peak.name
     if peak == "calibration":
-        result.advice.append("fewer lora_target_modules (calibration holds every target's statistics at once)")
+        result.advice.append("calib_memory_gb (calibrate in groups of targets that fit), or fewer lora_target_modules")
     elif peak == "CorDA calib":
         result.advice.append(
             "drop corda_kpm from methods, or fewer lora_target_modules (CorDA holds a float32 covariance and the "
