@@ -433,8 +433,8 @@ def group_by_memory(
         for (name, _), size in zip(run, sizes):
             if size > budget_bytes:
                 raise ConfigError(
-                    f"the input statistics of {name} take {size / 2**30:.2f} GiB, more than the memory budget of "
-                    f"{budget_bytes / 2**30:.2f} GiB; raise the budget (WaRP's basis_memory_gb, LoRA-Null's "
+                    f"the input statistics of {name} take {size / 2**30:.4g} GiB, more than the memory budget of "
+                    f"{budget_bytes / 2**30:.4g} GiB; raise the budget (WaRP's basis_memory_gb, LoRA-Null's "
                     "calib_memory_gb)"
                 )
         if groups[-1] and used + sum(sizes) > budget_bytes >= sum(sizes):
