@@ -123,3 +123,13 @@ def test_full_fine_tune_static_bytes_equal_the_allocated_ones():
     assert stage.bytes_of("gradients") == storage_bytes(p.grad for p in model.parameters())
     state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
     assert stage.bytes_of("optimizer state") == storage_bytes(state)
+
+
+def test_the_command_plans_host_memory_only_for_a_config_that_sets_use_cpu(capsys):
+    """The command parses every config with use_cpu (a bf16 config parses without a GPU); the plans that count host
+    memory still read the config's own setting."""
+    config = CONFIGS / "head_plasticity_minilm_rotten_tomatoes.json"
+    _, gpu, _ = plan(capsys, config)
+    _, cpu, _ = plan(capsys, config, "use_cpu=true")
+    assert "initial weights (rank 0, host copy)" not in gpu and "host memory, not in these totals" in gpu
+    assert "initial weights (rank 0, host copy)" in cpu and "host memory, not in these totals" not in cpu
