@@ -38,6 +38,7 @@ from .init import lora_layers
 
 ARGUMENT_TYPES = (ModelArguments, DataArguments, LoraNullArguments, HfExtTrainingArguments)  # recipes/lora_null.py's
 LAUNCHER_CHECK = ("LoRA-Null (its verification)", "weights")  # the recipe's: who, what it reads whole
+CALIBRATION_BATCH = 8  # texts per calibration forward, in both LoRA-Null recipes
 
 
 def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | None = None) -> Plan:
@@ -48,7 +49,7 @@ def plan(run_args, *, launcher: str, num_processes: int, gpu_memory: float | Non
     calibration = calibration_stage(
         model,
         layers,
-        batch=training_args.per_device_eval_batch_size,
+        batch=CALIBRATION_BATCH,
         length=args.calib_max_length or data_args.max_seq_length,
         launcher=launcher,
         num_processes=num_processes,

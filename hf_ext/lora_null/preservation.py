@@ -53,8 +53,11 @@ from ..texts import load_texts, text_batches
 from ..trainer import HfExtTrainer
 from .config import LoraNullArguments
 from .init import initialize_lora_null_weights
+from .plan import CALIBRATION_BATCH
 from .study import prepare_run
 
+# who refuses a sharded launcher, and what it reads whole: calibration and initialisation read whole weights
+LAUNCHER_CHECK = ("the LoRA-Null preservation study (its calibration and initialisation)", "weights")
 SWEPT = ("lora", "null_frozen_A", "null_projection", "corda_kpm")
 METHODS = (*SWEPT, "head_only")
 # Outcomes compared at matched task loss, and whether a larger value means more preserved.
@@ -453,10 +456,15 @@ def run_preservation_study(
             "it without resume_from_checkpoint, with overwrite_output_dir=true to start afresh"
         )
     started = time.perf_counter()
-    root, tokenizer, data, base = prepare_run(model_args, data_args, args, training_args, "preservation.json")
+    root, tokenizer, data, base = prepare_run(
+        model_args, data_args, args, training_args, "preservation.json", launcher_check=LAUNCHER_CHECK
+    )
     calib_texts = _calibration_texts(args, data_args, data)
     calibration = text_batches(
-        tokenizer, calib_texts, batch_size=8, max_length=args.calib_max_length or data_args.max_seq_length
+        tokenizer,
+        calib_texts,
+        batch_size=CALIBRATION_BATCH,
+        max_length=args.calib_max_length or data_args.max_seq_length,
     )
     measured = _measurement_sets(study, args, data_args, tokenizer, data, calib_texts, base)
     print(_sizes_line(measured, study), flush=True)

@@ -44,15 +44,10 @@ from ..config import DataArguments, HfExtTrainingArguments, ModelArguments
 from ..plan import GIB, Item, Plan, Stage, activation_estimate, refuse_if_unsupported
 from .config import LoraNullArguments
 from .init import MODES
-from .plan import LAUNCHER_CHECK as LORA_NULL_LAUNCHER_CHECK
-from .plan import calibration_stage, peft_meta_model, training_stage
-from .preservation import PreservationArguments
+from .plan import CALIBRATION_BATCH, calibration_stage, peft_meta_model, training_stage
+from .preservation import LAUNCHER_CHECK, PreservationArguments
 
 ARGUMENT_TYPES = (ModelArguments, DataArguments, LoraNullArguments, PreservationArguments, HfExtTrainingArguments)
-# recipes/lora_null_preservation.py's: run_preservation_study checks the launcher through prepare_run, with
-# LoRA-Null's own check (its calibration and initialisation read whole weights)
-LAUNCHER_CHECK = LORA_NULL_LAUNCHER_CHECK
-CALIBRATION_BATCH = 8  # run_preservation_study's calibration batches
 HOST = " (host)"
 
 

@@ -22,7 +22,7 @@ from ..trainer import HfExtTrainer
 from .callbacks import LoraNullCallback
 from .config import LoraNullArguments
 from .init import save_lora_null
-from .plan import LAUNCHER_CHECK
+from .plan import CALIBRATION_BATCH, LAUNCHER_CHECK
 from .verify import format_comparison, format_verification, save_verification
 
 
@@ -45,13 +45,16 @@ def calibration_batches(args: LoraNullArguments, data_args: DataArguments, token
             )
         except (ConfigError, DataError) as err:
             raise type(err)(f"calib_dataset={args.calib_dataset!r}: {err}") from None
-    return text_batches(tokenizer, texts, batch_size=8, max_length=max_length)
+    return text_batches(tokenizer, texts, batch_size=CALIBRATION_BATCH, max_length=max_length)
 
 
-def prepare_run(model_args, data_args, args: LoraNullArguments, training_args, finished: str):
-    """What both LoRA-Null recipes start with: ``(output_dir, tokenizer, data, base model)``, the output_dir and
-    the adapter targets checked before any work."""
-    distributed.check_launcher(training_args, *LAUNCHER_CHECK)
+def prepare_run(
+    model_args, data_args, args: LoraNullArguments, training_args, finished: str, launcher_check=LAUNCHER_CHECK
+):
+    """What both LoRA-Null recipes start with: ``(output_dir, tokenizer, data, base model)``, the launcher
+    (``launcher_check``: who refuses, what it reads whole; see :func:`hf_ext.distributed.check_launcher`), the
+    output_dir and the adapter targets checked before any work."""
+    distributed.check_launcher(training_args, *launcher_check)
     root = Path(training_args.output_dir)
     check_output_dir(
         root,

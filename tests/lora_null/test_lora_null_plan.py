@@ -80,3 +80,28 @@ def test_with_calib_memory_gb_the_plan_holds_the_largest_group_the_calibration_h
     initialize_lora_null_weights(model, [batch] * 120, memory_gb=lora_args.calib_memory_gb, progress=False)
     assert len(held) > 2  # one pass per group
     assert planned.bytes_of("calibration statistics") == max(held)
+
+
+def test_the_calibration_forward_is_planned_at_the_recipes_calibration_batch_not_the_eval_batch():
+    from hf_ext.lora_null.plan import CALIBRATION_BATCH, calibration_stage, peft_meta_model
+
+    def calibration(*overrides):
+        args = parse_config(
+            (ModelArguments, DataArguments, LoraNullArguments, HfExtTrainingArguments),
+            [str(CONFIG), "output_dir=unused", "report_to=[]", "calib_max_length=512", *overrides],
+        )
+        return next(s for s in plan(args, launcher="ddp", num_processes=1).stages if s.name == "calibration"), args
+
+    small, args = calibration("per_device_eval_batch_size=1")
+    large, _ = calibration("per_device_eval_batch_size=256")
+    item = "forward or eigendecomposition"
+    assert small.bytes_of(item) == large.bytes_of(item)
+    model_args, data_args, lora_args, _ = args
+    model, layers = peft_meta_model(model_args, data_args, lora_args)
+
+    def planned_at(batch):
+        stage = calibration_stage(model, layers, batch=batch, length=512, launcher="ddp", num_processes=1)
+        return stage.bytes_of(item)
+
+    assert small.bytes_of(item) == planned_at(CALIBRATION_BATCH)
+    assert planned_at(256) > planned_at(CALIBRATION_BATCH)  # the forward, not the eigendecomposition, decides here

@@ -113,6 +113,12 @@ def test_fsdp_asked_for_on_a_cpu_is_refused_instead_of_silently_dropped(tmp_path
         ("head_plasticity", "head_plasticity_minilm_rotten_tomatoes.json", "the head study", "weights"),
         ("drift", "drift_minilm_sentiment.json", "the drift study", "weights"),
         ("lora_null", "lora_null_minilm_topic.json", "LoRA-Null (its verification)", "weights"),
+        (
+            "lora_null_preservation",
+            "lora_null_preservation_minilm.json",
+            "the LoRA-Null preservation study (its calibration and initialisation)",
+            "weights",
+        ),
         ("warp", "warp_tiny_llama.json", "WaRP (its importance and masked updates)", "gradients"),
     ],
 )
