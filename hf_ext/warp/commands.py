@@ -38,6 +38,7 @@ def _warp_eval(args: argparse.Namespace) -> int:
 
 def _warp_summary(args: argparse.Namespace) -> int:
     import dataclasses
+    from pathlib import Path
 
     from ..errors import RunDirectoryError
     from ..io import read_json
@@ -45,6 +46,8 @@ def _warp_summary(args: argparse.Namespace) -> int:
     from .run import WarpRun
     from .study import report_study
 
+    if not Path(args.run).is_dir():
+        raise RunDirectoryError(f"{args.run} is not a directory: pass the study's output_dir (its seed-* runs)")
     seeds = _warp_seed_dirs(args.run)
     if seeds == [args.run]:
         raise RunDirectoryError(f"{args.run} holds no seed-* directories: the summary is over the seeds of a study")

@@ -227,6 +227,8 @@ def test_summary_needs_the_seeds_of_a_finished_study(bert_run, tmp_path, capsys)
     out, _ = bert_run
     assert cli(["warp", "summary", "--run", str(out)]) == 2
     assert "holds no seed-* directories: the summary is over the seeds of a study" in capsys.readouterr().err
+    assert cli(["warp", "summary", "--run", str(tmp_path / "missing")]) == 2
+    assert "missing is not a directory: pass the study's output_dir" in capsys.readouterr().err
     study = tmp_path / "study"
     copy_run(out, study / "seed-42", names=("config.json", "eval.json"))
     copy_run(out, study / "seed-43", names=("config.json",))
