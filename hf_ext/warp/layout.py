@@ -17,7 +17,8 @@
     <arm>/model/                     only with save_full_models (delta.safetensors is always there)
     eval.json, eval.md               held-out scores of phase 2 and every arm
     safety_vs_utility.png            one point per arm
-    frontier.png                     seeds > 1: safety margin retention against utility, one curve per arm
+    frontier.png                     seeds > 1: safety margin retention against utility loss, a panel per
+                                     keep_ratio and layout, a curve per mask type and unmasked arm
 
 With ``seeds`` > 1 each seed's run is ``seed-<seed>/`` (all of the above, phase 1 copied from the first),
 and ``eval.json``, ``eval.md`` and ``safety_vs_utility.png`` in the root give every arm over the seeds.

@@ -290,36 +290,66 @@ def plot_safety_vs_utility(summary: Mapping, path: str | Path) -> Path | None:
     return Path(path)
 
 
+REFERENCE_STYLES = {"none": "k:", "plain": "k-", "full": "k--"}  # the unmasked arms, drawn in every panel
+MASK_COLORS = {"importance": "tab:red", "random": "tab:blue", "eigenvalue": "tab:green"}
+
+
+def frontier_panels(summary: Mapping, arms: Sequence[Arm]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """What :func:`plot_frontier` draws: per panel (``"keep <k>, <layout>"``; ``""`` without masked arms) per curve
+    (``none``, ``plain``, ``full``, then the mask types), the ``(utility loss, margin retention)`` means over
+    seeds of its arms in increasing learning-rate order."""
+
+    def curve(members) -> list[tuple[float, float]]:
+        entries = [summary["arms"].get(a.name, {}) for a in sorted(members, key=lambda a: a.learning_rate)]
+        return [
+            (e["utility_loss"]["mean"], e[OUTCOME]["mean"]) for e in entries if OUTCOME in e and "utility_loss" in e
+        ]
+
+    references = {family: curve(a for a in arms if a.family == family) for family in REFERENCE_STYLES}
+    references = {family: points for family, points in references.items() if points}
+    masked = [a for a in arms if a.family not in REFERENCE_STYLES]
+    panels = {}
+    for setting in dict.fromkeys((a.keep_ratio, a.layout) for a in masked):
+        curves = {
+            m: curve(a for a in masked if a.masks == m and (a.keep_ratio, a.layout) == setting) for m in MASK_COLORS
+        }
+        panels[f"keep {setting[0]:g}, {setting[1]}"] = {**references, **{m: c for m, c in curves.items() if c}}
+    return panels or {"": references}
+
+
 def plot_frontier(summary: Mapping, arms: Sequence[Arm], path: str | Path) -> Path | None:
-    """Safety margin retention against utility accuracy, one curve per arm family joining its learning rates in
-    increasing order (means over seeds, diverged seeds included); ``None`` without matplotlib."""
+    """Safety margin retention against held-out utility loss (the matched-utility reading's axis, drawn falling
+    to the right), one panel per keep_ratio and layout (:func:`frontier_panels`): each mask type's curve over its
+    learning rates, the unmasked arms (no masks, plain, full) in every panel; means over seeds, diverged seeds
+    included. ``None`` without matplotlib."""
     if not plotting_available(Path(path).name):
         return None
     plt = require_pyplot()
-    families = list(dict.fromkeys(a.family for a in arms))
-    figure, axes = plt.subplots(figsize=(11, 6))
-    colors = plt.get_cmap("tab20")
-    for index, family in enumerate(families):
-        members = sorted(
-            (a for a in arms if a.family == family and OUTCOME in summary["arms"].get(a.name, {})),
-            key=lambda a: a.learning_rate,
-        )  # joined in learning-rate order
-        points = [
-            (summary["arms"][a.name]["utility_accuracy"]["mean"], summary["arms"][a.name][OUTCOME]["mean"])
-            for a in members
-        ]
-        if not points:
-            continue
-        style = {"plain": "k-", "full": "k--", "none": "k:"}.get(family, "-")
-        kwargs = {} if family in ("plain", "full", "none") else {"color": colors(index % 20)}
-        axes.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=family, **kwargs)
-    axes.set_xlabel("utility accuracy (held out, mean over seeds)")
-    axes.set_ylabel("safety margin retention (mean over seeds)")
-    axes.set_title("WaRP: safety retention against utility, one curve per arm over its learning rates")
-    axes.grid(alpha=0.3)
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figure.tight_layout()
+    panels = frontier_panels(summary, arms)
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(4 * columns, 3.4 * rows), sharex=True, sharey=True)
+    grid = list(getattr(grid, "flat", [grid]))
+    for axes, (title, curves) in zip(grid, panels.items()):
+        for name, points in curves.items():
+            if name in REFERENCE_STYLES:
+                axes.plot(*zip(*points), REFERENCE_STYLES[name], marker="o", markersize=3, label=name)
+            else:
+                axes.plot(*zip(*points), "-", color=MASK_COLORS[name], marker="o", label=f"{name} masks")
+        axes.set_title(title, fontsize=9)
+        axes.grid(alpha=0.3)
+    for axes in grid[len(panels) :]:
+        axes.set_visible(False)
+    grid[0].invert_xaxis()  # shared: lower utility loss (better utility) to the right in every panel
+    figure.supxlabel("held-out utility loss (mean over seeds; better to the right)")
+    figure.supylabel("safety margin retention (mean over seeds)")
+    figure.suptitle(
+        f"WaRP: safety retention against utility, each arm over its learning rates ({len(summary['seeds'])} seeds)"
+    )
+    handles, labels = grid[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, 0.95))
+    figure.tight_layout(rect=(0, 0, 1, 0.9 if rows == 1 else 0.93))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)

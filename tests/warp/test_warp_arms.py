@@ -180,3 +180,36 @@ def test_matched_utility_reads_each_curve_against_the_plain_frontier():
     again = again["importance k0.1 input/per_layer - plain"]
     assert "2 learning rates" in again["levels"]["skipped"]  # the diverged run is off
     assert again["on_reference"]["seeds"] == [2, 3] and again["on_reference"]["outside"] == [1]
+
+
+def test_the_frontier_has_a_panel_per_keep_and_layout_with_the_unmasked_references_in_each(tmp_path):
+    from hf_ext.warp.summary import frontier_panels, plot_frontier
+
+    args = WarpArguments(
+        mask_controls=["none", "random"],
+        keep_ratios=[0.1, 0.5],
+        phase3_learning_rates=[3e-4, 1e-4],
+        plain_learning_rates=[1e-4, 3e-4],
+    )
+    arms = study_arms(args, learning_rate=1e-4)
+    rows = {
+        seed: {"phase2": _row(2.0, 0.6, 0.8)}
+        | {a.name: _row(2.0 - a.learning_rate * 1e3 - seed * 0.1, 0.7, 0.8 - a.learning_rate * 500) for a in arms}
+        for seed in (1, 2)
+    }
+    summary = summarize(rows, {"safety": 400, "utility": 400}, arms)
+    panels = frontier_panels(summary, arms)
+    assert list(panels) == ["keep 0.1, input/per_layer", "keep 0.5, input/per_layer"]
+    for curves in panels.values():
+        assert list(curves) == ["none", "plain", "importance", "random"]
+        # learning rates in increasing order: 1e-4 then 3e-4; retention (2.0 - lr x 1e3 - 0.15) / 2 over seeds 1, 2
+        assert [v for point in curves["random"] for v in point] == pytest.approx([0.75, 0.875, 0.65, 0.775])
+    assert panels["keep 0.1, input/per_layer"]["none"] == panels["keep 0.5, input/per_layer"]["none"]
+    path = plot_frontier(summary, arms, tmp_path / "frontier.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert frontier_panels(summary, [a for a in arms if a.family in ("none", "plain")]) == {
+        "": {
+            "none": panels["keep 0.1, input/per_layer"]["none"],
+            "plain": panels["keep 0.1, input/per_layer"]["plain"],
+        }
+    }
