@@ -109,14 +109,17 @@ def report_study(run: WarpRun, rows_by_seed: dict[int, dict]) -> dict:
     if len(rows_by_seed) > 1:
         write_json(run.layout.eval_json, summary)
         run.layout.eval_md.write_text(format_summary(summary) + "\n", encoding="utf-8")
-    plot_safety_vs_utility(summary, run.layout.figure)
+    figure = plot_safety_vs_utility(summary, run.layout.figure)
     frontier = plot_frontier(summary, run.arms, run.layout.frontier_figure) if len(rows_by_seed) > 1 else None
+    logged = next(run.dir.rglob("events.out.tfevents*"), None) is not None  # a summary of copied eval.json has none
     print(
         f"\nWaRP on {run.model_args.model_name_or_path}: held-out scores\n\n{format_summary(summary)}\n\n"
-        f"run directory: {run.dir.resolve()}  (check it: hf-ext warp verify --run {run.dir})\n"
-        f"figure:        {run.layout.figure.resolve()}\n"
-        + (f"frontier:      {frontier.resolve()}\n" if frontier else "")
-        + f"tensorboard:   tensorboard --logdir {run.dir.resolve()}  (one run per phase and arm)",
+        f"run directory: {run.dir.resolve()}  (check it: hf-ext warp verify --run {run.dir})"
+        + (f"\nfigure:        {figure.resolve()}" if figure else "")
+        + (f"\nfrontier:      {frontier.resolve()}" if frontier else "")
+        + (
+            f"\ntensorboard:   tensorboard --logdir {run.dir.resolve()}  (one run per phase and arm)" if logged else ""
+        ),
         flush=True,
     )
     return summary

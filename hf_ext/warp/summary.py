@@ -290,7 +290,8 @@ def plot_safety_vs_utility(summary: Mapping, path: str | Path) -> Path | None:
     return Path(path)
 
 
-REFERENCE_STYLES = {"none": "k:", "plain": "k-", "full": "k--"}  # the unmasked arms, drawn in every panel
+# the unmasked arms, drawn in every panel; distinct markers tell them apart where an arm has one learning rate
+REFERENCE_STYLES = {"none": (":", "s"), "plain": ("-", "o"), "full": ("--", "^")}
 MASK_COLORS = {"importance": "tab:red", "random": "tab:blue", "eigenvalue": "tab:green"}
 
 
@@ -328,14 +329,20 @@ def plot_frontier(summary: Mapping, arms: Sequence[Arm], path: str | Path) -> Pa
     panels = frontier_panels(summary, arms)
     columns = min(len(panels), 4)
     rows = -(-len(panels) // columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(4 * columns, 3.4 * rows), sharex=True, sharey=True)
+    figure, grid = plt.subplots(
+        rows, columns, figsize=(4 * columns + 1.5, 3.4 * rows + 0.8), sharex=True, sharey=True, layout="constrained"
+    )
     grid = list(getattr(grid, "flat", [grid]))
+    legend = {}
     for axes, (title, curves) in zip(grid, panels.items()):
         for name, points in curves.items():
             if name in REFERENCE_STYLES:
-                axes.plot(*zip(*points), REFERENCE_STYLES[name], marker="o", markersize=3, label=name)
+                linestyle, marker = REFERENCE_STYLES[name]
+                (line,) = axes.plot(*zip(*points), color="k", linestyle=linestyle, marker=marker, markersize=4)
             else:
-                axes.plot(*zip(*points), "-", color=MASK_COLORS[name], marker="o", label=f"{name} masks")
+                (line,) = axes.plot(*zip(*points), "-", color=MASK_COLORS[name], marker="o")
+                name = f"{name} masks"
+            legend.setdefault(name, line)
         axes.set_title(title, fontsize=9)
         axes.grid(alpha=0.3)
     for axes in grid[len(panels) :]:
@@ -344,12 +351,10 @@ def plot_frontier(summary: Mapping, arms: Sequence[Arm], path: str | Path) -> Pa
     figure.supxlabel("held-out utility loss (mean over seeds; better to the right)")
     figure.supylabel("safety margin retention (mean over seeds)")
     figure.suptitle(
-        f"WaRP: safety retention against utility, each arm over its learning rates ({len(summary['seeds'])} seeds)"
+        f"WaRP: safety retention against utility, a point per learning rate ({len(summary['seeds'])} seeds)"
     )
-    handles, labels = grid[0].get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, 0.95))
-    figure.tight_layout(rect=(0, 0, 1, 0.9 if rows == 1 else 0.93))
+    if legend:
+        figure.legend(legend.values(), legend.keys(), loc="outside right upper", fontsize=8)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
