@@ -111,10 +111,13 @@ def report_study(run: WarpRun, rows_by_seed: dict[int, dict]) -> dict:
         run.layout.eval_md.write_text(format_summary(summary) + "\n", encoding="utf-8")
     figure = plot_safety_vs_utility(summary, run.layout.figure)
     frontier = plot_frontier(summary, run.arms, run.layout.frontier_figure) if len(rows_by_seed) > 1 else None
-    logged = next(run.dir.rglob("events.out.tfevents*"), None) is not None  # a summary of copied eval.json has none
+    # a summary over copied eval.json files has neither the phases' files to verify nor event files
+    trained = next(run.dir.rglob("phase1/basis.safetensors"), None) is not None
+    logged = next(run.dir.rglob("events.out.tfevents*"), None) is not None
     print(
         f"\nWaRP on {run.model_args.model_name_or_path}: held-out scores\n\n{format_summary(summary)}\n\n"
-        f"run directory: {run.dir.resolve()}  (check it: hf-ext warp verify --run {run.dir})"
+        f"run directory: {run.dir.resolve()}"
+        + (f"  (check it: hf-ext warp verify --run {run.dir})" if trained else "")
         + (f"\nfigure:        {figure.resolve()}" if figure else "")
         + (f"\nfrontier:      {frontier.resolve()}" if frontier else "")
         + (

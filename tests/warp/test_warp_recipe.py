@@ -217,6 +217,7 @@ def test_shared_head_keeps_the_other_tasks_rows_and_verify_checks_them(tmp_path,
         "head_seed=null", "mask_controls=[]", "plain_learning_rates=[0.001]", "full_learning_rates=[]",
     )  # fmt: skip
     assert not (tmp_path / "phase2" / "prototypes.safetensors").exists()
+    assert f"(check it: hf-ext warp verify --run {tmp_path})" in capsys.readouterr().out  # the study's report
     assert cli(["warp", "verify", "--run", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "phase 2: utility rows of the head moved only by weight decay" in printed
