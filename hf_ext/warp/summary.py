@@ -339,10 +339,10 @@ def plot_frontier(summary: Mapping, arms: Sequence[Arm], path: str | Path) -> Pa
             if name in REFERENCE_STYLES:
                 linestyle, marker = REFERENCE_STYLES[name]
                 (line,) = axes.plot(*zip(*points), color="k", linestyle=linestyle, marker=marker, markersize=4)
+                legend.setdefault(name, line)
             else:
                 (line,) = axes.plot(*zip(*points), "-", color=MASK_COLORS[name], marker="o")
-                name = f"{name} masks"
-            legend.setdefault(name, line)
+                legend.setdefault(f"{name} masks", line)
         axes.set_title(title, fontsize=9)
         axes.grid(alpha=0.3)
     for axes in grid[len(panels) :]:
