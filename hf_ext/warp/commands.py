@@ -36,13 +36,63 @@ def _warp_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_seed(seed_dir: str) -> tuple[dict, dict]:
+    """A seed's ``config.json`` and ``eval.json``, the latter refused unless ``hf-ext warp eval`` wrote it."""
+    from ..errors import RunDirectoryError
+    from ..io import read_json
+    from .layout import WarpLayout
+
+    layout = WarpLayout(seed_dir)
+    for needed in (layout.config, layout.eval_json):
+        if not needed.is_file():
+            raise RunDirectoryError(f"{needed} not found: finish that seed (phase eval) first")
+    rows = read_json(layout.eval_json)
+    if not isinstance(rows, dict) or not isinstance(rows.get("phase2"), dict):
+        raise RunDirectoryError(
+            f"{layout.eval_json} holds no phase-2 scores: not written by hf-ext warp eval "
+            f"(rerun it: hf-ext warp eval --run {seed_dir})"
+        )
+    return read_json(layout.config), rows
+
+
+def _check_one_study(studied: dict[str, tuple[dict, dict]]) -> None:
+    """The seeds of one study: the same arguments but the seed, each seed once."""
+    from ..errors import RunDirectoryError
+
+    arguments = lambda config: {k: v for k, v in config.items() if k not in ("seed", "hf_ext_version")}  # noqa: E731
+    (first_dir, (first, _)), *_ = studied.items()
+    if differ := [d for d, (config, _) in studied.items() if arguments(config) != arguments(first)]:
+        raise RunDirectoryError(f"{', '.join(differ)} ran with other arguments than {first_dir}: not one study")
+    dir_of_seed = {}
+    for seed_dir, (config, _) in studied.items():
+        if config["seed"] in dir_of_seed:
+            raise RunDirectoryError(f"{seed_dir} and {dir_of_seed[config['seed']]} both ran seed {config['seed']}")
+        dir_of_seed[config["seed"]] = seed_dir
+
+
+def _check_same_arms(studied: dict[str, tuple[dict, dict]], arms: set[str]) -> None:
+    """Every seed scored the same arms, all of them in ``arms`` (phase 2 and the arms of the study's config)."""
+    from ..errors import RunDirectoryError
+
+    (first_dir, (_, first_rows)), *_ = studied.items()
+    for seed_dir, (_, rows) in studied.items():
+        if unknown := sorted(set(rows) - arms):
+            raise RunDirectoryError(
+                f"{seed_dir}/eval.json scores arms its config does not run ({', '.join(unknown)}): "
+                f"it comes from another run"
+            )
+        if differing := sorted(set(rows) ^ set(first_rows)):
+            raise RunDirectoryError(
+                f"{seed_dir}/eval.json and {first_dir}/eval.json score different arms ({', '.join(differing)}): "
+                f"finish both seeds' arms, then rerun hf-ext warp eval on each"
+            )
+
+
 def _warp_summary(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
     from ..errors import RunDirectoryError
-    from ..io import read_json
-    from .layout import WarpLayout
     from .run import WarpRun
     from .study import report_study
 
@@ -51,19 +101,11 @@ def _warp_summary(args: argparse.Namespace) -> int:
     seeds = _warp_seed_dirs(args.run)
     if seeds == [args.run]:
         raise RunDirectoryError(f"{args.run} holds no seed-* directories: the summary is over the seeds of a study")
-    rows, configs = {}, {}
-    for seed_dir in seeds:
-        layout = WarpLayout(seed_dir)
-        if not layout.eval_json.is_file() or not layout.config.is_file():
-            raise RunDirectoryError(f"{layout.eval_json} not found: finish that seed (phase eval) first")
-        config = read_json(layout.config)
-        rows[config["seed"]] = read_json(layout.eval_json)
-        configs[seed_dir] = {key: value for key, value in config.items() if key not in ("seed", "hf_ext_version")}
-    first = next(iter(configs.values()))
-    differ = [seed_dir for seed_dir, config in configs.items() if config != first]
-    if differ:
-        raise RunDirectoryError(f"{', '.join(differ)} ran with other arguments than {seeds[0]}: not one study")
+    studied = {seed_dir: _read_seed(seed_dir) for seed_dir in seeds}
+    _check_one_study(studied)
     run = WarpRun.from_dir(seeds[0])
+    _check_same_arms(studied, {"phase2", *(arm.name for arm in run.arms)})
+    rows = {config["seed"]: rows for config, rows in studied.values()}
     run = dataclasses.replace(run, training_args=dataclasses.replace(run.training_args, output_dir=args.run))
     report_study(run, rows)
     return 0

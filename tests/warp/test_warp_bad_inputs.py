@@ -236,3 +236,51 @@ def test_summary_needs_the_seeds_of_a_finished_study(bert_run, tmp_path, capsys)
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "seed-43/eval.json not found: finish that seed (phase eval) first" in error
     assert not (study / "eval.json").exists()
+
+
+def _seed_copies(out, study, seeds=(42, 43)):
+    """Two seeds of one study: the run's config.json and eval.json, each with its own seed."""
+    for seed in seeds:
+        copy_run(out, study / f"seed-{seed}", names=("config.json", "eval.json"))
+        config = study / f"seed-{seed}" / "config.json"
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"seed": seed}))
+
+
+def _edit_json(path, edit):
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+SEED_MIXUPS = {
+    "eval.json of another tool": (
+        lambda study: (study / "seed-43" / "eval.json").write_text("{}"),
+        "seed-43/eval.json holds no phase-2 scores: not written by hf-ext warp eval",
+    ),
+    "a seed copied twice": (
+        lambda study: _edit_json(study / "seed-43" / "config.json", lambda c: c | {"seed": 42}),
+        "seed-43 and {study}/seed-42 both ran seed 42",
+    ),
+    "an arm not scored in one seed": (
+        lambda study: _edit_json(
+            study / "seed-43" / "eval.json", lambda r: {k: v for k, v in r.items() if k != "plain"}
+        ),
+        "seed-43/eval.json and {study}/seed-42/eval.json score different arms (plain)",
+    ),
+    "an arm of another config": (
+        lambda study: _edit_json(study / "seed-43" / "eval.json", lambda r: r | {"phase3_k0.9": r["phase3"]}),
+        "seed-43/eval.json scores arms its config does not run (phase3_k0.9): it comes from another run",
+    ),
+}
+
+
+@pytest.mark.parametrize("mixup", SEED_MIXUPS)
+def test_summary_refuses_seeds_that_are_not_one_study(bert_run, tmp_path, capsys, mixup):
+    out, _ = bert_run
+    study = tmp_path / "study"
+    _seed_copies(out, study)
+    assert {"phase2", "phase3", "plain"} <= set(json.loads((study / "seed-42" / "eval.json").read_text()))
+    spoil, message = SEED_MIXUPS[mixup]
+    spoil(study)
+    assert cli(["warp", "summary", "--run", str(study)]) == 2
+    error = capsys.readouterr().err  # the arms are known once the run is loaded: its progress bars come first
+    assert error.count("error:") == 1 and message.format(study=study) in error.splitlines()[-1]
+    assert not (study / "eval.json").exists()
