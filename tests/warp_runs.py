@@ -1,6 +1,7 @@
 """A WaRP run on the embedded MiniLM shared by the tests (conftest's ``bert_run``), and helpers to copy
 and tamper with run directories (test helper)."""
 
+import json
 import shutil
 
 import torch
@@ -76,6 +77,14 @@ def copy_run(out, run, names=("config.json", "phase1", "phase2")):
         else:
             run.mkdir(parents=True, exist_ok=True)
             shutil.copy(out / name, run / name)
+
+
+def seed_copies(out, study, seeds=(42, 43)):
+    """A study of ``seeds`` made of run ``out``'s config.json and eval.json, each config with its own seed."""
+    for seed in seeds:
+        copy_run(out, study / f"seed-{seed}", names=("config.json", "eval.json"))
+        config = study / f"seed-{seed}" / "config.json"
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"seed": seed}))
 
 
 def rotate_basis(run):

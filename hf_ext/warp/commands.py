@@ -59,9 +59,12 @@ def _check_one_study(studied: dict[str, tuple[dict, dict]]) -> None:
     """The seeds of one study: the same arguments but the seed, each seed once."""
     from ..errors import RunDirectoryError
 
-    arguments = lambda config: {k: v for k, v in config.items() if k not in ("seed", "hf_ext_version")}  # noqa: E731
-    (first_dir, (first, _)), *_ = studied.items()
-    if differ := [d for d, (config, _) in studied.items() if arguments(config) != arguments(first)]:
+    arguments = {
+        seed_dir: {key: value for key, value in config.items() if key not in ("seed", "hf_ext_version")}
+        for seed_dir, (config, _) in studied.items()
+    }
+    first_dir, first = next(iter(arguments.items()))
+    if differ := [seed_dir for seed_dir, other in arguments.items() if other != first]:
         raise RunDirectoryError(f"{', '.join(differ)} ran with other arguments than {first_dir}: not one study")
     dir_of_seed = {}
     for seed_dir, (config, _) in studied.items():

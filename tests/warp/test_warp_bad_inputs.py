@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from bad_inputs_util import TAMPERING, TAMPERING_IDS, unchanged
-from warp_runs import copy_run, rotate_basis, run_phase
+from warp_runs import copy_run, rotate_basis, run_phase, seed_copies
 
 from hf_ext.cli import main as cli
 from hf_ext.errors import ConfigError, FileFormatError, RunDirectoryError
@@ -238,14 +238,6 @@ def test_summary_needs_the_seeds_of_a_finished_study(bert_run, tmp_path, capsys)
     assert not (study / "eval.json").exists()
 
 
-def _seed_copies(out, study, seeds=(42, 43)):
-    """Two seeds of one study: the run's config.json and eval.json, each with its own seed."""
-    for seed in seeds:
-        copy_run(out, study / f"seed-{seed}", names=("config.json", "eval.json"))
-        config = study / f"seed-{seed}" / "config.json"
-        config.write_text(json.dumps(json.loads(config.read_text()) | {"seed": seed}))
-
-
 def _edit_json(path, edit):
     path.write_text(json.dumps(edit(json.loads(path.read_text()))))
 
@@ -276,7 +268,7 @@ SEED_MIXUPS = {
 def test_summary_refuses_seeds_that_are_not_one_study(bert_run, tmp_path, capsys, mixup):
     out, _ = bert_run
     study = tmp_path / "study"
-    _seed_copies(out, study)
+    seed_copies(out, study)
     assert {"phase2", "phase3", "plain"} <= set(json.loads((study / "seed-42" / "eval.json").read_text()))
     spoil, message = SEED_MIXUPS[mixup]
     spoil(study)

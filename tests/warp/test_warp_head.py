@@ -178,16 +178,13 @@ def test_refusal_log_odds_against_one_forward_pass():
 
 
 def test_summary_command_rebuilds_the_study_table_from_each_seed(bert_run, tmp_path, capsys):
-    from warp_runs import copy_run
+    from warp_runs import seed_copies
 
     from hf_ext.cli import main as cli
 
     out, _ = bert_run
     study = tmp_path / "study"
-    for seed in (42, 43):
-        copy_run(out, study / f"seed-{seed}", names=("config.json", "eval.json"))
-        config = json.loads((study / f"seed-{seed}" / "config.json").read_text())
-        (study / f"seed-{seed}" / "config.json").write_text(json.dumps(config | {"seed": seed}))
+    seed_copies(out, study)
     assert cli(["warp", "summary", "--run", str(study)]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((study / "eval.json").read_text())
